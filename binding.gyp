@@ -1,0 +1,27 @@
+{
+  "variables": {
+    "kvstream_blas%": "<!(node native/blas.cjs mode)"
+  },
+  "targets": [
+    {
+      "target_name": "kvstream",
+      "sources": [
+        "native/binding.cc",
+        "native/attention.cc",
+        "native/gemm.cc",
+        "native/threads.cc"
+      ],
+      "include_dirs": ["<!(node -e \"require('nan')\")"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions"],
+      "cflags_cc": ["-std=c++17", "-O3", "-fexceptions", "-fno-math-errno"],
+      "conditions": [
+        ["kvstream_blas=='openblas'", {
+          "defines": ["KVSTREAM_OPENBLAS=1"],
+          "cflags_cc": ["<!@(node native/blas.cjs cflags)"],
+          "libraries": ["<!@(node native/blas.cjs libs)"]
+        }]
+      ]
+    }
+  ]
+}

@@ -1,0 +1,184 @@
+#include "attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "gemm.h"
+#include "philox.h"
+#include "threads.h"
+
+namespace kvs {
+
+namespace {
+
+constexpr float NEG_INF = -std::numeric_limits<float>::infinity();
+// A query block's scores, TQ x SK floats = 64 KiB, stay in L2 while they are
+// exponentiated and multiplied into V.
+constexpr int64_t TQ = 64, SK = 256;
+
+// Per-thread scratch, reused across calls.
+struct Scratch {
+  std::vector<float> scores;
+  std::vector<uint8_t> keep;
+};
+thread_local Scratch tls;
+
+// Number of keys of [s_abs0, s_abs0 + n) visible from query t_abs: keys with s_abs <= t_abs.
+inline int64_t visible(bool causal, int64_t t_abs, int64_t s_abs0, int64_t n) {
+  if (!causal) return n;
+  return std::clamp<int64_t>(t_abs - s_abs0 + 1, 0, n);
+}
+
+}  // namespace
+
+void attn_state_init(int64_t rows, int64_t d_v, float* m, float* l, float* acc) {
+  std::fill(m, m + rows, NEG_INF);
+  std::fill(l, l + rows, 0.0f);
+  std::fill(acc, acc + rows * d_v, 0.0f);
+}
+
+void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, const float* k, const float* v,
+                 float* m, float* l, float* acc) {
+  const int64_t B = dims.B, H = dims.H, T = dims.T, S = dims.S, d_k = dims.d_k, d_v = dims.d_v;
+  if (S == 0 || T == 0) return;
+  const int64_t group = H / dims.H_kv;
+  const int64_t q_blocks = (T + TQ - 1) / TQ;
+  const bool dropout = opts.dropout_p > 0.0f;
+  const float keep_scale = dropout ? 1.0f / (1.0f - opts.dropout_p) : 1.0f;
+
+  // One task per (b, h, query block): each owns its rows of m, l, acc.
+  parallel_for(B * H * q_blocks, [&](int64_t task) {
+    const int64_t qb = task % q_blocks, bh = task / q_blocks, h = bh % H, b = bh / H;
+    const int64_t t0 = qb * TQ, tq = std::min(TQ, T - t0);
+    const int64_t bh_kv = b * dims.H_kv + h / group;
+    const float* q_bht = q + (bh * T + t0) * d_k;
+    const float* k_bh = k + bh_kv * dims.s_cap * d_k;
+    const float* v_bh = v + bh_kv * dims.s_cap * d_v;
+    float* m_bht = m + bh * T + t0;
+    float* l_bht = l + bh * T + t0;
+    float* acc_bht = acc + (bh * T + t0) * d_v;
+    const int64_t t_abs_last = opts.q_offset + t0 + tq - 1;
+
+    tls.scores.resize(TQ * SK);
+    tls.keep.resize(SK);
+    float* scores = tls.scores.data();
+
+    for (int64_t s0 = 0; s0 < S; s0 += SK) {
+      const int64_t s_abs0 = opts.s_offset + s0;
+      // Causal: keys after the block's last query are masked for every row; skip them.
+      const int64_t sk = visible(opts.causal, t_abs_last, s_abs0, std::min(SK, S - s0));
+      if (sk == 0) break;
+      // scores [tq, sk] = scale · q_bht · k_blockᵀ
+      sgemm(false, true, (int)tq, (int)sk, (int)d_k, opts.scale, q_bht, (int)d_k, k_bh + s0 * d_k, (int)d_k, 0.0f,
+            scores, (int)sk);
+      for (int64_t t = 0; t < tq; ++t) {
+        float* sc_t = scores + t * sk;
+        const int64_t t_abs = opts.q_offset + t0 + t;
+        const int64_t n = visible(opts.causal, t_abs, s_abs0, sk);
+        float mx = NEG_INF;
+        for (int64_t s = 0; s < n; ++s) mx = std::max(mx, sc_t[s]);
+        if (mx == NEG_INF) {  // nothing visible: this block adds nothing to the row
+          std::fill(sc_t, sc_t + sk, 0.0f);
+          continue;
+        }
+        const float m_new = std::max(m_bht[t], mx);
+        const float alpha = std::exp(m_bht[t] - m_new);  // exp(-inf) = 0 for an empty row
+        float sum = 0.0f;
+        for (int64_t s = 0; s < n; ++s) {
+          const float p = std::exp(sc_t[s] - m_new);
+          sum += p;
+          sc_t[s] = p;
+        }
+        std::fill(sc_t + n, sc_t + sk, 0.0f);
+        // lse counts every visible key; dropout only thins what reaches the accumulator.
+        if (dropout) {
+          uint8_t* keep = tls.keep.data();
+          dropout_keep_row(opts.seed, (uint32_t)b, (uint32_t)h, (uint32_t)t_abs, s_abs0, n, opts.dropout_p, keep);
+          for (int64_t s = 0; s < n; ++s) sc_t[s] = keep[s] ? sc_t[s] * keep_scale : 0.0f;
+        }
+        l_bht[t] = l_bht[t] * alpha + sum;
+        m_bht[t] = m_new;
+        if (alpha != 1.0f) {
+          float* acc_t = acc_bht + t * d_v;
+          for (int64_t d = 0; d < d_v; ++d) acc_t[d] *= alpha;
+        }
+      }
+      // acc [tq, d_v] += P [tq, sk] · v_block [sk, d_v]
+      sgemm(false, false, (int)tq, (int)d_v, (int)sk, 1.0f, scores, (int)sk, v_bh + s0 * d_v, (int)d_v, 1.0f,
+            acc_bht, (int)d_v);
+    }
+  });
+}
+
+void attn_merge(int64_t rows, int64_t d_v, float* m1, float* l1, float* acc1, const float* m2, const float* l2,
+                const float* acc2) {
+  for (int64_t r = 0; r < rows; ++r) {
+    if (m2[r] == NEG_INF) continue;  // state 2 saw nothing for this row
+    const float m = std::max(m1[r], m2[r]);
+    const float a1 = std::exp(m1[r] - m), a2 = std::exp(m2[r] - m);
+    float* acc1_r = acc1 + r * d_v;
+    const float* acc2_r = acc2 + r * d_v;
+    for (int64_t d = 0; d < d_v; ++d) acc1_r[d] = acc1_r[d] * a1 + acc2_r[d] * a2;
+    l1[r] = l1[r] * a1 + l2[r] * a2;
+    m1[r] = m;
+  }
+}
+
+void attn_finalize(int64_t rows, int64_t d_v, const float* m, const float* l, const float* acc, float* out,
+                   float* lse) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const bool empty = !(l[r] > 0.0f);
+    const float inv = empty ? 0.0f : 1.0f / l[r];
+    for (int64_t d = 0; d < d_v; ++d) out[r * d_v + d] = acc[r * d_v + d] * inv;
+    lse[r] = empty ? NEG_INF : m[r] + std::log(l[r]);
+  }
+}
+
+void attn_probs(const AttnDims& dims, const AttnOpts& opts, const float* q, const float* k, const float* lse,
+                float* probs, uint8_t* keep) {
+  const int64_t H = dims.H, T = dims.T, S = dims.S, d_k = dims.d_k;
+  const int64_t group = H / dims.H_kv;
+  const bool dropout = opts.dropout_p > 0.0f;
+  const float keep_scale = dropout ? 1.0f / (1.0f - opts.dropout_p) : 1.0f;
+  parallel_for(dims.B * H, [&](int64_t bh) {
+    const int64_t h = bh % H, b = bh / H;
+    const float* k_bh = k + (b * dims.H_kv + h / group) * dims.s_cap * d_k;
+    std::vector<float> row_scores(probs ? T * S : 0);
+    std::vector<uint8_t> row_keep(S, 1);
+    if (probs)
+      sgemm(false, true, (int)T, (int)S, (int)d_k, opts.scale, q + bh * T * d_k, (int)d_k, k_bh, (int)d_k, 0.0f,
+            row_scores.data(), (int)S);
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t t_abs = opts.q_offset + t;
+      if (dropout)
+        dropout_keep_row(opts.seed, (uint32_t)b, (uint32_t)h, (uint32_t)t_abs, opts.s_offset, S, opts.dropout_p,
+                         row_keep.data());
+      if (keep) std::copy(row_keep.begin(), row_keep.end(), keep + (bh * T + t) * S);
+      if (!probs) continue;
+      const float lse_t = lse[bh * T + t];
+      const int64_t n = lse_t == NEG_INF ? 0 : visible(opts.causal, t_abs, opts.s_offset, S);
+      float* p_bht = probs + (bh * T + t) * S;
+      const float* sc_t = row_scores.data() + t * S;
+      for (int64_t s = 0; s < S; ++s)
+        p_bht[s] = s < n && row_keep[s] ? std::exp(sc_t[s] - lse_t) * keep_scale : 0.0f;
+    }
+  });
+}
+
+void linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w, const float* b, float* y) {
+  // Row blocks of x are independent tasks; BLAS stays single-threaded inside each.
+  constexpr int64_t MB = 64;
+  parallel_for((M + MB - 1) / MB, [&](int64_t task) {
+    const int64_t i0 = task * MB, mb = std::min(MB, M - i0);
+    float* y_i = y + i0 * N;
+    for (int64_t i = 0; i < mb; ++i) {
+      if (b) std::copy(b, b + N, y_i + i * N);
+      else std::fill(y_i + i * N, y_i + (i + 1) * N, 0.0f);
+    }
+    sgemm(false, false, (int)mb, (int)N, (int)K, 1.0f, x + i0 * K, (int)K, w, (int)N, 1.0f, y_i, (int)N);
+  });
+}
+
+}  // namespace kvs

@@ -1,0 +1,52 @@
+// Attention kernels, fp32, row-major, contiguous. No V8 here: the binding checks arguments.
+//
+// Shapes (DESIGN.md):
+//   q    [B, H, T, d_k]
+//   k    [B, H_kv, s_cap, d_k]   only rows [0, S) of each head are read (a cache's storage)
+//   v    [B, H_kv, s_cap, d_v]
+//   m, l [B, H, T]               online-softmax state: running max and running sum of exp
+//   acc  [B, H, T, d_v]          running sum of exp(score - m) * keep / (1 - p) * v
+//   out  [B, H, T, d_v], lse [B, H, T]
+// Query head h reads key/value head h / (H / H_kv).
+#pragma once
+#include <cstdint>
+
+namespace kvs {
+
+struct AttnDims {
+  int64_t B, H, H_kv, T, S, s_cap, d_k, d_v;
+};
+
+struct AttnOpts {
+  float scale;       // scores are q·kᵀ·scale
+  bool causal;       // query t (absolute q_offset + t) sees key s (absolute s_offset + s) iff s_abs <= t_abs
+  int64_t q_offset;  // absolute position of query 0
+  int64_t s_offset;  // absolute position of key 0 of this chunk
+  float dropout_p;   // 0 disables dropout
+  uint64_t seed;     // dropout key (see philox.h)
+};
+
+// Empty state: m = -inf, l = 0, acc = 0.
+void attn_state_init(int64_t rows, int64_t d_v, float* m, float* l, float* acc);
+
+// Folds keys [0, S) of k/v (absolute positions s_offset + s) into the state.
+void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, const float* k, const float* v,
+                 float* m, float* l, float* acc);
+
+// State 1 <- state 1 ∪ state 2 (disjoint key sets): the log-sum-exp rule. rows = B*H*T.
+void attn_merge(int64_t rows, int64_t d_v, float* m1, float* l1, float* acc1, const float* m2, const float* l2,
+                const float* acc2);
+
+// out = acc / l and lse = m + log(l); a row that saw no unmasked key gives 0 and -inf.
+void attn_finalize(int64_t rows, int64_t d_v, const float* m, const float* l, const float* acc, float* out,
+                   float* lse);
+
+// Probabilities after dropout, probs [B, H, T, S], and the keep mask [B, H, T, S] (1 = kept;
+// all ones without dropout), from the final lse of a full pass. Either output may be null.
+void attn_probs(const AttnDims& dims, const AttnOpts& opts, const float* q, const float* k, const float* lse,
+                float* probs, uint8_t* keep);
+
+// y [M, N] = x [M, K] · w [K, N] + b [N] (b may be null).
+void linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w, const float* b, float* y);
+
+}  // namespace kvs

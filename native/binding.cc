@@ -1,0 +1,330 @@
+// The only file that touches V8: converts JS values, checks every argument again (count, type,
+// length against the shapes, 64-bit size products, BLAS int range) and throws TypeError /
+// RangeError. Outputs are allocated by the caller, so nothing here allocates JS memory.
+#include <nan.h>
+
+#include <cmath>
+#include <cstdint>
+#include <new>
+#include <string>
+
+#include "attention.h"
+#include "gemm.h"
+#include "threads.h"
+
+namespace {
+
+using Args = Nan::NAN_METHOD_ARGS_TYPE;
+constexpr int64_t INT_MAX32 = 2147483647;
+
+struct Checker {
+  const char* fn;
+  const Args& info;
+  bool failed = false;
+
+  void type_error(const std::string& msg) {
+    if (!failed) Nan::ThrowTypeError((std::string(fn) + ": " + msg).c_str());
+    failed = true;
+  }
+  void range_error(const std::string& msg) {
+    if (!failed) Nan::ThrowRangeError((std::string(fn) + ": " + msg).c_str());
+    failed = true;
+  }
+
+  bool count(int n) {
+    if (info.Length() != n)
+      type_error("expected " + std::to_string(n) + " arguments, got " + std::to_string(info.Length()));
+    return !failed;
+  }
+
+  // An integer-valued number in [lo, hi].
+  int64_t integer(v8::Local<v8::Value> val, const std::string& name, int64_t lo, int64_t hi) {
+    if (failed) return 0;
+    if (!val->IsNumber()) {
+      type_error(name + " must be a number, got " + describe(val));
+      return 0;
+    }
+    const double d = Nan::To<double>(val).FromJust();
+    if (!std::isfinite(d) || d != std::floor(d) || d < (double)lo || d > (double)hi) {
+      range_error(name + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " +
+                  num(d));
+      return 0;
+    }
+    return (int64_t)d;
+  }
+
+  double number(v8::Local<v8::Value> val, const std::string& name, double lo, double hi, bool hi_open) {
+    if (failed) return 0;
+    if (!val->IsNumber()) {
+      type_error(name + " must be a number, got " + describe(val));
+      return 0;
+    }
+    const double d = Nan::To<double>(val).FromJust();
+    if (!std::isfinite(d) || d < lo || (hi_open ? d >= hi : d > hi)) {
+      range_error(name + " must be a finite number in [" + num(lo) + ", " + num(hi) + (hi_open ? ")" : "]") +
+                  ", got " + num(d));
+      return 0;
+    }
+    return d;
+  }
+
+  v8::Local<v8::Value> field(v8::Local<v8::Object> obj, const char* key) {
+    return Nan::Get(obj, Nan::New(key).ToLocalChecked()).ToLocalChecked();
+  }
+
+  v8::Local<v8::Object> object(int i, const std::string& name) {
+    if (!failed && !info[i]->IsObject()) type_error(name + " must be an object, got " + describe(info[i]));
+    return failed ? Nan::New<v8::Object>() : Nan::To<v8::Object>(info[i]).ToLocalChecked();
+  }
+
+  // A Float32Array (or null when nullable) of exactly `len` elements; `shape` names it in errors.
+  float* f32(int i, const std::string& name, int64_t len, const std::string& shape, bool nullable = false) {
+    if (failed) return nullptr;
+    v8::Local<v8::Value> val = info[i];
+    if (nullable && (val->IsNull() || val->IsUndefined())) return nullptr;
+    if (!val->IsFloat32Array()) {
+      type_error(name + " must be a Float32Array" + (nullable ? " or null" : "") + ", got " + describe(val));
+      return nullptr;
+    }
+    auto arr = val.As<v8::Float32Array>();
+    if ((int64_t)arr->Length() != len) {
+      range_error("expected " + name + " " + shape + " (" + std::to_string(len) + " floats), got " +
+                  std::to_string(arr->Length()));
+      return nullptr;
+    }
+    Nan::TypedArrayContents<float> contents(val);
+    return *contents;
+  }
+
+  uint8_t* u8(int i, const std::string& name, int64_t len, const std::string& shape) {
+    if (failed) return nullptr;
+    v8::Local<v8::Value> val = info[i];
+    if (val->IsNull() || val->IsUndefined()) return nullptr;
+    if (!val->IsUint8Array()) {
+      type_error(name + " must be a Uint8Array or null, got " + describe(val));
+      return nullptr;
+    }
+    auto arr = val.As<v8::Uint8Array>();
+    if ((int64_t)arr->Length() != len) {
+      range_error("expected " + name + " " + shape + " (" + std::to_string(len) + " bytes), got " +
+                  std::to_string(arr->Length()));
+      return nullptr;
+    }
+    Nan::TypedArrayContents<uint8_t> contents(val);
+    return *contents;
+  }
+
+  // a * b * ..., failing when the product leaves int64 or the element count a typed array may have.
+  int64_t product(std::initializer_list<int64_t> dims, const std::string& what) {
+    int64_t p = 1;
+    for (int64_t d : dims) {
+      if (__builtin_mul_overflow(p, d, &p) || p > ((int64_t)1 << 32)) {
+        range_error(what + " has more elements than a typed array can hold");
+        return 0;
+      }
+    }
+    return p;
+  }
+
+  static std::string num(double d) {
+    char buf[32];
+    snprintf(buf, sizeof buf, "%.17g", d);
+    return buf;
+  }
+  static std::string describe(v8::Local<v8::Value> val) {
+    if (val->IsUndefined()) return "undefined";
+    if (val->IsNull()) return "null";
+    if (val->IsFloat64Array()) return "Float64Array";
+    if (val->IsTypedArray()) return "a typed array of another type";
+    if (val->IsArray()) return "Array";
+    if (val->IsNumber()) return "number " + num(Nan::To<double>(val).FromJust());
+    if (val->IsString()) return "string";
+    if (val->IsBoolean()) return "boolean";
+    if (val->IsFunction()) return "function";
+    return "object";
+  }
+};
+
+std::string shape_str(const char* names, std::initializer_list<int64_t> dims) {
+  std::string s = std::string(names) + "=[";
+  bool first = true;
+  for (int64_t d : dims) {
+    s += (first ? "" : ",") + std::to_string(d);
+    first = false;
+  }
+  return s + "]";
+}
+
+kvs::AttnDims read_dims(Checker& c, int i) {
+  kvs::AttnDims d{};
+  v8::Local<v8::Object> o = c.object(i, "dims");
+  if (c.failed) return d;
+  d.B = c.integer(c.field(o, "B"), "dims.B", 1, INT_MAX32);
+  d.H = c.integer(c.field(o, "H"), "dims.H", 1, INT_MAX32);
+  d.H_kv = c.integer(c.field(o, "Hkv"), "dims.Hkv", 1, INT_MAX32);
+  d.T = c.integer(c.field(o, "T"), "dims.T", 1, INT_MAX32);
+  d.S = c.integer(c.field(o, "S"), "dims.S", 0, INT_MAX32);
+  d.s_cap = c.integer(c.field(o, "sCap"), "dims.sCap", 0, INT_MAX32);
+  d.d_k = c.integer(c.field(o, "dK"), "dims.dK", 1, INT_MAX32);
+  d.d_v = c.integer(c.field(o, "dV"), "dims.dV", 1, INT_MAX32);
+  if (c.failed) return d;
+  if (d.H % d.H_kv != 0)
+    c.range_error("dims.Hkv must divide dims.H, got H=" + std::to_string(d.H) + ", Hkv=" + std::to_string(d.H_kv));
+  else if (d.s_cap < d.S)
+    c.range_error("dims.sCap must be >= dims.S, got sCap=" + std::to_string(d.s_cap) + ", S=" + std::to_string(d.S));
+  return d;
+}
+
+kvs::AttnOpts read_opts(Checker& c, int i) {
+  kvs::AttnOpts o{};
+  v8::Local<v8::Object> obj = c.object(i, "opts");
+  if (c.failed) return o;
+  o.scale = (float)c.number(c.field(obj, "scale"), "opts.scale", -3.4e38, 3.4e38, false);
+  v8::Local<v8::Value> causal = c.field(obj, "causal");
+  if (!c.failed && !causal->IsBoolean()) c.type_error("opts.causal must be a boolean, got " + Checker::describe(causal));
+  o.causal = !c.failed && Nan::To<bool>(causal).FromJust();
+  o.q_offset = c.integer(c.field(obj, "qOffset"), "opts.qOffset", -INT_MAX32, INT_MAX32);
+  o.s_offset = c.integer(c.field(obj, "sOffset"), "opts.sOffset", 0, INT_MAX32);
+  o.dropout_p = (float)c.number(c.field(obj, "dropoutP"), "opts.dropoutP", 0.0, 1.0, true);
+  o.seed = (uint64_t)c.integer(c.field(obj, "seed"), "opts.seed", 0, ((int64_t)1 << 53) - 1);
+  return o;
+}
+
+// Runs a kernel, turning allocation failure into a RangeError instead of an abort.
+template <typename F>
+void guarded(Checker& c, F&& f) {
+  try {
+    f();
+  } catch (const std::bad_alloc&) {
+    c.range_error("out of memory");
+  }
+}
+
+// attnUpdate(dims, opts, q, k, v, m, l, acc): folds keys [0, S) into the state in place.
+NAN_METHOD(AttnUpdate) {
+  Checker c{"attnUpdate", info};
+  if (!c.count(8)) return;
+  const kvs::AttnDims d = read_dims(c, 0);
+  const kvs::AttnOpts o = read_opts(c, 1);
+  if (c.failed) return;
+  const int64_t nq = c.product({d.B, d.H, d.T, d.d_k}, "q");
+  const int64_t nk = c.product({d.B, d.H_kv, d.s_cap, d.d_k}, "k");
+  const int64_t nv = c.product({d.B, d.H_kv, d.s_cap, d.d_v}, "v");
+  const int64_t nr = c.product({d.B, d.H, d.T}, "m");
+  const int64_t na = c.product({d.B, d.H, d.T, d.d_v}, "acc");
+  const float* q = c.f32(2, "q", nq, shape_str("[B,H,T,d_k]", {d.B, d.H, d.T, d.d_k}));
+  const float* k = c.f32(3, "k", nk, shape_str("[B,H_kv,S_cap,d_k]", {d.B, d.H_kv, d.s_cap, d.d_k}));
+  const float* v = c.f32(4, "v", nv, shape_str("[B,H_kv,S_cap,d_v]", {d.B, d.H_kv, d.s_cap, d.d_v}));
+  float* m = c.f32(5, "m", nr, shape_str("[B,H,T]", {d.B, d.H, d.T}));
+  float* l = c.f32(6, "l", nr, shape_str("[B,H,T]", {d.B, d.H, d.T}));
+  float* acc = c.f32(7, "acc", na, shape_str("[B,H,T,d_v]", {d.B, d.H, d.T, d.d_v}));
+  if (c.failed) return;
+  guarded(c, [&] { kvs::attn_update(d, o, q, k, v, m, l, acc); });
+}
+
+// attnMerge(rows, dV, m1, l1, acc1, m2, l2, acc2): state 1 <- state 1 ∪ state 2.
+NAN_METHOD(AttnMerge) {
+  Checker c{"attnMerge", info};
+  if (!c.count(8)) return;
+  const int64_t rows = c.integer(info[0], "rows", 1, INT_MAX32);
+  const int64_t d_v = c.integer(info[1], "dV", 1, INT_MAX32);
+  const int64_t na = c.product({rows, d_v}, "acc");
+  if (c.failed) return;
+  const std::string rs = shape_str("[rows]", {rows}), as = shape_str("[rows,d_v]", {rows, d_v});
+  float* m1 = c.f32(2, "m1", rows, rs);
+  float* l1 = c.f32(3, "l1", rows, rs);
+  float* acc1 = c.f32(4, "acc1", na, as);
+  const float* m2 = c.f32(5, "m2", rows, rs);
+  const float* l2 = c.f32(6, "l2", rows, rs);
+  const float* acc2 = c.f32(7, "acc2", na, as);
+  if (c.failed) return;
+  kvs::attn_merge(rows, d_v, m1, l1, acc1, m2, l2, acc2);
+}
+
+// attnFinalize(rows, dV, m, l, acc, out, lse)
+NAN_METHOD(AttnFinalize) {
+  Checker c{"attnFinalize", info};
+  if (!c.count(7)) return;
+  const int64_t rows = c.integer(info[0], "rows", 1, INT_MAX32);
+  const int64_t d_v = c.integer(info[1], "dV", 1, INT_MAX32);
+  const int64_t na = c.product({rows, d_v}, "acc");
+  if (c.failed) return;
+  const std::string rs = shape_str("[rows]", {rows}), as = shape_str("[rows,d_v]", {rows, d_v});
+  const float* m = c.f32(2, "m", rows, rs);
+  const float* l = c.f32(3, "l", rows, rs);
+  const float* acc = c.f32(4, "acc", na, as);
+  float* out = c.f32(5, "out", na, as);
+  float* lse = c.f32(6, "lse", rows, rs);
+  if (c.failed) return;
+  kvs::attn_finalize(rows, d_v, m, l, acc, out, lse);
+}
+
+// attnProbs(dims, opts, q, k, lse, probs | null, keep | null)
+NAN_METHOD(AttnProbs) {
+  Checker c{"attnProbs", info};
+  if (!c.count(7)) return;
+  const kvs::AttnDims d = read_dims(c, 0);
+  const kvs::AttnOpts o = read_opts(c, 1);
+  if (c.failed) return;
+  const int64_t nq = c.product({d.B, d.H, d.T, d.d_k}, "q");
+  const int64_t nk = c.product({d.B, d.H_kv, d.s_cap, d.d_k}, "k");
+  const int64_t nr = c.product({d.B, d.H, d.T}, "lse");
+  const int64_t np = c.product({d.B, d.H, d.T, d.S}, "probs");
+  const float* q = c.f32(2, "q", nq, shape_str("[B,H,T,d_k]", {d.B, d.H, d.T, d.d_k}));
+  const float* k = c.f32(3, "k", nk, shape_str("[B,H_kv,S_cap,d_k]", {d.B, d.H_kv, d.s_cap, d.d_k}));
+  const float* lse = c.f32(4, "lse", nr, shape_str("[B,H,T]", {d.B, d.H, d.T}));
+  float* probs = c.f32(5, "probs", np, shape_str("[B,H,T,S]", {d.B, d.H, d.T, d.S}), true);
+  uint8_t* keep = c.u8(6, "keep", np, shape_str("[B,H,T,S]", {d.B, d.H, d.T, d.S}));
+  if (c.failed) return;
+  guarded(c, [&] { kvs::attn_probs(d, o, q, k, lse, probs, keep); });
+}
+
+// linear(x, w, b | null, y, M, K, N): y [M,N] = x [M,K] · w [K,N] + b [N]
+NAN_METHOD(Linear) {
+  Checker c{"linear", info};
+  if (!c.count(7)) return;
+  const int64_t M = c.integer(info[4], "M", 1, INT_MAX32);
+  const int64_t K = c.integer(info[5], "K", 1, INT_MAX32);
+  const int64_t N = c.integer(info[6], "N", 1, INT_MAX32);
+  if (c.failed) return;
+  const int64_t nx = c.product({M, K}, "x"), nw = c.product({K, N}, "w"), ny = c.product({M, N}, "y");
+  const float* x = c.f32(0, "x", nx, shape_str("[M,K]", {M, K}));
+  const float* w = c.f32(1, "w", nw, shape_str("[K,N]", {K, N}));
+  const float* b = c.f32(2, "b", N, shape_str("[N]", {N}), true);
+  float* y = c.f32(3, "y", ny, shape_str("[M,N]", {M, N}));
+  if (c.failed) return;
+  kvs::linear(M, K, N, x, w, b, y);
+}
+
+// setNumThreads(n): kvstream's own worker count; OpenBLAS stays at one thread inside.
+NAN_METHOD(SetNumThreads) {
+  Checker c{"setNumThreads", info};
+  if (!c.count(1)) return;
+  const int64_t n = c.integer(info[0], "n", 1, 256);
+  if (c.failed) return;
+  kvs::set_num_threads((int)n);
+}
+
+NAN_METHOD(Info) {
+  v8::Local<v8::Object> o = Nan::New<v8::Object>();
+  Nan::Set(o, Nan::New("blas").ToLocalChecked(), Nan::New(kvs::blas_name()).ToLocalChecked());
+  Nan::Set(o, Nan::New("blasCore").ToLocalChecked(), Nan::New(kvs::blas_core()).ToLocalChecked());
+  Nan::Set(o, Nan::New("threads").ToLocalChecked(), Nan::New(kvs::get_num_threads()));
+  Nan::Set(o, Nan::New("blasThreads").ToLocalChecked(), Nan::New(kvs::blas_get_threads()));
+  info.GetReturnValue().Set(o);
+}
+
+NAN_MODULE_INIT(Init) {
+  kvs::set_num_threads(1);
+  Nan::SetMethod(target, "attnUpdate", AttnUpdate);
+  Nan::SetMethod(target, "attnMerge", AttnMerge);
+  Nan::SetMethod(target, "attnFinalize", AttnFinalize);
+  Nan::SetMethod(target, "attnProbs", AttnProbs);
+  Nan::SetMethod(target, "linear", Linear);
+  Nan::SetMethod(target, "setNumThreads", SetNumThreads);
+  Nan::SetMethod(target, "info", Info);
+}
+
+}  // namespace
+
+NAN_MODULE_WORKER_ENABLED(kvstream, Init)
