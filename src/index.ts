@@ -1,0 +1,11 @@
+export * from './errors.ts';
+export * from './tensor.ts';
+export { attention, OnlineSoftmaxState } from './attention.ts';
+export type { AttentionOptions, AttentionResult, Dropout, KvView, StateOptions } from './attention.ts';
+export { KvCache } from './kvcache.ts';
+export type { KvCacheConfig } from './kvcache.ts';
+export { MultiHeadAttention, resolveConfig, weightShapes } from './mha.ts';
+export type { ForwardOptions, ForwardResult, MhaConfig, MhaWeights, ResolvedMhaConfig } from './mha.ts';
+export { info, setNumThreads } from './native.ts';
+export type { NativeInfo } from './native.ts';
+export { Rng, philox4x32 } from './random.ts';

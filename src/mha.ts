@@ -1,0 +1,224 @@
+// Multi-head attention module (DESIGN.md): projections, grouped KV heads, d_k != d_v, an optional
+// KV cache, output projection. Activations are [B,T,width]; per-head tensors are [B,H,T,d].
+import { attention } from './attention.ts';
+import type { AttentionResult, Dropout } from './attention.ts';
+import { ShapeError } from './errors.ts';
+import { KvCache } from './kvcache.ts';
+import { addon } from './native.ts';
+import { Rng } from './random.ts';
+import { expectDim, expectNumber, expectRank, expectShape } from './tensor.ts';
+import type { Tensor } from './tensor.ts';
+
+export interface MhaConfig {
+  dModel: number;
+  /** Key/value input width; default dModel (cross-attention may differ). */
+  dKvIn?: number;
+  /** Output width; default dModel. */
+  dOut?: number;
+  numHeads: number;
+  /** Key/value heads, dividing numHeads; default numHeads (1 = multi-query). */
+  numKvHeads?: number;
+  /** Default dModel / numHeads. */
+  dK?: number;
+  /** Default dK. */
+  dV?: number;
+  /** Default true. */
+  bias?: boolean;
+  /** Default 1/sqrt(dK). */
+  scale?: number;
+}
+
+export type ResolvedMhaConfig = Required<MhaConfig>;
+
+/** w_q [d_model,H·d_k], w_k [d_kv_in,H_kv·d_k], w_v [d_kv_in,H_kv·d_v], w_o [H·d_v,d_out]; biases [cols]. */
+export interface MhaWeights {
+  wQ: Tensor; wK: Tensor; wV: Tensor; wO: Tensor;
+  bQ?: Tensor; bK?: Tensor; bV?: Tensor; bO?: Tensor;
+}
+
+export interface ForwardOptions {
+  causal?: boolean;
+  /** Absolute position of query 0; default S - T. */
+  qOffset?: number;
+  /** When given, the new keys/values are appended first and attention reads the whole cache. */
+  cache?: KvCache;
+  dropout?: Dropout;
+  returnWeights?: boolean;
+}
+
+export interface ForwardResult {
+  /** [B,T,d_out] */
+  output: Tensor;
+  /** [B,H,T] */
+  lse: Tensor;
+  /** [B,H,T,S], when returnWeights. */
+  weights?: Tensor;
+  /** [B,H,T,S] keep mask, when returnWeights and dropout. */
+  mask?: AttentionResult['mask'];
+  cache?: KvCache;
+}
+
+export function resolveConfig(config: MhaConfig): ResolvedMhaConfig {
+  const dModel = expectDim('dModel', config.dModel);
+  const numHeads = expectDim('numHeads', config.numHeads);
+  const numKvHeads = expectDim('numKvHeads', config.numKvHeads ?? numHeads);
+  if (numHeads % numKvHeads !== 0) {
+    throw new ShapeError(`Expected numKvHeads to divide numHeads=${numHeads}, got ${numKvHeads}`);
+  }
+  if (config.dK === undefined && dModel % numHeads !== 0) {
+    throw new ShapeError(`Expected dModel divisible by numHeads=${numHeads} (or an explicit dK), got dModel=${dModel}`);
+  }
+  const dK = expectDim('dK', config.dK ?? dModel / numHeads);
+  return {
+    dModel,
+    dKvIn: expectDim('dKvIn', config.dKvIn ?? dModel),
+    dOut: expectDim('dOut', config.dOut ?? dModel),
+    numHeads,
+    numKvHeads,
+    dK,
+    dV: expectDim('dV', config.dV ?? dK),
+    bias: config.bias ?? true,
+    scale: expectNumber('scale', config.scale ?? 1 / Math.sqrt(dK), -3.4e38, 3.4e38),
+  };
+}
+
+/** Weight shapes of a config, in the order `MultiHeadAttention.random` draws them. */
+export function weightShapes(c: ResolvedMhaConfig): Record<keyof MhaWeights, number[] | null> {
+  const { dModel, dKvIn, dOut, numHeads: H, numKvHeads: Hkv, dK, dV, bias } = c;
+  return {
+    wQ: [dModel, H * dK], wK: [dKvIn, Hkv * dK], wV: [dKvIn, Hkv * dV], wO: [H * dV, dOut],
+    bQ: bias ? [H * dK] : null, bK: bias ? [Hkv * dK] : null, bV: bias ? [Hkv * dV] : null, bO: bias ? [dOut] : null,
+  };
+}
+
+export class MultiHeadAttention {
+  readonly config: ResolvedMhaConfig;
+  readonly weights: MhaWeights;
+
+  constructor(config: MhaConfig, weights: MhaWeights) {
+    this.config = resolveConfig(config);
+    const shapes = weightShapes(this.config);
+    for (const [name, shape] of Object.entries(shapes) as [keyof MhaWeights, number[] | null][]) {
+      const w = weights[name];
+      if (shape) expectShape(name, w, shape.length === 2 ? ['rows', 'cols'] : ['cols'], shape);
+      else if (w !== undefined) throw new ShapeError(`Expected no ${name} (config.bias is false), got a tensor`);
+    }
+    this.weights = weights;
+  }
+
+  /**
+   * Weights from a seed: Xavier-uniform matrices; biases U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+   * (nn.Linear's rule). Drawn from Rng(seed) in the order wQ, wK, wV, wO, bQ, bK, bV, bO.
+   */
+  static random(config: MhaConfig, seed: number): MultiHeadAttention {
+    const c = resolveConfig(config);
+    const rng = new Rng(seed);
+    const shapes = weightShapes(c);
+    const weights: Partial<MhaWeights> = {};
+    for (const name of ['wQ', 'wK', 'wV', 'wO'] as const) weights[name] = rng.xavierUniform(shapes[name]![0], shapes[name]![1]);
+    const fanIn = { bQ: c.dModel, bK: c.dKvIn, bV: c.dKvIn, bO: c.numHeads * c.dV };
+    for (const name of ['bQ', 'bK', 'bV', 'bO'] as const) {
+      const shape = shapes[name];
+      if (shape) weights[name] = rng.uniformTensor(shape, -1 / Math.sqrt(fanIn[name]), 1 / Math.sqrt(fanIn[name]));
+    }
+    return new MultiHeadAttention(c, weights as MhaWeights);
+  }
+
+  /** A cache for this module's key/value heads. */
+  newCache(batch: number, capacity?: number): KvCache {
+    return new KvCache({ batch, numKvHeads: this.config.numKvHeads, dK: this.config.dK, dV: this.config.dV, capacity });
+  }
+
+  /** xQ [B,T,d_model] -> q [B,H,T,d_k] */
+  projectQ(xQ: Tensor): Tensor {
+    const [B, T] = expectRank('x_q', xQ, ['B', 'T', 'd_model']);
+    expectShape('x_q', xQ, ['B', 'T', 'd_model'], [B, T, this.config.dModel]);
+    return project(xQ, this.weights.wQ, this.weights.bQ, B, T, this.config.numHeads, this.config.dK);
+  }
+
+  /** xKv [B,S,d_kv_in] -> k [B,H_kv,S,d_k], v [B,H_kv,S,d_v] */
+  projectKv(xKv: Tensor): { k: Tensor; v: Tensor } {
+    const [B, S] = expectRank('x_kv', xKv, ['B', 'S', 'd_kv_in']);
+    expectShape('x_kv', xKv, ['B', 'S', 'd_kv_in'], [B, S, this.config.dKvIn]);
+    const { numKvHeads: Hkv, dK, dV } = this.config;
+    return {
+      k: project(xKv, this.weights.wK, this.weights.bK, B, S, Hkv, dK),
+      v: project(xKv, this.weights.wV, this.weights.bV, B, S, Hkv, dV),
+    };
+  }
+
+  /** Per-head output o [B,H,T,d_v] -> concat_h · w_o + b_o, [B,T,d_out] */
+  projectOut(o: Tensor): Tensor {
+    const [B, , T] = expectRank('o', o, ['B', 'H', 'T', 'd_v']);
+    const { numHeads: H, dV, dOut } = this.config;
+    expectShape('o', o, ['B', 'H', 'T', 'd_v'], [B, H, T, dV]);
+    const merged = mergeHeads(o.data, B, H, T, dV);
+    const y = new Float32Array(B * T * dOut);
+    addon.linear(merged, this.weights.wO.data, this.weights.bO?.data ?? null, y, B * T, H * dV, dOut);
+    return { data: y, shape: [B, T, dOut] };
+  }
+
+  /**
+   * xQ [B,T,d_model], xKv [B,S_new,d_kv_in] (may be omitted with a cache) -> output [B,T,d_out],
+   * lse [B,H,T]. With a cache, the new keys/values are appended first and the queries attend
+   * to all S = S_past + S_new cached positions.
+   */
+  forward(xQ: Tensor, xKv: Tensor | null, options: ForwardOptions = {}): ForwardResult {
+    const q = this.projectQ(xQ);
+    const { cache } = options;
+    let k, v;
+    if (cache) {
+      if (cache.batch !== q.shape[0] || cache.numKvHeads !== this.config.numKvHeads || cache.dK !== this.config.dK || cache.dV !== this.config.dV) {
+        throw new ShapeError(`Expected cache [B,H_kv,d_k,d_v]=[${q.shape[0]},${this.config.numKvHeads},${this.config.dK},${this.config.dV}], got [${cache.batch},${cache.numKvHeads},${cache.dK},${cache.dV}]`);
+      }
+      if (xKv) {
+        const kv = this.projectKv(xKv);
+        cache.append(kv.k, kv.v);
+      }
+      [k, v] = [cache.keys(), cache.values()];
+    } else {
+      if (!xKv) throw new ShapeError('Expected x_kv shape [B,S,d_kv_in] (or a cache), got null');
+      ({ k, v } = this.projectKv(xKv));
+    }
+    const r = attention(q, k, v, { scale: this.config.scale, causal: options.causal, qOffset: options.qOffset, dropout: options.dropout, returnWeights: options.returnWeights });
+    const result: ForwardResult = { output: this.projectOut(r.output), lse: r.lse };
+    if (r.weights) result.weights = r.weights;
+    if (r.mask) result.mask = r.mask;
+    if (cache) result.cache = cache;
+    return result;
+  }
+}
+
+/** x [B,T,in] · w [in,heads·d] + b -> [B,heads,T,d] */
+function project(x: Tensor, w: Tensor, b: Tensor | undefined, B: number, T: number, heads: number, d: number): Tensor {
+  const inDim = x.shape[2];
+  const y = new Float32Array(B * T * heads * d);
+  addon.linear(x.data, w.data, b?.data ?? null, y, B * T, inDim, heads * d);
+  return { data: splitHeads(y, B, T, heads, d), shape: [B, heads, T, d] };
+}
+
+/** [B,T,H·d] -> [B,H,T,d] */
+function splitHeads(y: Float32Array, B: number, T: number, H: number, d: number): Float32Array {
+  if (H === 1) return y;
+  const out = new Float32Array(y.length);
+  for (let b = 0; b < B; b++)
+    for (let t = 0; t < T; t++)
+      for (let h = 0; h < H; h++) {
+        const from = ((b * T + t) * H + h) * d;
+        out.set(y.subarray(from, from + d), ((b * H + h) * T + t) * d);
+      }
+  return out;
+}
+
+/** [B,H,T,d] -> [B,T,H·d] */
+function mergeHeads(o: Float32Array, B: number, H: number, T: number, d: number): Float32Array {
+  if (H === 1) return o;
+  const out = new Float32Array(o.length);
+  for (let b = 0; b < B; b++)
+    for (let h = 0; h < H; h++)
+      for (let t = 0; t < T; t++) {
+        const from = ((b * H + h) * T + t) * d;
+        out.set(o.subarray(from, from + d), ((b * T + t) * H + h) * d);
+      }
+  return out;
+}

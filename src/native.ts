@@ -1,0 +1,86 @@
+// The only module that loads the addon. Everything else imports `addon` (typed, errors mapped
+// to NativeError) or, for tests of the binding's own checks, `binding` (raw).
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { NativeError } from './errors.ts';
+
+/** Attention sizes as the binding reads them; see native/attention.h. */
+export interface NativeDims {
+  B: number; H: number; Hkv: number; T: number; S: number; sCap: number; dK: number; dV: number;
+}
+
+/** Attention options as the binding reads them. */
+export interface NativeOpts {
+  scale: number; causal: boolean; qOffset: number; sOffset: number; dropoutP: number; seed: number;
+}
+
+export interface NativeInfo {
+  /** 'openblas' when linked against OpenBLAS, 'portable' for the built-in blocked GEMM. */
+  blas: 'openblas' | 'portable';
+  /** OpenBLAS's core (e.g. 'Haswell', 'SkylakeX'), or 'portable'. */
+  blasCore: string;
+  /** kvstream's worker threads (OpenBLAS stays at one thread inside them). */
+  threads: number;
+  blasThreads: number;
+}
+
+export interface Binding {
+  /** State (m, l [B,H,T]; acc [B,H,T,dV]) absorbs keys [0,S) of k [B,Hkv,sCap,dK], v [B,Hkv,sCap,dV]; q [B,H,T,dK]. */
+  attnUpdate(dims: NativeDims, opts: NativeOpts, q: Float32Array, k: Float32Array, v: Float32Array,
+    m: Float32Array, l: Float32Array, acc: Float32Array): void;
+  /** State 1 (m1, l1 [rows]; acc1 [rows,dV]) absorbs state 2 over a disjoint key set. */
+  attnMerge(rows: number, dV: number, m1: Float32Array, l1: Float32Array, acc1: Float32Array,
+    m2: Float32Array, l2: Float32Array, acc2: Float32Array): void;
+  /** out [rows,dV] = acc / l, lse [rows] = m + log l (0 and -inf for rows that saw no key). */
+  attnFinalize(rows: number, dV: number, m: Float32Array, l: Float32Array, acc: Float32Array,
+    out: Float32Array, lse: Float32Array): void;
+  /** probs [B,H,T,S] after dropout and keep [B,H,T,S] from the final lse [B,H,T]; either may be null. */
+  attnProbs(dims: NativeDims, opts: NativeOpts, q: Float32Array, k: Float32Array, lse: Float32Array,
+    probs: Float32Array | null, keep: Uint8Array | null): void;
+  /** y [M,N] = x [M,K] · w [K,N] + b [N]. */
+  linear(x: Float32Array, w: Float32Array, b: Float32Array | null, y: Float32Array, M: number, K: number, N: number): void;
+  setNumThreads(n: number): void;
+  info(): NativeInfo;
+}
+
+const ADDON_PATH = fileURLToPath(new URL('../build/Release/kvstream.node', import.meta.url));
+
+function load(): Binding {
+  try {
+    return createRequire(import.meta.url)(ADDON_PATH) as Binding;
+  } catch (cause) {
+    throw new NativeError(
+      `The kvstream native addon could not be loaded from ${ADDON_PATH}: ${(cause as Error).message}\n` +
+        'Rebuild it with `npm run build:native` (needs g++, make and python3; ' +
+        '`apt-get install libopenblas-dev` first to link OpenBLAS).',
+      { cause },
+    );
+  }
+}
+
+/** The raw addon: its own argument checks throw TypeError / RangeError. */
+export const binding: Binding = load();
+
+/** The addon with every error re-thrown as NativeError (the TypeScript checks run first). */
+export const addon: Binding = Object.fromEntries(
+  Object.entries(binding).map(([name, fn]) => [
+    name,
+    (...args: unknown[]) => {
+      try {
+        return (fn as (...a: unknown[]) => unknown)(...args);
+      } catch (cause) {
+        throw new NativeError(`${(cause as Error).message}`, { cause });
+      }
+    },
+  ]),
+) as unknown as Binding;
+
+/** Which BLAS the addon linked, its core, and thread counts. */
+export function info(): NativeInfo {
+  return binding.info();
+}
+
+/** Sets kvstream's worker thread count (>= 1); OpenBLAS is kept at one thread inside. */
+export function setNumThreads(n: number): void {
+  addon.setNumThreads(n);
+}
