@@ -3,7 +3,10 @@
 // RangeError. Outputs are allocated by the caller, so nothing here allocates JS memory.
 #include <nan.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <thread>
 #include <cstdint>
 #include <new>
 #include <string>
@@ -314,8 +317,15 @@ NAN_METHOD(Info) {
   info.GetReturnValue().Set(o);
 }
 
+// Worker threads: KVSTREAM_NUM_THREADS when set to a positive integer, else every core.
+int default_threads() {
+  const char* env = std::getenv("KVSTREAM_NUM_THREADS");
+  const int n = env ? std::atoi(env) : 0;
+  return n > 0 ? n : (int)std::max(1u, std::thread::hardware_concurrency());
+}
+
 NAN_MODULE_INIT(Init) {
-  kvs::set_num_threads(1);
+  kvs::set_num_threads(default_threads());
   Nan::SetMethod(target, "attnUpdate", AttnUpdate);
   Nan::SetMethod(target, "attnMerge", AttnMerge);
   Nan::SetMethod(target, "attnFinalize", AttnFinalize);

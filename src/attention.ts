@@ -49,8 +49,7 @@ export interface KvView extends Tensor {
 function expectKv(name: string, t: KvView, B: number, Hkv: number, S: number, d: number, dimName: string): void {
   const cap = t.capacity ?? S;
   expectDim(`${name}.capacity`, cap, S);
-  expectShape(name, t, ['B', 'H_kv', 'S', dimName], [B, Hkv, S, d]);
-  if (cap !== S) expectShape(`${name} storage`, { data: t.data, shape: [B, Hkv, cap, d] }, ['B', 'H_kv', 'S_cap', dimName], [B, Hkv, cap, d]);
+  expectShape(name, t, ['B', 'H_kv', 'S', dimName], [B, Hkv, S, d], cap);
 }
 
 function nativeOpts(o: { scale: number; causal: boolean; qOffset: number; dropout?: Dropout }, sOffset: number): NativeOpts {

@@ -49,9 +49,10 @@ export function expectNumber(name: string, value: unknown, lo: number, hi: numbe
 
 /**
  * Checks that `t` is a Float32Array-backed tensor of exactly `dims` (names in `names`, e.g.
- * ['B','H','T','D']) and that its data holds numel(dims) floats.
+ * ['B','H','T','D']) and that its data holds numel(dims) floats, or, for a rank-4 cache view
+ * with `capacity`, the floats of [dims[0], dims[1], capacity, dims[3]].
  */
-export function expectShape(name: string, t: unknown, names: readonly string[], dims: readonly number[]): Tensor {
+export function expectShape(name: string, t: unknown, names: readonly string[], dims: readonly number[], capacity?: number): Tensor {
   const want = `${name} shape [${names.join(',')}]=[${dims.join(',')}] (${numel(dims)} floats)`;
   if (typeof t !== 'object' || t === null || !('data' in t) || !('shape' in t)) {
     throw new ShapeError(`Expected ${want}, got ${show(t)}`);
@@ -61,7 +62,12 @@ export function expectShape(name: string, t: unknown, names: readonly string[], 
   if (!Array.isArray(shape)) throw new ShapeError(`Expected ${want}, got shape ${show(shape)}`);
   const same = shape.length === dims.length && shape.every((d, i) => d === dims[i]);
   if (!same) throw new ShapeError(`Expected ${want}, got shape [${shape.join(',')}] (${data.length} floats)`);
-  if (data.length !== numel(dims)) throw new ShapeError(`Expected ${want}, got ${data.length}`);
+  // A cache view stores `capacity` >= S positions per head in its third axis.
+  const stored = capacity === undefined ? dims : [dims[0], dims[1], capacity, ...dims.slice(3)];
+  if (data.length !== numel(stored)) {
+    const storage = capacity === undefined ? want : `${name} storage [${names.map((n, i) => (i === 2 ? `${n}_cap` : n)).join(',')}]=[${stored.join(',')}] (${numel(stored)} floats)`;
+    throw new ShapeError(`Expected ${storage}, got ${data.length}`);
+  }
   return t as Tensor;
 }
 

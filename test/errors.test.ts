@@ -1,0 +1,105 @@
+// Bad input: through the TypeScript API (named kvstream errors) and straight into the binding
+// (TypeError / RangeError). Every message is checked, and the process survives all of them.
+import test from 'ava';
+import { attention, OnlineSoftmaxState } from '../src/attention.ts';
+import { KvstreamError, ShapeError } from '../src/errors.ts';
+import { KvCache } from '../src/kvcache.ts';
+import { MultiHeadAttention } from '../src/mha.ts';
+import { binding } from '../src/native.ts';
+import { zeros } from '../src/tensor.ts';
+
+const q = zeros([1, 8, 16, 64]);
+const k = zeros([1, 2, 10, 64]);
+const v = zeros([1, 2, 10, 32]);
+
+test('TS API: wrong lengths name the argument, the expected shape and the actual size', (t) => {
+  const short = { data: new Float32Array(4096), shape: [1, 8, 16, 64] };
+  t.throws(() => attention(short, k, v), { instanceOf: ShapeError, message: 'Expected q shape [B,H,T,d_k]=[1,8,16,64] (8192 floats), got 4096' });
+  t.throws(() => attention(q, zeros([1, 2, 10, 32]), v), { name: 'ShapeError', message: 'Expected k shape [B,H_kv,S,d_k] with d_k=64 (as q), got d_k=32' });
+  t.throws(() => attention(q, k, zeros([1, 2, 9, 32])), { name: 'ShapeError', message: 'Expected v shape [B,H_kv,S,d_v]=[1,2,10,32] (640 floats), got shape [1,2,9,32] (576 floats)' });
+  t.throws(() => attention(q, zeros([2, 2, 10, 64]), v), { name: 'ShapeError', message: 'Expected k shape [B,H_kv,S,d_k]=[1,2,10,64] (1280 floats), got shape [2,2,10,64] (2560 floats)' });
+});
+
+test('TS API: wrong array types and ranks', (t) => {
+  const f64 = { data: new Float64Array(8192), shape: [1, 8, 16, 64] } as never;
+  t.throws(() => attention(f64, k, v), { name: 'ShapeError', message: 'Expected q shape [B,H,T,d_k]=[1,8,16,64] (8192 floats) as a Float32Array, got Float64Array(8192)' });
+  t.throws(() => attention(zeros([8, 16, 64]), k, v), { name: 'ShapeError', message: 'Expected q rank 4 [B,H,T,d_k], got shape [8,16,64]' });
+  t.throws(() => attention(undefined as never, k, v), { name: 'ShapeError', message: 'Expected q rank 4 [B,H,T,d_k], got undefined' });
+});
+
+test('TS API: H % H_kv != 0', (t) => {
+  t.throws(() => attention(zeros([1, 6, 4, 8]), zeros([1, 4, 3, 8]), zeros([1, 4, 3, 8])), { name: 'ShapeError', message: 'Expected k H_kv to divide H=6, got H_kv=4' });
+  t.throws(() => MultiHeadAttention.random({ dModel: 32, numHeads: 4, numKvHeads: 3 }, 1), { name: 'ShapeError', message: 'Expected numKvHeads to divide numHeads=4, got 3' });
+});
+
+test('TS API: zero, negative and fractional dims', (t) => {
+  t.throws(() => attention(zeros([1, 0, 4, 8]), k, v), { name: 'ShapeError', message: 'Expected q dim H to be an integer >= 1, got 0' });
+  t.throws(() => MultiHeadAttention.random({ dModel: -4, numHeads: 1 }, 1), { name: 'ShapeError', message: 'Expected dModel to be an integer >= 1, got -4' });
+  t.throws(() => MultiHeadAttention.random({ dModel: 32, numHeads: 2.5 }, 1), { name: 'ShapeError', message: 'Expected numHeads to be an integer >= 1, got 2.5' });
+  t.throws(() => new KvCache({ batch: 1, numKvHeads: 1, dK: 0, dV: 4 }), { name: 'ShapeError', message: 'Expected dK to be an integer >= 1, got 0' });
+  t.throws(() => MultiHeadAttention.random({ dModel: 30, numHeads: 4 }, 1), { name: 'ShapeError', message: 'Expected dModel divisible by numHeads=4 (or an explicit dK), got dModel=30' });
+});
+
+test('TS API: options out of range and missing arguments', (t) => {
+  t.throws(() => attention(q, k, v, { dropout: { p: 1, seed: 1 } }), { name: 'ArgumentError', message: 'Expected dropout.p to be a number in [0, 1), got 1' });
+  t.throws(() => attention(q, k, v, { dropout: { p: 0.1, seed: -1 } }), { name: 'ArgumentError', message: 'Expected dropout.seed to be an integer in [0, 2^53), got -1' });
+  t.throws(() => attention(q, k, v, { scale: Number.NaN }), { name: 'ArgumentError', message: 'Expected scale to be a number in [-3.4e+38, 3.4e+38], got NaN' });
+  t.throws(() => new OnlineSoftmaxState(q, { dV: 32, causal: true }), { name: 'ArgumentError', message: 'Expected qOffset (absolute position of query 0) for a streaming state with causal or dropout, got undefined' });
+  t.throws(() => (attention as (...a: unknown[]) => unknown)(q, k), { name: 'ShapeError', message: 'Expected v rank 4 [B,H_kv,S,d_v], got undefined' });
+  const mha = MultiHeadAttention.random({ dModel: 16, numHeads: 2 }, 1);
+  t.throws(() => mha.forward(zeros([1, 3, 16]), null), { name: 'ShapeError', message: 'Expected x_kv shape [B,S,d_kv_in] (or a cache), got null' });
+  t.throws(() => mha.forward(zeros([1, 3, 15]), zeros([1, 3, 16])), { name: 'ShapeError', message: 'Expected x_q shape [B,T,d_model]=[1,3,16] (48 floats), got shape [1,3,15] (45 floats)' });
+});
+
+test('every kvstream error shares the base class and carries its name', (t) => {
+  const e = t.throws(() => attention(zeros([1]), k, v));
+  t.true(e instanceof KvstreamError);
+  t.is(e?.name, 'ShapeError');
+});
+
+// Straight into the binding: its own checks, never an abort.
+const dims = { B: 1, H: 2, Hkv: 1, T: 3, S: 4, sCap: 4, dK: 2, dV: 2 };
+const opts = { scale: 1, causal: false, qOffset: 0, sOffset: 0, dropoutP: 0, seed: 0 };
+const f = (n: number) => new Float32Array(n);
+const good = () => [dims, opts, f(12), f(8), f(8), f(6), f(6), f(12)] as unknown[];
+const update = (args: unknown[]) => () => (binding.attnUpdate as (...a: unknown[]) => void)(...args);
+
+test('binding: argument count and types', (t) => {
+  t.notThrows(update(good()));
+  t.throws(update(good().slice(0, 7)), { instanceOf: TypeError, message: 'attnUpdate: expected 8 arguments, got 7' });
+  const a = good(); a[2] = new Float64Array(12);
+  t.throws(update(a), { instanceOf: TypeError, message: 'attnUpdate: q must be a Float32Array, got Float64Array' });
+  const b = good(); b[3] = [0, 0, 0];
+  t.throws(update(b), { instanceOf: TypeError, message: 'attnUpdate: k must be a Float32Array, got Array' });
+  const c = good(); c[0] = 'dims';
+  t.throws(update(c), { instanceOf: TypeError, message: 'attnUpdate: dims must be an object, got string' });
+  const d = good(); d[1] = { ...opts, causal: 1 };
+  t.throws(update(d), { instanceOf: TypeError, message: 'attnUpdate: opts.causal must be a boolean, got number 1' });
+  t.throws(() => (binding.linear as (...a: unknown[]) => void)(), { instanceOf: TypeError, message: 'linear: expected 7 arguments, got 0' });
+});
+
+test('binding: lengths, dims, divisibility and size products', (t) => {
+  const a = good(); a[4] = f(7);
+  t.throws(update(a), { instanceOf: RangeError, message: 'attnUpdate: expected v [B,H_kv,S_cap,d_v]=[1,1,4,2] (8 floats), got 7' });
+  for (const [key, value, message] of [
+    ['Hkv', 3, 'attnUpdate: dims.Hkv must divide dims.H, got H=2, Hkv=3'],
+    ['T', 0, 'attnUpdate: dims.T must be an integer in [1, 2147483647], got 0'],
+    ['dK', -2, 'attnUpdate: dims.dK must be an integer in [1, 2147483647], got -2'],
+    ['B', 1.5, 'attnUpdate: dims.B must be an integer in [1, 2147483647], got 1.5'],
+    ['sCap', 3, 'attnUpdate: dims.sCap must be >= dims.S, got sCap=3, S=4'],
+    ['B', 2 ** 31, 'attnUpdate: dims.B must be an integer in [1, 2147483647], got 2147483648'],
+  ] as const) {
+    const args = good(); args[0] = { ...dims, [key]: value };
+    t.throws(update(args), { instanceOf: RangeError, message });
+  }
+  const huge = good(); huge[0] = { ...dims, B: 65536, H: 65536, Hkv: 1, T: 65536 };
+  t.throws(update(huge), { instanceOf: RangeError, message: 'attnUpdate: q has more elements than a typed array can hold' });
+  const p = good(); p[1] = { ...opts, dropoutP: 1 };
+  t.throws(update(p), { instanceOf: RangeError, message: 'attnUpdate: opts.dropoutP must be a finite number in [0, 1), got 1' });
+  t.throws(() => binding.setNumThreads(0), { instanceOf: RangeError, message: 'setNumThreads: n must be an integer in [1, 256], got 0' });
+});
+
+test('the process is still alive and computing after all of the above', (t) => {
+  const r = attention(zeros([1, 1, 1, 2]), { data: new Float32Array([1, 0]), shape: [1, 1, 1, 2] }, { data: new Float32Array([3, 4]), shape: [1, 1, 1, 2] });
+  t.deepEqual([...r.output.data], [3, 4]);
+});
