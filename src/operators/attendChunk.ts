@@ -1,0 +1,51 @@
+import { defer, finalize, map } from 'rxjs';
+import type { OperatorFunction } from 'rxjs';
+import { OnlineSoftmaxState } from '../attention.ts';
+import type { Dropout } from '../attention.ts';
+import type { MultiHeadAttention } from '../mha.ts';
+import type { Tensor } from '../tensor.ts';
+import type { KvChunk } from './chunks.ts';
+
+export interface AttendOptions {
+  causal?: boolean;
+  /** Absolute position of query 0 (default 0); needed for causal and dropout. */
+  qOffset?: number;
+  dropout?: Dropout;
+  /** Absolute position of token 0 of the stream (keys already seen elsewhere, e.g. a prompt). */
+  sOffset?: number;
+}
+
+export interface PartialOutput {
+  /** Attention of the fixed queries over every key so far, projected: [B,T,d_out]. */
+  output: Tensor;
+  /** [B,H,T] */
+  lse: Tensor;
+}
+
+/**
+ * Streamed memory: fixed queries xQ [B,T,d_model] attend over key/value chunks as they arrive.
+ * Each chunk is folded into an online-softmax state (one per subscription) and the exact
+ * attention over all keys so far is emitted with the chunk. Memory is one state, however long
+ * the stream.
+ */
+export function attendChunk<C extends KvChunk>(mha: MultiHeadAttention, xQ: Tensor, options: AttendOptions = {}): OperatorFunction<C, C & PartialOutput> {
+  return (source) =>
+    defer(() => {
+      let state: OnlineSoftmaxState | undefined = new OnlineSoftmaxState(mha.projectQ(xQ), {
+        dV: mha.config.dV,
+        scale: mha.config.scale,
+        causal: options.causal,
+        qOffset: options.qOffset ?? 0,
+        dropout: options.dropout,
+      });
+      const sOffset = options.sOffset ?? 0;
+      return source.pipe(
+        map((chunk) => {
+          state!.update(chunk.k, chunk.v, sOffset + chunk.start);
+          const { output, lse } = state!.clone().finalize();
+          return { ...chunk, output: mha.projectOut(output), lse };
+        }),
+        finalize(() => (state = undefined)),
+      );
+    });
+}

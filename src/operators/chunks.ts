@@ -1,0 +1,62 @@
+// Chunk types that flow through the operators, and how a token axis is split.
+import { ShapeError } from '../errors.ts';
+import type { KvCache } from '../kvcache.ts';
+import { expectDim } from '../tensor.ts';
+import type { Tensor } from '../tensor.ts';
+
+/** Tokens [start, end) of an input, x [B, end - start, d]. */
+export interface TokenChunk {
+  index: number;
+  start: number;
+  end: number;
+  x: Tensor;
+}
+
+/** A chunk projected to keys k [B,H_kv,n,d_k] and values v [B,H_kv,n,d_v]. */
+export interface KvChunk extends TokenChunk {
+  k: Tensor;
+  v: Tensor;
+}
+
+/** A chunk after its keys/values were appended to `cache`. */
+export interface CachedChunk extends KvChunk {
+  cache: KvCache;
+}
+
+/** Chunk sizes covering S tokens: a fixed size (last chunk shorter) or an explicit list summing to S. */
+export function chunkSizes(S: number, chunking: number | readonly number[]): number[] {
+  if (typeof chunking === 'number') {
+    expectDim('chunk size', chunking);
+    const sizes: number[] = [];
+    for (let s = 0; s < S; s += chunking) sizes.push(Math.min(chunking, S - s));
+    return sizes;
+  }
+  chunking.forEach((n, i) => expectDim(`chunk_sizes[${i}]`, n));
+  const total = chunking.reduce((a, b) => a + b, 0);
+  if (total !== S) throw new ShapeError(`Expected chunk_sizes to sum to S=${S}, got ${total} ([${chunking.join(',')}])`);
+  return [...chunking];
+}
+
+/** Tokens [s0, s1) of x [B,S,d] as [B, s1 - s0, d]. */
+export function sliceTokens(x: Tensor, s0: number, s1: number): Tensor {
+  const [B, S, d] = x.shape;
+  const n = s1 - s0;
+  if (B === 1) return { data: x.data.subarray(s0 * d, s1 * d), shape: [1, n, d] };
+  const out = new Float32Array(B * n * d);
+  for (let b = 0; b < B; b++) out.set(x.data.subarray((b * S + s0) * d, (b * S + s1) * d), b * n * d);
+  return { data: out, shape: [B, n, d] };
+}
+
+/** Concatenates [B, n_i, d] tensors along the token axis. */
+export function concatTokens(parts: readonly Tensor[]): Tensor {
+  const [B, , d] = parts[0].shape;
+  const S = parts.reduce((a, p) => a + p.shape[1], 0);
+  const out = new Float32Array(B * S * d);
+  let s0 = 0;
+  for (const p of parts) {
+    const n = p.shape[1];
+    for (let b = 0; b < B; b++) out.set(p.data.subarray(b * n * d, (b + 1) * n * d), (b * S + s0) * d);
+    s0 += n;
+  }
+  return { data: out, shape: [B, S, d] };
+}

@@ -1,0 +1,11 @@
+export * from './chunks.ts';
+export { splitTokens } from './splitTokens.ts';
+export { fromNpy } from './fromNpy.ts';
+export type { FromNpyOptions } from './fromNpy.ts';
+export { projectKv } from './projectKv.ts';
+export { appendKv } from './appendKv.ts';
+export { attendChunk } from './attendChunk.ts';
+export type { AttendOptions, PartialOutput } from './attendChunk.ts';
+export { prefillChunk } from './prefillChunk.ts';
+export type { PrefillOutput } from './prefillChunk.ts';
+export { writeFixture } from './writeFixture.ts';

@@ -1,0 +1,39 @@
+import { defer, finalize, map } from 'rxjs';
+import type { OperatorFunction } from 'rxjs';
+import type { Dropout } from '../attention.ts';
+import type { KvCache } from '../kvcache.ts';
+import type { MultiHeadAttention } from '../mha.ts';
+import type { Tensor } from '../tensor.ts';
+import type { TokenChunk } from './chunks.ts';
+
+export interface PrefillOutput {
+  index: number;
+  start: number;
+  end: number;
+  /** This chunk's output rows [B,n,d_out]. */
+  output: Tensor;
+  /** [B,H,n] */
+  lse: Tensor;
+  cache: KvCache;
+}
+
+/**
+ * Chunked causal self-attention (prefill; decode is chunks of one token): each chunk x [B,n,d]
+ * is projected to q, k, v; k and v are appended to the cache (one per subscription, from
+ * `createCache`, possibly holding a prompt); the chunk's queries attend to the whole cache,
+ * query t at absolute position (cache length before the chunk) + t. The concatenated outputs
+ * equal one causal pass.
+ */
+export function prefillChunk(mha: MultiHeadAttention, createCache: () => KvCache, options: { dropout?: Dropout } = {}): OperatorFunction<TokenChunk, PrefillOutput> {
+  return (source) =>
+    defer(() => {
+      let cache: KvCache | undefined = createCache();
+      return source.pipe(
+        map((chunk) => {
+          const r = mha.forward(chunk.x, chunk.x, { cache: cache!, causal: true, dropout: options.dropout });
+          return { index: chunk.index, start: chunk.start, end: chunk.end, output: r.output, lse: r.lse, cache: cache! };
+        }),
+        finalize(() => (cache = undefined)),
+      );
+    });
+}

@@ -1,0 +1,19 @@
+import { defer, from, map } from 'rxjs';
+import type { Observable } from 'rxjs';
+import { expectRank } from '../tensor.ts';
+import type { Tensor } from '../tensor.ts';
+import { chunkSizes, sliceTokens } from './chunks.ts';
+import type { TokenChunk } from './chunks.ts';
+
+/**
+ * Source: x [B,S,d] split along its token axis into chunks of a fixed size (the last one
+ * shorter) or of the listed sizes. Cold: each subscription slices afresh.
+ */
+export function splitTokens(x: Tensor, chunking: number | readonly number[]): Observable<TokenChunk> {
+  return defer(() => {
+    const [, S] = expectRank('x', x, ['B', 'S', 'd']);
+    const sizes = chunkSizes(S, chunking);
+    const starts = sizes.map((_, i) => sizes.slice(0, i).reduce((a, b) => a + b, 0));
+    return from(sizes).pipe(map((n, index) => ({ index, start: starts[index], end: starts[index] + n, x: sliceTokens(x, starts[index], starts[index] + n) })));
+  });
+}
