@@ -99,7 +99,7 @@ export async function upsertEntry(dir: string, entry: ManifestEntry): Promise<vo
   const path = join(dir, MANIFEST);
   const release = await lockfile.lock(path, {
     realpath: false,
-    stale: 10_000,
+    stale: 3_000, // a writer killed while holding the lock blocks others for at most this long
     retries: { retries: 200, factor: 1.2, minTimeout: 10, maxTimeout: 200 },
   });
   try {
@@ -107,10 +107,15 @@ export async function upsertEntry(dir: string, entry: ManifestEntry): Promise<vo
     m.cases = m.cases.filter((c) => c.name !== entry.name);
     m.cases.push(entry);
     m.cases.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-    await writeFileAtomic(path, `${JSON.stringify(m, null, 2)}\n`);
+    await writeFileAtomic(path, formatJson(m));
   } finally {
     await release();
   }
+}
+
+/** Two-space JSON with arrays of numbers (shapes, chunk sizes) kept on one line. */
+export function formatJson(value: unknown): string {
+  return `${JSON.stringify(value, null, 2).replace(/\[\s+([-\d.e,\s]*?)\s+\]/g, (_, inner: string) => `[${inner.split(/,\s*/).join(', ')}]`)}\n`;
 }
 
 /** Writes `<dir>/<name>.npz` atomically; returns its sha256. */
