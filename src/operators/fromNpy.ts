@@ -1,7 +1,7 @@
 import _ from 'highland';
 import { Observable } from 'rxjs';
 import type { Subscription } from 'rxjs';
-import { FixtureError } from '../errors.ts';
+import { FixtureError, KvstreamError } from '../errors.ts';
 import { NpyFile } from '../io/npyfile.ts';
 import { chunkSizes } from './chunks.ts';
 import type { TokenChunk } from './chunks.ts';
@@ -33,6 +33,7 @@ export function fromNpy(path: string, chunking: number | readonly number[], opti
 
     const stream = _<TokenChunk>((push, next) => {
       (async () => {
+        if (torn) return;
         if (!file) {
           file = await NpyFile.open(path);
           if (torn) return file.close();
@@ -48,7 +49,8 @@ export function fromNpy(path: string, chunking: number | readonly number[], opti
         start = end;
         next();
       })().catch((e: unknown) => {
-        push(e instanceof FixtureError ? e : new FixtureError(`${path}: ${(e as Error).message}`, { cause: e }));
+        if (torn) return; // a read cut short by unsubscribe is nobody's error
+        push(e instanceof KvstreamError ? e : new FixtureError(`${path}: ${(e as Error).message}`, { cause: e }));
         push(null, _.nil);
       });
     });

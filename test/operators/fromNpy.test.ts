@@ -1,0 +1,85 @@
+// Disk source: exact chunks, on-demand reads (bounded read-ahead), and the file always closed.
+import test from 'ava';
+import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { concatMap, lastValueFrom, map, Subject, take, tap, timer, toArray } from 'rxjs';
+import { encodeNpy } from '../../src/io/npy.ts';
+import { concatTokens, fromNpy } from '../../src/operators/index.ts';
+import { Rng } from '../../src/random.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'kvstream-fromnpy-'));
+const openFds = () => readdirSync('/proc/self/fd').length;
+
+const small = new Rng(1).normalTensor([3, 37, 5]);
+const smallPath = join(dir, 'small.npy');
+writeFileSync(smallPath, encodeNpy(small));
+
+// 64 MiB: [1, 16384, 1024] floats; chunks of 256 tokens are 1 MiB.
+const [BIG_S, BIG_D, CHUNK] = [16384, 1024, 256];
+const CHUNK_BYTES = CHUNK * BIG_D * 4;
+const bigPath = join(dir, 'big.npy');
+{
+  const data = new Float32Array(BIG_S * BIG_D);
+  for (let s = 0; s < BIG_S; s++) data[s * BIG_D] = s; // token s starts with the value s
+  writeFileSync(bigPath, encodeNpy({ data, shape: [1, BIG_S, BIG_D] }));
+}
+
+test.serial('chunks read back equal the array (fixed size and an uneven list)', async (t) => {
+  for (const chunking of [4, [1, 30, 6], 37]) {
+    const chunks = await lastValueFrom(fromNpy(smallPath, chunking).pipe(toArray()));
+    t.deepEqual(chunks.map((c) => [c.start, c.end]), chunking === 4 ? Array.from({ length: 10 }, (_, i) => [4 * i, Math.min(4 * i + 4, 37)]) : chunking === 37 ? [[0, 37]] : [[0, 1], [1, 31], [31, 37]]);
+    t.deepEqual(concatTokens(chunks.map((c) => c.x)).data, small.data);
+  }
+});
+
+test.serial('a synchronous slow consumer: no chunk is read before the previous one was consumed', async (t) => {
+  let bytesRead = 0, maxAhead = 0, consumed = 0;
+  await lastValueFrom(fromNpy(bigPath, CHUNK, { onRead: (n) => (bytesRead = n) }).pipe(
+    tap((c) => {
+      t.is(c.x.data[0], c.start);
+      // Bytes read beyond what the consumer has received (the header is < 1 KiB).
+      maxAhead = Math.max(maxAhead, bytesRead - (consumed + 1) * CHUNK_BYTES);
+      const until = Date.now() + 1;
+      while (Date.now() < until); // slow consumer
+      consumed++;
+    }),
+  ));
+  t.is(consumed, BIG_S / CHUNK);
+  t.true(maxAhead < 1024, `read ahead by ${maxAhead} bytes`);
+});
+
+test.serial('an asynchronous slow consumer pacing with demand: at most one chunk read ahead', async (t) => {
+  const demand = new Subject<void>();
+  let bytesRead = 0, maxAhead = 0, done = 0;
+  const sum = await lastValueFrom(fromNpy(bigPath, CHUNK, { demand, onRead: (n) => (bytesRead = n) }).pipe(
+    concatMap((c) => timer(1).pipe(map(() => c.x.data[0]))),
+    tap(() => {
+      done++;
+      maxAhead = Math.max(maxAhead, bytesRead - done * CHUNK_BYTES);
+      demand.next();
+    }),
+    toArray(),
+    map((firsts) => firsts.reduce((a, b) => a + b, 0)),
+  ));
+  t.is(sum, ((BIG_S / CHUNK) * (BIG_S / CHUNK - 1) / 2) * CHUNK);
+  t.true(maxAhead <= CHUNK_BYTES + 1024, `read ahead by ${maxAhead} bytes (one chunk is ${CHUNK_BYTES})`);
+});
+
+test.serial('the file is closed on completion, on early unsubscribe and on error', async (t) => {
+  const before = openFds();
+  await lastValueFrom(fromNpy(smallPath, 5));
+  t.is(openFds(), before, 'after completion');
+  await lastValueFrom(fromNpy(bigPath, CHUNK).pipe(take(2)));
+  await new Promise((r) => setTimeout(r, 50)); // close() waits for the read in flight
+  t.is(openFds(), before, 'after early unsubscribe');
+  const badPath = join(dir, 'bad.npy');
+  writeFileSync(badPath, encodeNpy({ data: new Float32Array(12), shape: [3, 4] }));
+  await t.throwsAsync(lastValueFrom(fromNpy(badPath, 2)), { name: 'FixtureError', message: `${badPath}: expected a C-ordered <f4 array of shape [B,S,d], got <f4 (3, 4)` });
+  const cut = join(dir, 'cut.npy');
+  writeFileSync(cut, encodeNpy(small).subarray(0, 500));
+  await t.throwsAsync(lastValueFrom(fromNpy(cut, 2)), { name: 'FixtureError', message: `${cut}: shape (3, 37, 5) needs 2220 data bytes, file has 372 (truncated)` });
+  await t.throwsAsync(lastValueFrom(fromNpy(join(dir, 'none.npy'), 2)), { name: 'FixtureError', message: /none\.npy: cannot open \(ENOENT/ });
+  await t.throwsAsync(lastValueFrom(fromNpy(smallPath, [10, 10])), { name: 'ShapeError', message: 'Expected chunk_sizes to sum to S=37, got 20 ([10,10])' });
+  t.is(openFds(), before, 'after errors');
+});
