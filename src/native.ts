@@ -45,12 +45,13 @@ export interface Binding {
 
 const ADDON_PATH = fileURLToPath(new URL('../build/Release/kvstream.node', import.meta.url));
 
-function load(): Binding {
+/** Loads the addon at `path` (default: the build output); failure names the rebuild command. */
+export function loadAddon(path = ADDON_PATH): Binding {
   try {
-    return createRequire(import.meta.url)(ADDON_PATH) as Binding;
+    return createRequire(import.meta.url)(path) as Binding;
   } catch (cause) {
     throw new NativeError(
-      `The kvstream native addon could not be loaded from ${ADDON_PATH}: ${(cause as Error).message}\n` +
+      `The kvstream native addon could not be loaded from ${path}: ${(cause as Error).message}\n` +
         'Rebuild it with `npm run build:native` (needs g++, make and python3; ' +
         '`apt-get install libopenblas-dev` first to link OpenBLAS).',
       { cause },
@@ -59,7 +60,7 @@ function load(): Binding {
 }
 
 /** The raw addon: its own argument checks throw TypeError / RangeError. */
-export const binding: Binding = load();
+export const binding: Binding = loadAddon();
 
 /** The addon with every error re-thrown as NativeError (the TypeScript checks run first). */
 export const addon: Binding = Object.fromEntries(

@@ -103,3 +103,8 @@ test('the process is still alive and computing after all of the above', (t) => {
   const r = attention(zeros([1, 1, 1, 2]), { data: new Float32Array([1, 0]), shape: [1, 1, 1, 2] }, { data: new Float32Array([3, 4]), shape: [1, 1, 1, 2] });
   t.deepEqual([...r.output.data], [3, 4]);
 });
+
+test('a missing addon gives a NativeError that names the rebuild command', async (t) => {
+  const { loadAddon } = await import('../src/native.ts');
+  t.throws(() => loadAddon('/nonexistent/kvstream.node'), { name: 'NativeError', message: /could not be loaded from \/nonexistent\/kvstream\.node: .*\nRebuild it with `npm run build:native`/s });
+});
