@@ -9,12 +9,13 @@
         "native/binding.cc",
         "native/attention.cc",
         "native/gemm.cc",
-        "native/threads.cc"
+        "native/threads.cc",
+        "native/vmath.cc"
       ],
       "include_dirs": ["<!(node -e \"require('nan')\")"],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions"],
-      "cflags_cc": ["-std=c++17", "-O3", "-fexceptions", "-fno-math-errno"],
+      "cflags_cc": ["-std=c++17", "-O3", "-fexceptions", "-fno-math-errno", "-Wno-psabi"],
       "conditions": [
         ["kvstream_blas=='openblas'", {
           "defines": ["KVSTREAM_OPENBLAS=1"],

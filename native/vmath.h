@@ -1,0 +1,19 @@
+// Row kernels of the online softmax, written as plain loops the compiler vectorises. They are
+// compiled for AVX-512, AVX2+FMA and baseline x86-64 (GCC target_clones picks one at load
+// time), so one build runs anywhere and uses the widest vectors the CPU has.
+#pragma once
+#include <cstdint>
+
+namespace kvs {
+
+// max over x[0, n); -inf for n == 0.
+float row_max(const float* x, int64_t n);
+
+// x[i] = exp(x[i] - m) for i < n; returns the sum. Uses a degree-6 polynomial exp on the
+// reduced argument (relative error < 2e-7); arguments below -87.3 give 0.
+float exp_sub_sum(float* x, int64_t n, float m);
+
+// x[i] *= a for i < n.
+void scale_row(float* x, int64_t n, float a);
+
+}  // namespace kvs
