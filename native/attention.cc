@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "gemm.h"
@@ -41,16 +42,84 @@ void attn_state_init(int64_t rows, int64_t d_v, float* m, float* l, float* acc) 
   std::fill(acc, acc + rows * d_v, 0.0f);
 }
 
+namespace {
+
+// Folds one block of scores [R, sk] (keys at absolute s_abs0..) into the state rows m, l [R]
+// and acc [R, d_v]; row r is query t_abs = pos(r).first of head pos(r).second. On return the
+// scores hold the probabilities to multiply into V: exp(score - m_new) · keep / (1 - p), 0 where
+// masked.
+template <typename Pos>
+void softmax_block(const AttnOpts& o, int64_t b, float* scores, int64_t R, int64_t sk, int64_t s_abs0, Pos pos,
+                   float* m, float* l, float* acc, int64_t d_v) {
+  const bool dropout = o.dropout_p > 0.0f;
+  const float keep_scale = dropout ? 1.0f / (1.0f - o.dropout_p) : 1.0f;
+  for (int64_t r = 0; r < R; ++r) {
+    float* sc_r = scores + r * sk;
+    const auto [t_abs, h] = pos(r);
+    const int64_t n = visible(o.causal, t_abs, s_abs0, sk);
+    const float mx = row_max(sc_r, n);
+    if (mx == NEG_INF) {  // nothing visible: this block adds nothing to the row
+      std::fill(sc_r, sc_r + sk, 0.0f);
+      continue;
+    }
+    const float m_new = std::max(m[r], mx);
+    const float alpha = std::exp(m[r] - m_new);  // exp(-inf) = 0 for an empty row
+    const float sum = exp_sub_sum(sc_r, n, m_new);
+    std::fill(sc_r + n, sc_r + sk, 0.0f);
+    // lse counts every visible key; dropout only thins what reaches the accumulator.
+    if (dropout) {
+      uint8_t* keep = tls.keep.data();
+      dropout_keep_row(o.seed, (uint32_t)b, (uint32_t)h, (uint32_t)t_abs, s_abs0, n, o.dropout_p, keep);
+      for (int64_t s = 0; s < n; ++s) sc_r[s] = keep[s] ? sc_r[s] * keep_scale : 0.0f;
+    }
+    l[r] = l[r] * alpha + sum;
+    m[r] = m_new;
+    if (alpha != 1.0f) scale_row(acc + r * d_v, d_v, alpha);
+  }
+}
+
+// Rows at or below this use the fused few-row products instead of BLAS.
+constexpr int64_t FEW_ROWS = 16;
+
+}  // namespace
+
 void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, const float* k, const float* v,
                  float* m, float* l, float* acc) {
   const int64_t B = dims.B, H = dims.H, T = dims.T, S = dims.S, d_k = dims.d_k, d_v = dims.d_v;
   if (S == 0 || T == 0) return;
   const int64_t group = H / dims.H_kv;
-  const int64_t q_blocks = (T + TQ - 1) / TQ;
-  const bool dropout = opts.dropout_p > 0.0f;
-  const float keep_scale = dropout ? 1.0f / (1.0f - opts.dropout_p) : 1.0f;
+
+  if (T <= FEW_ROWS) {
+    // Decode-sized queries: one task per (b, kv head) stacks the T rows of each of its `group`
+    // query heads (contiguous in q, m, l, acc), so K and V are read once for the whole group.
+    const int64_t R = group * T;
+    parallel_for(B * dims.H_kv, [&](int64_t task) {
+      const int64_t b = task / dims.H_kv, h_kv = task % dims.H_kv, h0 = h_kv * group;
+      const int64_t row0 = (b * H + h0) * T;
+      const float* q_r = q + row0 * d_k;
+      const float* k_bh = k + task * dims.s_cap * d_k;
+      const float* v_bh = v + task * dims.s_cap * d_v;
+      float *m_r = m + row0, *l_r = l + row0, *acc_r = acc + row0 * d_v;
+      auto pos = [&](int64_t r) { return std::pair<int64_t, int64_t>(opts.q_offset + r % T, h0 + r / T); };
+      tls.scores.resize(R * SK);
+      tls.keep.resize(SK);
+      float* scores = tls.scores.data();
+      for (int64_t s0 = 0; s0 < S; s0 += SK) {
+        const int64_t s_abs0 = opts.s_offset + s0;
+        const int64_t sk = visible(opts.causal, opts.q_offset + T - 1, s_abs0, std::min(SK, S - s0));
+        if (sk == 0) break;
+        if (R <= FEW_ROWS) dot_rows(q_r, R, k_bh + s0 * d_k, sk, d_k, opts.scale, scores);
+        else sgemm(false, true, (int)R, (int)sk, (int)d_k, opts.scale, q_r, (int)d_k, k_bh + s0 * d_k, (int)d_k, 0.0f, scores, (int)sk);
+        softmax_block(opts, b, scores, R, sk, s_abs0, pos, m_r, l_r, acc_r, d_v);
+        if (R <= FEW_ROWS) accumulate_pv(scores, R, v_bh + s0 * d_v, sk, d_v, acc_r);
+        else sgemm(false, false, (int)R, (int)d_v, (int)sk, 1.0f, scores, (int)sk, v_bh + s0 * d_v, (int)d_v, 1.0f, acc_r, (int)d_v);
+      }
+    });
+    return;
+  }
 
   // One task per (b, h, query block): each owns its rows of m, l, acc.
+  const int64_t q_blocks = (T + TQ - 1) / TQ;
   parallel_for(B * H * q_blocks, [&](int64_t task) {
     const int64_t qb = task % q_blocks, bh = task / q_blocks, h = bh % H, b = bh / H;
     const int64_t t0 = qb * TQ, tq = std::min(TQ, T - t0);
@@ -62,6 +131,7 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
     float* l_bht = l + bh * T + t0;
     float* acc_bht = acc + (bh * T + t0) * d_v;
     const int64_t t_abs_last = opts.q_offset + t0 + tq - 1;
+    auto pos = [&](int64_t t) { return std::pair<int64_t, int64_t>(opts.q_offset + t0 + t, h); };
 
     tls.scores.resize(TQ * SK);
     tls.keep.resize(SK);
@@ -75,29 +145,7 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
       // scores [tq, sk] = scale · q_bht · k_blockᵀ
       sgemm(false, true, (int)tq, (int)sk, (int)d_k, opts.scale, q_bht, (int)d_k, k_bh + s0 * d_k, (int)d_k, 0.0f,
             scores, (int)sk);
-      for (int64_t t = 0; t < tq; ++t) {
-        float* sc_t = scores + t * sk;
-        const int64_t t_abs = opts.q_offset + t0 + t;
-        const int64_t n = visible(opts.causal, t_abs, s_abs0, sk);
-        const float mx = row_max(sc_t, n);
-        if (mx == NEG_INF) {  // nothing visible: this block adds nothing to the row
-          std::fill(sc_t, sc_t + sk, 0.0f);
-          continue;
-        }
-        const float m_new = std::max(m_bht[t], mx);
-        const float alpha = std::exp(m_bht[t] - m_new);  // exp(-inf) = 0 for an empty row
-        const float sum = exp_sub_sum(sc_t, n, m_new);
-        std::fill(sc_t + n, sc_t + sk, 0.0f);
-        // lse counts every visible key; dropout only thins what reaches the accumulator.
-        if (dropout) {
-          uint8_t* keep = tls.keep.data();
-          dropout_keep_row(opts.seed, (uint32_t)b, (uint32_t)h, (uint32_t)t_abs, s_abs0, n, opts.dropout_p, keep);
-          for (int64_t s = 0; s < n; ++s) sc_t[s] = keep[s] ? sc_t[s] * keep_scale : 0.0f;
-        }
-        l_bht[t] = l_bht[t] * alpha + sum;
-        m_bht[t] = m_new;
-        if (alpha != 1.0f) scale_row(acc_bht + t * d_v, d_v, alpha);
-      }
+      softmax_block(opts, b, scores, tq, sk, s_abs0, pos, m_bht, l_bht, acc_bht, d_v);
       // acc [tq, d_v] += P [tq, sk] · v_block [sk, d_v]
       sgemm(false, false, (int)tq, (int)d_v, (int)sk, 1.0f, scores, (int)sk, v_bh + s0 * d_v, (int)d_v, 1.0f,
             acc_bht, (int)d_v);

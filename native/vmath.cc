@@ -89,4 +89,42 @@ KVS_CLONES void scale_row(float* x, int64_t n, float a) {
   for (; i < n; ++i) x[i] *= a;
 }
 
+// Each key row is read once for all query rows; d is walked in 16-wide vectors (d % 16 == 0,
+// the common case) or scalars.
+KVS_CLONES void dot_rows(const float* q, int64_t rows, const float* k, int64_t n, int64_t d, float scale, float* out) {
+  for (int64_t s = 0; s < n; ++s) {
+    const float* k_s = k + s * d;
+    for (int64_t i = 0; i < rows; ++i) {
+      const float* q_i = q + i * d;
+      float dot = 0.0f;
+      int64_t j = 0;
+      if (d % W == 0) {
+        vf acc = {};
+        for (; j < d; j += W) acc += load(q_i + j) * load(k_s + j);
+        for (int e = 0; e < W; ++e) dot += acc[e];
+      }
+      for (; j < d; ++j) dot += q_i[j] * k_s[j];
+      out[i * n + s] = dot * scale;
+    }
+  }
+}
+
+KVS_CLONES void accumulate_pv(const float* p, int64_t rows, const float* v, int64_t n, int64_t d, float* acc) {
+  for (int64_t i = 0; i < rows; ++i) {
+    float* acc_i = acc + i * d;
+    const float* p_i = p + i * n;
+    int64_t j = 0;
+    for (; j + W <= d; j += W) {
+      vf a = load(acc_i + j);
+      for (int64_t s = 0; s < n; ++s) a += p_i[s] * load(v + s * d + j);
+      store(acc_i + j, a);
+    }
+    for (; j < d; ++j) {
+      float a = acc_i[j];
+      for (int64_t s = 0; s < n; ++s) a += p_i[s] * v[s * d + j];
+      acc_i[j] = a;
+    }
+  }
+}
+
 }  // namespace kvs

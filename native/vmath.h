@@ -16,4 +16,10 @@ float exp_sub_sum(float* x, int64_t n, float m);
 // x[i] *= a for i < n.
 void scale_row(float* x, int64_t n, float a);
 
+// Few-row products for decode-sized queries, where BLAS call overhead dominates:
+// out [rows, n] = scale · q [rows, d] · k [n, d]ᵀ  (k rows have stride d)
+void dot_rows(const float* q, int64_t rows, const float* k, int64_t n, int64_t d, float scale, float* out);
+// acc [rows, d] += p [rows, n] · v [n, d]
+void accumulate_pv(const float* p, int64_t rows, const float* v, int64_t n, int64_t d, float* acc);
+
 }  // namespace kvs
