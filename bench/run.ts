@@ -81,10 +81,10 @@ function torchPeer(threads: number) {
 
 // ---- measurement ----
 const rows: Row[] = [];
-async function measure(workload: string, mask: 'none' | 'causal', threads: number, systems: Partial<Record<System, Rep>>, gflop: number | null, reps = REPS) {
+async function measure(workload: string, mask: 'none' | 'causal', threads: number, systems: Partial<Record<System, Rep>>, gflop: number | null, reps = REPS, warmUp = true) {
   const names = Object.keys(systems) as System[];
   const samples = new Map<System, number[]>(names.map((n) => [n, []]));
-  for (const n of names) await systems[n]!(); // warm-up
+  if (warmUp) for (const n of names) await systems[n]!();
   for (let r = 0; r < reps; r++) for (const n of names) samples.get(n)!.push(await systems[n]!());
   for (const n of names) {
     const ms = median(samples.get(n)!);
@@ -207,7 +207,7 @@ for (const threads of THREADS) {
         for (const xi of xs) past = (await s.run({ x: f32(xi.data, [B, 1, DM]), past })).present;
       })) / STEPS,
       ...(torch ? { torch: () => torch.ask({ workload, mask: 'none' }) } : {}),
-    }, null, B === 16 ? Math.min(REPS, 3) : REPS);
+    }, null, B === 16 ? 1 : Math.min(REPS, 5), B === 1); // b16: one 256-step run each (ORT copies a 268 MB past per step)
   }
 
   if (want('W4')) {

@@ -108,13 +108,15 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
         const int64_t s_abs0 = opts.s_offset + s0;
         const int64_t sk = visible(opts.causal, opts.q_offset + T - 1, s_abs0, std::min(SK, S - s0));
         if (sk == 0) break;
-        if (R <= FEW_ROWS) dot_rows(q_r, R, k_bh + s0 * d_k, sk, d_k, opts.scale, scores);
+        if (R == 1) sgemv(false, (int)sk, (int)d_k, opts.scale, k_bh + s0 * d_k, (int)d_k, q_r, 0.0f, scores);
+        else if (R <= FEW_ROWS) dot_rows(q_r, R, k_bh + s0 * d_k, sk, d_k, opts.scale, scores);
         else sgemm(false, true, (int)R, (int)sk, (int)d_k, opts.scale, q_r, (int)d_k, k_bh + s0 * d_k, (int)d_k, 0.0f, scores, (int)sk);
         softmax_block(opts, b, scores, R, sk, s_abs0, pos, m_r, l_r, acc_r, d_v);
-        if (R <= FEW_ROWS) accumulate_pv(scores, R, v_bh + s0 * d_v, sk, d_v, acc_r);
+        if (R == 1) sgemv(true, (int)sk, (int)d_v, 1.0f, v_bh + s0 * d_v, (int)d_v, scores, 1.0f, acc_r);
+        else if (R <= FEW_ROWS) accumulate_pv(scores, R, v_bh + s0 * d_v, sk, d_v, acc_r);
         else sgemm(false, false, (int)R, (int)d_v, (int)sk, 1.0f, scores, (int)sk, v_bh + s0 * d_v, (int)d_v, 1.0f, acc_r, (int)d_v);
       }
-    });
+    }, 2.0 * B * H * T * S * (d_k + d_v));
     return;
   }
 
@@ -150,7 +152,7 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
       sgemm(false, false, (int)tq, (int)d_v, (int)sk, 1.0f, scores, (int)sk, v_bh + s0 * d_v, (int)d_v, 1.0f,
             acc_bht, (int)d_v);
     }
-  });
+  }, 2.0 * B * H * T * S * (d_k + d_v));
 }
 
 void attn_merge(int64_t rows, int64_t d_v, float* m1, float* l1, float* acc1, const float* m2, const float* l2,
@@ -205,21 +207,80 @@ void attn_probs(const AttnDims& dims, const AttnOpts& opts, const float* q, cons
       for (int64_t s = 0; s < S; ++s)
         p_bht[s] = s < n && row_keep[s] ? std::exp(sc_t[s] - lse_t) * keep_scale : 0.0f;
     }
-  });
+  }, 2.0 * dims.B * H * T * S * d_k);
 }
 
 void linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w, const float* b, float* y) {
-  // Row blocks of x are independent tasks; BLAS stays single-threaded inside each.
+  // Tasks are (row block, column block) tiles of y; BLAS stays single-threaded inside each.
+  // Few rows (decode) split the columns instead, so every thread streams its share of w.
   constexpr int64_t MB = 64;
-  parallel_for((M + MB - 1) / MB, [&](int64_t task) {
-    const int64_t i0 = task * MB, mb = std::min(MB, M - i0);
-    float* y_i = y + i0 * N;
+  const int64_t row_blocks = (M + MB - 1) / MB;
+  const int64_t col_blocks = row_blocks >= get_num_threads() ? 1 : std::max<int64_t>(1, std::min<int64_t>(get_num_threads(), N / 128));
+  const int64_t NB = (N + col_blocks - 1) / col_blocks;
+  parallel_for(row_blocks * col_blocks, [&](int64_t task) {
+    const int64_t i0 = (task / col_blocks) * MB, mb = std::min(MB, M - i0);
+    const int64_t j0 = (task % col_blocks) * NB, nb = std::min(NB, N - j0);
+    float* y_ij = y + i0 * N + j0;
     for (int64_t i = 0; i < mb; ++i) {
-      if (b) std::copy(b, b + N, y_i + i * N);
-      else std::fill(y_i + i * N, y_i + (i + 1) * N, 0.0f);
+      if (b) std::copy(b + j0, b + j0 + nb, y_ij + i * N);
+      else std::fill(y_ij + i * N, y_ij + i * N + nb, 0.0f);
     }
-    sgemm(false, false, (int)mb, (int)N, (int)K, 1.0f, x + i0 * K, (int)K, w, (int)N, 1.0f, y_i, (int)N);
-  });
+    // A row or two: sgemv (y_i = wᵀ x_i) skips the packing a 1-row sgemm pays for.
+    if (mb <= 2) {
+      for (int64_t i = 0; i < mb; ++i) sgemv(true, (int)K, (int)nb, 1.0f, w + j0, (int)N, x + (i0 + i) * K, 1.0f, y_ij + i * N);
+    } else {
+      sgemm(false, false, (int)mb, (int)nb, (int)K, 1.0f, x + i0 * K, (int)K, w + j0, (int)N, 1.0f, y_ij, (int)N);
+    }
+  }, 2.0 * M * K * N);
+}
+
+}  // namespace kvs
+
+namespace kvs {
+
+namespace {
+// src [B, T, heads·d] -> dst [B, heads, T, d]
+void split_heads(const float* src, int64_t B, int64_t T, int64_t heads, int64_t d, float* dst) {
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < heads; ++h)
+        std::copy_n(src + ((b * T + t) * heads + h) * d, d, dst + ((b * heads + h) * T + t) * d);
+}
+// src [B, heads, T, d] -> dst [B, T, heads·d]
+void merge_heads(const float* src, int64_t B, int64_t heads, int64_t T, int64_t d, float* dst) {
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t t = 0; t < T; ++t)
+        std::copy_n(src + ((b * heads + h) * T + t) * d, d, dst + ((b * T + t) * heads + h) * d);
+}
+thread_local std::vector<float> mha_scratch;
+}  // namespace
+
+void mha_forward(const MhaDims& d, const AttnOpts& opts, const MhaWeights& w, const float* x_q, const float* x_kv,
+                 float* y, float* lse) {
+  const int64_t nq = d.B * d.H * d.T * d.d_k, nk = d.B * d.H_kv * d.S * d.d_k, nv = d.B * d.H_kv * d.S * d.d_v;
+  const int64_t rows = d.B * d.H * d.T, no = rows * d.d_v;
+  const int64_t nproj = std::max({nq, nk, nv, no});
+  // Layout of the scratch: proj | q | k | v | m | l | acc | o_heads
+  mha_scratch.resize(nproj + nq + nk + nv + 2 * rows + 2 * no);
+  float* proj = mha_scratch.data();
+  float *q = proj + nproj, *k = q + nq, *v = k + nk, *m = v + nv, *l = m + rows, *acc = l + rows, *o = acc + no;
+
+  linear(d.B * d.T, d.d_model, d.H * d.d_k, x_q, w.w_q, w.b_q, proj);
+  split_heads(proj, d.B, d.T, d.H, d.d_k, q);
+  linear(d.B * d.S, d.d_kv_in, d.H_kv * d.d_k, x_kv, w.w_k, w.b_k, proj);
+  split_heads(proj, d.B, d.S, d.H_kv, d.d_k, k);
+  linear(d.B * d.S, d.d_kv_in, d.H_kv * d.d_v, x_kv, w.w_v, w.b_v, proj);
+  split_heads(proj, d.B, d.S, d.H_kv, d.d_v, v);
+
+  AttnOpts o2 = opts;
+  o2.s_offset = 0;
+  const AttnDims ad{d.B, d.H, d.H_kv, d.T, d.S, d.S, d.d_k, d.d_v};
+  attn_state_init(rows, d.d_v, m, l, acc);
+  attn_update(ad, o2, q, k, v, m, l, acc);
+  attn_finalize(rows, d.d_v, m, l, acc, o, lse);
+  merge_heads(o, d.B, d.H, d.T, d.d_v, proj);
+  linear(d.B * d.T, d.H * d.d_v, d.d_out, proj, w.w_o, w.b_o, y);
 }
 
 }  // namespace kvs

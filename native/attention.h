@@ -50,3 +50,23 @@ void attn_probs(const AttnDims& dims, const AttnOpts& opts, const float* q, cons
 void linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w, const float* b, float* y);
 
 }  // namespace kvs
+
+namespace kvs {
+
+struct MhaDims {
+  int64_t B, T, S, d_model, d_kv_in, d_out, H, H_kv, d_k, d_v;
+};
+
+// Weights per DESIGN.md; biases may be null.
+//   w_q [d_model, H·d_k], w_k [d_kv_in, H_kv·d_k], w_v [d_kv_in, H_kv·d_v], w_o [H·d_v, d_out]
+struct MhaWeights {
+  const float *w_q, *b_q, *w_k, *b_k, *w_v, *b_v, *w_o, *b_o;
+};
+
+// The whole module in one call, no cache:
+//   x_q [B, T, d_model], x_kv [B, S, d_kv_in] -> y [B, T, d_out], lse [B, H, T].
+// opts.s_offset is ignored (keys start at 0); scratch is per calling thread and reused.
+void mha_forward(const MhaDims& dims, const AttnOpts& opts, const MhaWeights& w, const float* x_q, const float* x_kv,
+                 float* y, float* lse);
+
+}  // namespace kvs

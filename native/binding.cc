@@ -20,6 +20,23 @@ namespace {
 using Args = Nan::NAN_METHOD_ARGS_TYPE;
 constexpr int64_t INT_MAX32 = 2147483647;
 
+// A shape for error messages ("[B,H,T]=[1,8,16]"), formatted only when a check fails.
+struct Shape {
+  const char* names;
+  int rank;
+  int64_t dims[4];
+  std::string str() const {
+    std::string s = std::string(names) + "=[";
+    for (int i = 0; i < rank; ++i) s += (i ? "," : "") + std::to_string(dims[i]);
+    return s + "]";
+  }
+};
+Shape shape(const char* names, std::initializer_list<int64_t> dims) {
+  Shape s{names, (int)dims.size(), {}};
+  std::copy(dims.begin(), dims.end(), s.dims);
+  return s;
+}
+
 struct Checker {
   const char* fn;
   const Args& info;
@@ -41,30 +58,30 @@ struct Checker {
   }
 
   // An integer-valued number in [lo, hi].
-  int64_t integer(v8::Local<v8::Value> val, const std::string& name, int64_t lo, int64_t hi) {
+  int64_t integer(v8::Local<v8::Value> val, const char* name, int64_t lo, int64_t hi) {
     if (failed) return 0;
     if (!val->IsNumber()) {
-      type_error(name + " must be a number, got " + describe(val));
+      type_error(std::string(name) + " must be a number, got " + describe(val));
       return 0;
     }
     const double d = Nan::To<double>(val).FromJust();
     if (!std::isfinite(d) || d != std::floor(d) || d < (double)lo || d > (double)hi) {
-      range_error(name + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " +
+      range_error(std::string(name) + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " +
                   num(d));
       return 0;
     }
     return (int64_t)d;
   }
 
-  double number(v8::Local<v8::Value> val, const std::string& name, double lo, double hi, bool hi_open) {
+  double number(v8::Local<v8::Value> val, const char* name, double lo, double hi, bool hi_open) {
     if (failed) return 0;
     if (!val->IsNumber()) {
-      type_error(name + " must be a number, got " + describe(val));
+      type_error(std::string(name) + " must be a number, got " + describe(val));
       return 0;
     }
     const double d = Nan::To<double>(val).FromJust();
     if (!std::isfinite(d) || d < lo || (hi_open ? d >= hi : d > hi)) {
-      range_error(name + " must be a finite number in [" + num(lo) + ", " + num(hi) + (hi_open ? ")" : "]") +
+      range_error(std::string(name) + " must be a finite number in [" + num(lo) + ", " + num(hi) + (hi_open ? ")" : "]") +
                   ", got " + num(d));
       return 0;
     }
@@ -75,23 +92,23 @@ struct Checker {
     return Nan::Get(obj, Nan::New(key).ToLocalChecked()).ToLocalChecked();
   }
 
-  v8::Local<v8::Object> object(int i, const std::string& name) {
-    if (!failed && !info[i]->IsObject()) type_error(name + " must be an object, got " + describe(info[i]));
+  v8::Local<v8::Object> object(int i, const char* name) {
+    if (!failed && !info[i]->IsObject()) type_error(std::string(name) + " must be an object, got " + describe(info[i]));
     return failed ? Nan::New<v8::Object>() : Nan::To<v8::Object>(info[i]).ToLocalChecked();
   }
 
   // A Float32Array (or null when nullable) of exactly `len` elements; `shape` names it in errors.
-  float* f32(int i, const std::string& name, int64_t len, const std::string& shape, bool nullable = false) {
+  float* f32(int i, const char* name, int64_t len, const Shape& shape, bool nullable = false) {
     if (failed) return nullptr;
     v8::Local<v8::Value> val = info[i];
     if (nullable && (val->IsNull() || val->IsUndefined())) return nullptr;
     if (!val->IsFloat32Array()) {
-      type_error(name + " must be a Float32Array" + (nullable ? " or null" : "") + ", got " + describe(val));
+      type_error(std::string(name) + " must be a Float32Array" + (nullable ? " or null" : "") + ", got " + describe(val));
       return nullptr;
     }
     auto arr = val.As<v8::Float32Array>();
     if ((int64_t)arr->Length() != len) {
-      range_error("expected " + name + " " + shape + " (" + std::to_string(len) + " floats), got " +
+      range_error("expected " + std::string(name) + " " + shape.str() + " (" + std::to_string(len) + " floats), got " +
                   std::to_string(arr->Length()));
       return nullptr;
     }
@@ -99,17 +116,17 @@ struct Checker {
     return *contents;
   }
 
-  uint8_t* u8(int i, const std::string& name, int64_t len, const std::string& shape) {
+  uint8_t* u8(int i, const char* name, int64_t len, const Shape& shape) {
     if (failed) return nullptr;
     v8::Local<v8::Value> val = info[i];
     if (val->IsNull() || val->IsUndefined()) return nullptr;
     if (!val->IsUint8Array()) {
-      type_error(name + " must be a Uint8Array or null, got " + describe(val));
+      type_error(std::string(name) + " must be a Uint8Array or null, got " + describe(val));
       return nullptr;
     }
     auto arr = val.As<v8::Uint8Array>();
     if ((int64_t)arr->Length() != len) {
-      range_error("expected " + name + " " + shape + " (" + std::to_string(len) + " bytes), got " +
+      range_error("expected " + std::string(name) + " " + shape.str() + " (" + std::to_string(len) + " bytes), got " +
                   std::to_string(arr->Length()));
       return nullptr;
     }
@@ -118,11 +135,11 @@ struct Checker {
   }
 
   // a * b * ..., failing when the product leaves int64 or the element count a typed array may have.
-  int64_t product(std::initializer_list<int64_t> dims, const std::string& what) {
+  int64_t product(std::initializer_list<int64_t> dims, const char* what) {
     int64_t p = 1;
     for (int64_t d : dims) {
       if (__builtin_mul_overflow(p, d, &p) || p > ((int64_t)1 << 32)) {
-        range_error(what + " has more elements than a typed array can hold");
+        range_error(std::string(what) + " has more elements than a typed array can hold");
         return 0;
       }
     }
@@ -147,16 +164,6 @@ struct Checker {
     return "object";
   }
 };
-
-std::string shape_str(const char* names, std::initializer_list<int64_t> dims) {
-  std::string s = std::string(names) + "=[";
-  bool first = true;
-  for (int64_t d : dims) {
-    s += (first ? "" : ",") + std::to_string(d);
-    first = false;
-  }
-  return s + "]";
-}
 
 kvs::AttnDims read_dims(Checker& c, int i) {
   kvs::AttnDims d{};
@@ -215,12 +222,12 @@ NAN_METHOD(AttnUpdate) {
   const int64_t nv = c.product({d.B, d.H_kv, d.s_cap, d.d_v}, "v");
   const int64_t nr = c.product({d.B, d.H, d.T}, "m");
   const int64_t na = c.product({d.B, d.H, d.T, d.d_v}, "acc");
-  const float* q = c.f32(2, "q", nq, shape_str("[B,H,T,d_k]", {d.B, d.H, d.T, d.d_k}));
-  const float* k = c.f32(3, "k", nk, shape_str("[B,H_kv,S_cap,d_k]", {d.B, d.H_kv, d.s_cap, d.d_k}));
-  const float* v = c.f32(4, "v", nv, shape_str("[B,H_kv,S_cap,d_v]", {d.B, d.H_kv, d.s_cap, d.d_v}));
-  float* m = c.f32(5, "m", nr, shape_str("[B,H,T]", {d.B, d.H, d.T}));
-  float* l = c.f32(6, "l", nr, shape_str("[B,H,T]", {d.B, d.H, d.T}));
-  float* acc = c.f32(7, "acc", na, shape_str("[B,H,T,d_v]", {d.B, d.H, d.T, d.d_v}));
+  const float* q = c.f32(2, "q", nq, shape("[B,H,T,d_k]", {d.B, d.H, d.T, d.d_k}));
+  const float* k = c.f32(3, "k", nk, shape("[B,H_kv,S_cap,d_k]", {d.B, d.H_kv, d.s_cap, d.d_k}));
+  const float* v = c.f32(4, "v", nv, shape("[B,H_kv,S_cap,d_v]", {d.B, d.H_kv, d.s_cap, d.d_v}));
+  float* m = c.f32(5, "m", nr, shape("[B,H,T]", {d.B, d.H, d.T}));
+  float* l = c.f32(6, "l", nr, shape("[B,H,T]", {d.B, d.H, d.T}));
+  float* acc = c.f32(7, "acc", na, shape("[B,H,T,d_v]", {d.B, d.H, d.T, d.d_v}));
   if (c.failed) return;
   guarded(c, [&] { kvs::attn_update(d, o, q, k, v, m, l, acc); });
 }
@@ -233,7 +240,7 @@ NAN_METHOD(AttnMerge) {
   const int64_t d_v = c.integer(info[1], "dV", 1, INT_MAX32);
   const int64_t na = c.product({rows, d_v}, "acc");
   if (c.failed) return;
-  const std::string rs = shape_str("[rows]", {rows}), as = shape_str("[rows,d_v]", {rows, d_v});
+  const Shape rs = shape("[rows]", {rows}), as = shape("[rows,d_v]", {rows, d_v});
   float* m1 = c.f32(2, "m1", rows, rs);
   float* l1 = c.f32(3, "l1", rows, rs);
   float* acc1 = c.f32(4, "acc1", na, as);
@@ -252,7 +259,7 @@ NAN_METHOD(AttnFinalize) {
   const int64_t d_v = c.integer(info[1], "dV", 1, INT_MAX32);
   const int64_t na = c.product({rows, d_v}, "acc");
   if (c.failed) return;
-  const std::string rs = shape_str("[rows]", {rows}), as = shape_str("[rows,d_v]", {rows, d_v});
+  const Shape rs = shape("[rows]", {rows}), as = shape("[rows,d_v]", {rows, d_v});
   const float* m = c.f32(2, "m", rows, rs);
   const float* l = c.f32(3, "l", rows, rs);
   const float* acc = c.f32(4, "acc", na, as);
@@ -273,13 +280,53 @@ NAN_METHOD(AttnProbs) {
   const int64_t nk = c.product({d.B, d.H_kv, d.s_cap, d.d_k}, "k");
   const int64_t nr = c.product({d.B, d.H, d.T}, "lse");
   const int64_t np = c.product({d.B, d.H, d.T, d.S}, "probs");
-  const float* q = c.f32(2, "q", nq, shape_str("[B,H,T,d_k]", {d.B, d.H, d.T, d.d_k}));
-  const float* k = c.f32(3, "k", nk, shape_str("[B,H_kv,S_cap,d_k]", {d.B, d.H_kv, d.s_cap, d.d_k}));
-  const float* lse = c.f32(4, "lse", nr, shape_str("[B,H,T]", {d.B, d.H, d.T}));
-  float* probs = c.f32(5, "probs", np, shape_str("[B,H,T,S]", {d.B, d.H, d.T, d.S}), true);
-  uint8_t* keep = c.u8(6, "keep", np, shape_str("[B,H,T,S]", {d.B, d.H, d.T, d.S}));
+  const float* q = c.f32(2, "q", nq, shape("[B,H,T,d_k]", {d.B, d.H, d.T, d.d_k}));
+  const float* k = c.f32(3, "k", nk, shape("[B,H_kv,S_cap,d_k]", {d.B, d.H_kv, d.s_cap, d.d_k}));
+  const float* lse = c.f32(4, "lse", nr, shape("[B,H,T]", {d.B, d.H, d.T}));
+  float* probs = c.f32(5, "probs", np, shape("[B,H,T,S]", {d.B, d.H, d.T, d.S}), true);
+  uint8_t* keep = c.u8(6, "keep", np, shape("[B,H,T,S]", {d.B, d.H, d.T, d.S}));
   if (c.failed) return;
   guarded(c, [&] { kvs::attn_probs(d, o, q, k, lse, probs, keep); });
+}
+
+// mhaForward(dims, opts, xQ, xKv, wQ, bQ, wK, bK, wV, bV, wO, bO, y, lse): the whole module,
+// no cache; dims {B, T, S, dModel, dKvIn, dOut, H, Hkv, dK, dV}; biases may be null.
+NAN_METHOD(MhaForward) {
+  Checker c{"mhaForward", info};
+  if (!c.count(14)) return;
+  kvs::MhaDims d{};
+  v8::Local<v8::Object> o = c.object(0, "dims");
+  if (c.failed) return;
+  const char* keys[] = {"B", "T", "S", "dModel", "dKvIn", "dOut", "H", "Hkv", "dK", "dV"};
+  const char* names[] = {"dims.B", "dims.T", "dims.S", "dims.dModel", "dims.dKvIn", "dims.dOut", "dims.H", "dims.Hkv", "dims.dK", "dims.dV"};
+  int64_t* fields[] = {&d.B, &d.T, &d.S, &d.d_model, &d.d_kv_in, &d.d_out, &d.H, &d.H_kv, &d.d_k, &d.d_v};
+  for (int i = 0; i < 10; ++i) *fields[i] = c.integer(c.field(o, keys[i]), names[i], 1, INT_MAX32);
+  if (c.failed) return;
+  if (d.H % d.H_kv != 0)
+    return c.range_error("dims.Hkv must divide dims.H, got H=" + std::to_string(d.H) + ", Hkv=" + std::to_string(d.H_kv));
+  const kvs::AttnOpts opts = read_opts(c, 1);
+  const int64_t n_xq = c.product({d.B, d.T, d.d_model}, "x_q"), n_xkv = c.product({d.B, d.S, d.d_kv_in}, "x_kv");
+  const int64_t n_wq = c.product({d.d_model, d.H, d.d_k}, "w_q"), n_wk = c.product({d.d_kv_in, d.H_kv, d.d_k}, "w_k");
+  const int64_t n_wv = c.product({d.d_kv_in, d.H_kv, d.d_v}, "w_v"), n_wo = c.product({d.H, d.d_v, d.d_out}, "w_o");
+  const int64_t n_y = c.product({d.B, d.T, d.d_out}, "y"), n_lse = c.product({d.B, d.H, d.T}, "lse");
+  c.product({d.B, d.H, d.T, std::max(d.d_k, d.d_v)}, "q");
+  c.product({d.B, d.H_kv, d.S, std::max(d.d_k, d.d_v)}, "k");
+  if (c.failed) return;
+  kvs::MhaWeights w{};
+  const float* x_q = c.f32(2, "x_q", n_xq, shape("[B,T,d_model]", {d.B, d.T, d.d_model}));
+  const float* x_kv = c.f32(3, "x_kv", n_xkv, shape("[B,S,d_kv_in]", {d.B, d.S, d.d_kv_in}));
+  w.w_q = c.f32(4, "w_q", n_wq, shape("[d_model,H*d_k]", {d.d_model, d.H * d.d_k}));
+  w.b_q = c.f32(5, "b_q", d.H * d.d_k, shape("[H*d_k]", {d.H * d.d_k}), true);
+  w.w_k = c.f32(6, "w_k", n_wk, shape("[d_kv_in,H_kv*d_k]", {d.d_kv_in, d.H_kv * d.d_k}));
+  w.b_k = c.f32(7, "b_k", d.H_kv * d.d_k, shape("[H_kv*d_k]", {d.H_kv * d.d_k}), true);
+  w.w_v = c.f32(8, "w_v", n_wv, shape("[d_kv_in,H_kv*d_v]", {d.d_kv_in, d.H_kv * d.d_v}));
+  w.b_v = c.f32(9, "b_v", d.H_kv * d.d_v, shape("[H_kv*d_v]", {d.H_kv * d.d_v}), true);
+  w.w_o = c.f32(10, "w_o", n_wo, shape("[H*d_v,d_out]", {d.H * d.d_v, d.d_out}));
+  w.b_o = c.f32(11, "b_o", d.d_out, shape("[d_out]", {d.d_out}), true);
+  float* y = c.f32(12, "y", n_y, shape("[B,T,d_out]", {d.B, d.T, d.d_out}));
+  float* lse = c.f32(13, "lse", n_lse, shape("[B,H,T]", {d.B, d.H, d.T}));
+  if (c.failed) return;
+  guarded(c, [&] { kvs::mha_forward(d, opts, w, x_q, x_kv, y, lse); });
 }
 
 // linear(x, w, b | null, y, M, K, N): y [M,N] = x [M,K] · w [K,N] + b [N]
@@ -291,10 +338,10 @@ NAN_METHOD(Linear) {
   const int64_t N = c.integer(info[6], "N", 1, INT_MAX32);
   if (c.failed) return;
   const int64_t nx = c.product({M, K}, "x"), nw = c.product({K, N}, "w"), ny = c.product({M, N}, "y");
-  const float* x = c.f32(0, "x", nx, shape_str("[M,K]", {M, K}));
-  const float* w = c.f32(1, "w", nw, shape_str("[K,N]", {K, N}));
-  const float* b = c.f32(2, "b", N, shape_str("[N]", {N}), true);
-  float* y = c.f32(3, "y", ny, shape_str("[M,N]", {M, N}));
+  const float* x = c.f32(0, "x", nx, shape("[M,K]", {M, K}));
+  const float* w = c.f32(1, "w", nw, shape("[K,N]", {K, N}));
+  const float* b = c.f32(2, "b", N, shape("[N]", {N}), true);
+  float* y = c.f32(3, "y", ny, shape("[M,N]", {M, N}));
   if (c.failed) return;
   kvs::linear(M, K, N, x, w, b, y);
 }
@@ -331,6 +378,7 @@ NAN_MODULE_INIT(Init) {
   Nan::SetMethod(target, "attnFinalize", AttnFinalize);
   Nan::SetMethod(target, "attnProbs", AttnProbs);
   Nan::SetMethod(target, "linear", Linear);
+  Nan::SetMethod(target, "mhaForward", MhaForward);
   Nan::SetMethod(target, "setNumThreads", SetNumThreads);
   Nan::SetMethod(target, "info", Info);
 }

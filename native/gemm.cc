@@ -20,6 +20,10 @@ void sgemm(bool transA, bool transB, int M, int N, int K, float alpha, const flo
   cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
               M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
+void sgemv(bool trans, int rows, int cols, float alpha, const float* A, int lda, const float* x, float beta, float* y) {
+  if (rows == 0 || cols == 0) return;
+  cblas_sgemv(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, rows, cols, alpha, A, lda, x, 1, beta, y, 1);
+}
 const char* blas_name() { return "openblas"; }
 void blas_set_threads(int n) { openblas_set_num_threads(n); }
 int blas_get_threads() { return openblas_get_num_threads(); }
@@ -69,6 +73,24 @@ void sgemm(bool transA, bool transB, int M, int N, int K, float alpha, const flo
           }
         }
       }
+    }
+  }
+}
+void sgemv(bool trans, int rows, int cols, float alpha, const float* A, int lda, const float* x, float beta, float* y) {
+  const int ny = trans ? cols : rows;
+  for (int i = 0; i < ny; ++i) y[i] = beta == 0.0f ? 0.0f : beta * y[i];
+  if (trans) {  // y += alpha · Σ_r x[r] · A[r, :], unit stride
+    for (int r = 0; r < rows; ++r) {
+      const float a = alpha * x[r];
+      const float* __restrict a_r = A + (int64_t)r * lda;
+      for (int c = 0; c < cols; ++c) y[c] += a * a_r[c];
+    }
+  } else {
+    for (int r = 0; r < rows; ++r) {
+      const float* a_r = A + (int64_t)r * lda;
+      float dot = 0.0f;
+      for (int c = 0; c < cols; ++c) dot += a_r[c] * x[c];
+      y[r] += alpha * dot;
     }
   }
 }

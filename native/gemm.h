@@ -10,6 +10,10 @@ namespace kvs {
 void sgemm(bool transA, bool transB, int M, int N, int K, float alpha, const float* A, int lda,
            const float* B, int ldb, float beta, float* C, int ldc);
 
+// y[M] = alpha · op(A) · x + beta · y, A row-major [rows, cols]; op(A) = A ([rows, cols], x has
+// cols entries) or Aᵀ when trans (x has rows entries, y has cols). beta == 0 overwrites y.
+void sgemv(bool trans, int rows, int cols, float alpha, const float* A, int lda, const float* x, float beta, float* y);
+
 // "openblas" or "portable".
 const char* blas_name();
 

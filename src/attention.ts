@@ -56,6 +56,13 @@ function nativeOpts(o: { scale: number; causal: boolean; qOffset: number; dropou
   return { scale: o.scale, causal: o.causal, qOffset: o.qOffset, sOffset, dropoutP: o.dropout?.p ?? 0, seed: o.dropout?.seed ?? 0 };
 }
 
+/** Checked native options from user-facing ones (scale required, qOffset resolved by the caller). */
+export function attentionOptions(o: { scale: number; causal?: boolean; qOffset: number; dropout?: Dropout }, sOffset: number): NativeOpts {
+  expectNumber('scale', o.scale, -3.4e38, 3.4e38);
+  if (!Number.isInteger(o.qOffset) || Math.abs(o.qOffset) > 2 ** 31 - 1) throw new ArgumentError(`Expected qOffset to be an integer, got ${o.qOffset}`);
+  return nativeOpts({ scale: o.scale, causal: o.causal ?? false, qOffset: o.qOffset, dropout: checkDropout(o.dropout) }, sOffset);
+}
+
 function checkDropout(dropout: Dropout | undefined): Dropout | undefined {
   if (dropout === undefined) return undefined;
   expectNumber('dropout.p', dropout.p, 0, 1, true);

@@ -1,6 +1,6 @@
 // Multi-head attention module (DESIGN.md): projections, grouped KV heads, d_k != d_v, an optional
 // KV cache, output projection. Activations are [B,T,width]; per-head tensors are [B,H,T,d].
-import { attention } from './attention.ts';
+import { attention, attentionOptions } from './attention.ts';
 import type { AttentionResult, Dropout } from './attention.ts';
 import { ShapeError } from './errors.ts';
 import { KvCache } from './kvcache.ts';
@@ -158,14 +158,33 @@ export class MultiHeadAttention {
     return { data: y, shape: [B, T, dOut] };
   }
 
+  /** forward() without a cache or weights: the whole module in one native call. */
+  private fused(xQ: Tensor, xKv: Tensor, options: ForwardOptions): ForwardResult {
+    const c = this.config;
+    const [B, T] = expectRank('x_q', xQ, ['B', 'T', 'd_model']);
+    expectShape('x_q', xQ, ['B', 'T', 'd_model'], [B, T, c.dModel]);
+    const [, S] = expectRank('x_kv', xKv, ['B', 'S', 'd_kv_in']);
+    expectShape('x_kv', xKv, ['B', 'S', 'd_kv_in'], [B, S, c.dKvIn]);
+    const opts = attentionOptions({ scale: c.scale, causal: options.causal, qOffset: options.qOffset ?? S - T, dropout: options.dropout }, 0);
+    const w = this.weights;
+    const y = new Float32Array(B * T * c.dOut);
+    const lse = new Float32Array(B * c.numHeads * T);
+    addon.mhaForward(
+      { B, T, S, dModel: c.dModel, dKvIn: c.dKvIn, dOut: c.dOut, H: c.numHeads, Hkv: c.numKvHeads, dK: c.dK, dV: c.dV }, opts,
+      xQ.data, xKv.data, w.wQ.data, w.bQ?.data ?? null, w.wK.data, w.bK?.data ?? null, w.wV.data, w.bV?.data ?? null, w.wO.data, w.bO?.data ?? null, y, lse,
+    );
+    return { output: { data: y, shape: [B, T, c.dOut] }, lse: { data: lse, shape: [B, c.numHeads, T] } };
+  }
+
   /**
    * xQ [B,T,d_model], xKv [B,S_new,d_kv_in] (may be omitted with a cache) -> output [B,T,d_out],
    * lse [B,H,T]. With a cache, the new keys/values are appended first and the queries attend
    * to all S = S_past + S_new cached positions.
    */
   forward(xQ: Tensor, xKv: Tensor | null, options: ForwardOptions = {}): ForwardResult {
-    const q = this.projectQ(xQ);
     const { cache } = options;
+    if (!cache && !options.returnWeights && xKv) return this.fused(xQ, xKv, options);
+    const q = this.projectQ(xQ);
     let k, v;
     if (cache) {
       if (cache.batch !== q.shape[0] || cache.numKvHeads !== this.config.numKvHeads || cache.dK !== this.config.dK || cache.dV !== this.config.dV) {

@@ -9,6 +9,11 @@ export interface NativeDims {
   B: number; H: number; Hkv: number; T: number; S: number; sCap: number; dK: number; dV: number;
 }
 
+/** Module sizes for mhaForward. */
+export interface MhaNativeDims {
+  B: number; T: number; S: number; dModel: number; dKvIn: number; dOut: number; H: number; Hkv: number; dK: number; dV: number;
+}
+
 /** Attention options as the binding reads them. */
 export interface NativeOpts {
   scale: number; causal: boolean; qOffset: number; sOffset: number; dropoutP: number; seed: number;
@@ -37,6 +42,11 @@ export interface Binding {
   /** probs [B,H,T,S] after dropout and keep [B,H,T,S] from the final lse [B,H,T]; either may be null. */
   attnProbs(dims: NativeDims, opts: NativeOpts, q: Float32Array, k: Float32Array, lse: Float32Array,
     probs: Float32Array | null, keep: Uint8Array | null): void;
+  /** The whole module without a cache: xQ [B,T,dModel], xKv [B,S,dKvIn] -> y [B,T,dOut], lse [B,H,T]. */
+  mhaForward(dims: MhaNativeDims, opts: NativeOpts, xQ: Float32Array, xKv: Float32Array,
+    wQ: Float32Array, bQ: Float32Array | null, wK: Float32Array, bK: Float32Array | null,
+    wV: Float32Array, bV: Float32Array | null, wO: Float32Array, bO: Float32Array | null,
+    y: Float32Array, lse: Float32Array): void;
   /** y [M,N] = x [M,K] · w [K,N] + b [N]. */
   linear(x: Float32Array, w: Float32Array, b: Float32Array | null, y: Float32Array, M: number, K: number, N: number): void;
   setNumThreads(n: number): void;

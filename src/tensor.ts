@@ -53,22 +53,22 @@ export function expectNumber(name: string, value: unknown, lo: number, hi: numbe
  * with `capacity`, the floats of [dims[0], dims[1], capacity, dims[3]].
  */
 export function expectShape(name: string, t: unknown, names: readonly string[], dims: readonly number[], capacity?: number): Tensor {
-  const want = `${name} shape [${names.join(',')}]=[${dims.join(',')}] (${numel(dims)} floats)`;
-  if (typeof t !== 'object' || t === null || !('data' in t) || !('shape' in t)) {
-    throw new ShapeError(`Expected ${want}, got ${show(t)}`);
+  // Fast path first (this runs on every call of every kernel): the message is built only on failure.
+  const data = (t as Tensor | null)?.data;
+  const shape = (t as Tensor | null)?.shape;
+  const stored = capacity === undefined ? dims : [dims[0], dims[1], capacity, ...dims.slice(3)];
+  if (data instanceof Float32Array && Array.isArray(shape) && shape.length === dims.length && shape.every((d, i) => d === dims[i]) && data.length === numel(stored)) {
+    return t as Tensor;
   }
-  const { data, shape } = t as { data: unknown; shape: unknown };
+  const want = `${name} shape [${names.join(',')}]=[${dims.join(',')}] (${numel(dims)} floats)`;
+  if (typeof t !== 'object' || t === null || !('data' in t) || !('shape' in t)) throw new ShapeError(`Expected ${want}, got ${show(t)}`);
   if (!(data instanceof Float32Array)) throw new ShapeError(`Expected ${want} as a Float32Array, got ${show(data)}`);
   if (!Array.isArray(shape)) throw new ShapeError(`Expected ${want}, got shape ${show(shape)}`);
   const same = shape.length === dims.length && shape.every((d, i) => d === dims[i]);
   if (!same) throw new ShapeError(`Expected ${want}, got shape [${shape.join(',')}] (${data.length} floats)`);
   // A cache view stores `capacity` >= S positions per head in its third axis.
-  const stored = capacity === undefined ? dims : [dims[0], dims[1], capacity, ...dims.slice(3)];
-  if (data.length !== numel(stored)) {
-    const storage = capacity === undefined ? want : `${name} storage [${names.map((n, i) => (i === 2 ? `${n}_cap` : n)).join(',')}]=[${stored.join(',')}] (${numel(stored)} floats)`;
-    throw new ShapeError(`Expected ${storage}, got ${data.length}`);
-  }
-  return t as Tensor;
+  const storage = capacity === undefined ? want : `${name} storage [${names.map((n, i) => (i === 2 ? `${n}_cap` : n)).join(',')}]=[${stored.join(',')}] (${numel(stored)} floats)`;
+  throw new ShapeError(`Expected ${storage}, got ${data.length}`);
 }
 
 /** Checks rank and dimension values of a tensor whose dims are not known yet; returns its shape. */
