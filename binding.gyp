@@ -10,6 +10,7 @@
         "native/attention.cc",
         "native/gemm.cc",
         "native/threads.cc",
+        "native/tile.cc",
         "native/vmath.cc"
       ],
       "include_dirs": ["<!(node -e \"require('nan')\")"],

@@ -8,7 +8,12 @@ export type Feeds = Record<string, ort.Tensor>;
 export type OrtTensor = ort.Tensor;
 
 function session(model: Uint8Array, threads: number): Promise<ort.InferenceSession> {
-  return ort.InferenceSession.create(model, { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all', executionMode: 'sequential' });
+  // No spinning: ORT's idle workers would otherwise spin after each run and steal the cores
+  // from whichever system runs next in the alternation.
+  return ort.InferenceSession.create(model, {
+    intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: 'all', executionMode: 'sequential',
+    extra: { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } },
+  });
 }
 
 /** q [B,T,H·d], k/v [B,S,H·d] -> o [B,T,H·d]. */

@@ -9,6 +9,7 @@
 #include "gemm.h"
 #include "philox.h"
 #include "threads.h"
+#include "tile.h"
 #include "vmath.h"
 
 namespace kvs {
@@ -116,6 +117,19 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
         else if (R <= FEW_ROWS) accumulate_pv(scores, R, v_bh + s0 * d_v, sk, d_v, acc_r);
         else sgemm(false, false, (int)R, (int)d_v, (int)sk, 1.0f, scores, (int)sk, v_bh + s0 * d_v, (int)d_v, 1.0f, acc_r, (int)d_v);
       }
+    }, 2.0 * B * H * T * S * (d_k + d_v));
+    return;
+  }
+
+  if (tile_supported(d_k, d_v)) {
+    // One task per (b, h, query block), on the AVX-512 tile kernel.
+    const int64_t q_blocks = (T + TILE_TQ - 1) / TILE_TQ;
+    parallel_for(B * H * q_blocks, [&](int64_t task) {
+      const int64_t qb = task % q_blocks, bh = task / q_blocks, h = bh % H, b = bh / H;
+      const int64_t t0 = qb * TILE_TQ, tq = std::min(TILE_TQ, T - t0);
+      const int64_t bh_kv = b * dims.H_kv + h / group;
+      tile_update(opts, b, h, q + (bh * T + t0) * d_k, tq, opts.q_offset + t0, k + bh_kv * dims.s_cap * d_k,
+                  v + bh_kv * dims.s_cap * d_v, S, d_k, d_v, m + bh * T + t0, l + bh * T + t0, acc + (bh * T + t0) * d_v);
     }, 2.0 * B * H * T * S * (d_k + d_v));
     return;
   }

@@ -1,0 +1,229 @@
+#include "tile.h"
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "philox.h"
+#include <immintrin.h>
+#include "vec.h"
+
+namespace kvs {
+
+using namespace vec;
+
+bool tile_supported(int64_t d_k, int64_t d_v) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  return avx512 && d_k % W == 0 && d_v % W == 0;
+#else
+  (void)d_k, (void)d_v;
+  return false;
+#endif
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+
+namespace {
+
+constexpr float NEG_INF = -std::numeric_limits<float>::infinity();
+constexpr int64_t SK = 512;  // keys per block: the transposed scores are SK × TILE_TQ = 256 KiB
+constexpr int JN = 12;       // keys per score micro-tile (12 × 2 accumulators)
+constexpr int RT = 6;        // query rows per P·V micro-tile (6 × 4 accumulators)
+
+// One vbroadcastss (folded into the FMA as a memory operand).
+__attribute__((target("avx512f"), always_inline)) inline vf bcast(const float* p) { return (vf)_mm512_set1_ps(*p); }
+
+struct TileScratch {
+  std::vector<float> qt, st, m, l, acc, alpha, kpad;
+  std::vector<uint8_t> keep;
+};
+thread_local TileScratch tls;
+
+// st[j][0:tqp] = Σ_d k[j][d] · qt[d][0:tqp] for JN keys; tqp is a multiple of 32.
+__attribute__((target("avx512f"))) void scores_tile(const float* k, int64_t d_k, const float* qt, int64_t tqp,
+                                                    float* st) {
+  for (int64_t t = 0; t < tqp; t += 2 * W) {
+    vf a0[JN], a1[JN];
+#pragma GCC unroll 12
+    for (int j = 0; j < JN; ++j) a0[j] = a1[j] = vf{};
+    for (int64_t d = 0; d < d_k; ++d) {
+      const vf q0 = load(qt + d * tqp + t), q1 = load(qt + d * tqp + t + W);
+#pragma GCC unroll 12
+      for (int j = 0; j < JN; ++j) {
+        const vf kb = bcast(k + j * d_k + d);
+        a0[j] += kb * q0;
+        a1[j] += kb * q1;
+      }
+    }
+#pragma GCC unroll 12
+    for (int j = 0; j < JN; ++j) {
+      store(st + j * tqp + t, a0[j]);
+      store(st + j * tqp + t + W, a1[j]);
+    }
+  }
+}
+
+// acc[r][c0:c0+NV·16] += Σ_j st[j][r] · v[j][c0:...] for RT rows starting at row r0.
+template <int NV, int ROWS>
+__attribute__((target("avx512f"))) void pv_tile(const float* st, int64_t tqp, int64_t r0, const float* v, int64_t d_v,
+                                                int64_t c0, int64_t sk, float* acc) {
+  vf a[ROWS][NV];
+#pragma GCC unroll 6
+  for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < NV; ++c) a[r][c] = load(acc + (r0 + r) * d_v + c0 + c * W);
+  for (int64_t j = 0; j < sk; ++j) {
+    vf vv[NV];
+#pragma GCC unroll 4
+    for (int c = 0; c < NV; ++c) vv[c] = load(v + j * d_v + c0 + c * W);
+    const float* p = st + j * tqp + r0;
+#pragma GCC unroll 6
+    for (int r = 0; r < ROWS; ++r) {
+      const vf pb = bcast(p + r);
+#pragma GCC unroll 4
+      for (int c = 0; c < NV; ++c) a[r][c] += pb * vv[c];
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < NV; ++c) store(acc + (r0 + r) * d_v + c0 + c * W, a[r][c]);
+}
+
+template <int NV>
+__attribute__((target("avx512f"))) void pv_rows(const float* st, int64_t tqp, int64_t tq, const float* v,
+                                                int64_t d_v, int64_t c0, int64_t sk, float* acc) {
+  int64_t r = 0;
+  for (; r + RT <= tq; r += RT) pv_tile<NV, RT>(st, tqp, r, v, d_v, c0, sk, acc);
+  for (; r < tq; ++r) pv_tile<NV, 1>(st, tqp, r, v, d_v, c0, sk, acc);
+}
+
+// The online-softmax step on transposed scores st [sk, NT·16] (masked entries -inf): column
+// maxima, the new running max m, rescale factors alpha = exp(m_old - m_new), probabilities in
+// place, and l = l·alpha + column sums. Rows of st are walked contiguously with NT independent
+// accumulators per pass, so no step waits on the previous one.
+template <int NT>
+__attribute__((target("avx512f"))) void softmax_columns(float* st, int64_t sk, float* m, float* l, float* alpha) {
+  vf acc[NT];
+#pragma GCC unroll 8
+  for (int i = 0; i < NT; ++i) acc[i] = splat(NEG_INF);
+  for (int64_t j = 0; j < sk; ++j)
+#pragma GCC unroll 8
+    for (int i = 0; i < NT; ++i) acc[i] = vmax(acc[i], load(st + j * NT * W + i * W));
+  vf use[NT];
+#pragma GCC unroll 8
+  for (int i = 0; i < NT; ++i) {
+    const vf m_old = load(m + i * W), m_new = vmax(m_old, acc[i]);
+    use[i] = m_new == splat(NEG_INF) ? splat(0.0f) : m_new;  // rows that saw nothing yet
+    store(alpha + i * W, exp_nonpos(m_old - use[i]));
+    store(m + i * W, m_new);
+    acc[i] = vf{};
+  }
+  for (int64_t j = 0; j < sk; ++j)
+#pragma GCC unroll 8
+    for (int i = 0; i < NT; ++i) {
+      const vf p = exp_nonpos(load(st + j * NT * W + i * W) - use[i]);
+      store(st + j * NT * W + i * W, p);
+      acc[i] += p;
+    }
+#pragma GCC unroll 8
+  for (int i = 0; i < NT; ++i) store(l + i * W, load(l + i * W) * load(alpha + i * W) + acc[i]);
+}
+
+}  // namespace
+
+__attribute__((target("avx512f"))) void tile_update(const AttnOpts& o, int64_t b, int64_t h, const float* q,
+                                                    int64_t tq, int64_t t_abs0, const float* k, const float* v,
+                                                    int64_t S, int64_t d_k, int64_t d_v, float* m, float* l,
+                                                    float* acc) {
+  const int64_t tqp = (tq + 2 * W - 1) / (2 * W) * (2 * W);  // queries padded to the micro-tile
+  TileScratch& s = tls;
+  s.qt.resize(d_k * tqp);
+  s.st.resize((SK + JN) * tqp);  // a partial last micro-tile writes up to JN rows past sk
+  s.m.resize(tqp);
+  s.l.resize(tqp);
+  s.alpha.resize(tqp);
+  s.acc.resize(tqp * d_v);
+  s.kpad.resize(JN * d_k);
+  s.keep.resize(SK);
+  // qt [d_k, tqp] = scale · qᵀ, padded queries 0; state copied in, padded rows empty.
+  std::fill(s.qt.begin(), s.qt.end(), 0.0f);
+  for (int64_t t = 0; t < tq; ++t)
+    for (int64_t d = 0; d < d_k; ++d) s.qt[d * tqp + t] = q[t * d_k + d] * o.scale;
+  std::fill(s.m.begin(), s.m.end(), NEG_INF);
+  std::fill(s.l.begin(), s.l.end(), 0.0f);
+  std::copy(m, m + tq, s.m.begin());
+  std::copy(l, l + tq, s.l.begin());
+  std::copy(acc, acc + tq * d_v, s.acc.begin());
+  float *st = s.st.data(), *mq = s.m.data(), *lq = s.l.data(), *alpha = s.alpha.data();
+  const int64_t t_abs_last = t_abs0 + tq - 1;
+  const bool dropout = o.dropout_p > 0.0f;
+  const float keep_scale = dropout ? 1.0f / (1.0f - o.dropout_p) : 1.0f;
+
+  for (int64_t j0 = 0; j0 < S; j0 += SK) {
+    const int64_t s_abs0 = o.s_offset + j0;
+    int64_t sk = std::min(SK, S - j0);
+    if (o.causal) sk = std::clamp<int64_t>(t_abs_last - s_abs0 + 1, 0, sk);  // keys after the last query
+    if (sk == 0) break;
+
+    // Scores, transposed: st [sk, tqp].
+    int64_t j = 0;
+    for (; j + JN <= sk; j += JN) scores_tile(k + (j0 + j) * d_k, d_k, s.qt.data(), tqp, st + j * tqp);
+    if (j < sk) {  // the last few keys through a zero-padded copy
+      std::fill(s.kpad.begin(), s.kpad.end(), 0.0f);
+      std::copy(k + (j0 + j) * d_k, k + (j0 + sk) * d_k, s.kpad.begin());
+      scores_tile(s.kpad.data(), d_k, s.qt.data(), tqp, st + j * tqp);
+    }
+
+    // Causal: key j is hidden from queries t < s_abs - t_abs0.
+    if (o.causal) {
+      for (int64_t jj = 0; jj < sk; ++jj) {
+        const int64_t hide = std::min<int64_t>(tqp, std::max<int64_t>(0, s_abs0 + jj - t_abs0));
+        std::fill(st + jj * tqp, st + jj * tqp + hide, NEG_INF);
+      }
+    }
+
+    switch (tqp / W) {
+      case 2: softmax_columns<2>(st, sk, mq, lq, alpha); break;
+      case 4: softmax_columns<4>(st, sk, mq, lq, alpha); break;
+      case 6: softmax_columns<6>(st, sk, mq, lq, alpha); break;
+      default: softmax_columns<8>(st, sk, mq, lq, alpha); break;
+    }
+    // lse counts every visible key; dropout only thins what reaches the accumulator.
+    if (dropout) {
+      for (int64_t t = 0; t < tq; ++t) {
+        dropout_keep_row(o.seed, (uint32_t)b, (uint32_t)h, (uint32_t)(t_abs0 + t), s_abs0, sk, o.dropout_p,
+                         s.keep.data());
+        for (int64_t jj = 0; jj < sk; ++jj) st[jj * tqp + t] = s.keep[jj] ? st[jj * tqp + t] * keep_scale : 0.0f;
+      }
+    }
+    for (int64_t t = 0; t < tq; ++t) {
+      if (alpha[t] == 1.0f) continue;
+      float* a = s.acc.data() + t * d_v;
+      for (int64_t c = 0; c < d_v; c += W) store(a + c, load(a + c) * alpha[t]);
+    }
+    // acc [tq, d_v] += Pᵀ-stored [sk, tq] · v [sk, d_v], in column slabs of up to 64.
+    const float* v_blk = v + j0 * d_v;
+    for (int64_t c0 = 0; c0 < d_v; c0 += 4 * W) {
+      switch (std::min<int64_t>(4, (d_v - c0) / W)) {
+        case 4: pv_rows<4>(st, tqp, tq, v_blk, d_v, c0, sk, s.acc.data()); break;
+        case 3: pv_rows<3>(st, tqp, tq, v_blk, d_v, c0, sk, s.acc.data()); break;
+        case 2: pv_rows<2>(st, tqp, tq, v_blk, d_v, c0, sk, s.acc.data()); break;
+        default: pv_rows<1>(st, tqp, tq, v_blk, d_v, c0, sk, s.acc.data()); break;
+      }
+    }
+  }
+  std::copy(mq, mq + tq, m);
+  std::copy(lq, lq + tq, l);
+  std::copy(s.acc.begin(), s.acc.begin() + tq * d_v, acc);
+}
+
+#else
+
+void tile_update(const AttnOpts&, int64_t, int64_t, const float*, int64_t, int64_t, const float*, const float*, int64_t,
+                 int64_t, int64_t, float*, float*, float*) {}
+
+#endif
+
+}  // namespace kvs

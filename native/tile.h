@@ -1,0 +1,24 @@
+// AVX-512 attention tile: one query block against all keys of one head, with the scores kept
+// transposed (keys × queries) so that scores, softmax and both products vectorise over
+// queries and no BLAS packing is needed. Used when the CPU has AVX-512F and d_k, d_v are
+// multiples of 16; everything else takes the BLAS path.
+#pragma once
+#include <cstdint>
+
+#include "attention.h"
+
+namespace kvs {
+
+bool tile_supported(int64_t d_k, int64_t d_v);
+
+// Largest query block the tile handles.
+constexpr int64_t TILE_TQ = 128;
+
+// Folds keys [0, S) of one head into the state rows of one query block:
+//   q [tq, d_k] (tq <= TILE_TQ) at absolute positions t_abs0.., query head h of batch b
+//   k [S, d_k], v [S, d_v] (row stride d_k / d_v), keys at absolute positions o.s_offset..
+//   m, l [tq], acc [tq, d_v]
+void tile_update(const AttnOpts& o, int64_t b, int64_t h, const float* q, int64_t tq, int64_t t_abs0, const float* k,
+                 const float* v, int64_t S, int64_t d_k, int64_t d_v, float* m, float* l, float* acc);
+
+}  // namespace kvs

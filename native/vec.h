@@ -1,0 +1,51 @@
+// 16-float vectors (GCC vector extensions) and a branch-free exp, shared by the row kernels
+// (vmath.cc) and the AVX-512 tile kernel (tile.cc). Everything is always_inline, so each caller
+// compiles it for its own target.
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+namespace kvs {
+namespace vec {
+
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+constexpr int W = 16;
+
+#define KVS_INLINE static inline __attribute__((always_inline))
+
+KVS_INLINE vf load(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+KVS_INLINE void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+// A broadcast for non-hot paths (GCC keeps an add of 0; hot loops use the ISA's broadcast).
+KVS_INLINE vf splat(float a) { return vf{} + a; }
+KVS_INLINE vf vmax(vf a, vf b) { return a > b ? a : b; }
+
+constexpr float LOG2E = 1.44269504088896341f, LN2_HI = 0.693359375f, LN2_LO = -2.12194440e-4f;
+constexpr float EXP_MIN = -87.3f;  // exp(-87.3) ~ 1.2e-38, the smallest normal float
+
+// exp(y) for y <= 0: y = k·ln2 + r with integer k = ceil(y·log2e - 1/2), so |r| <= ln2/2
+// (ln2 split in two so k·ln2 is exact); exp(r) by its Taylor polynomial to r^6, relative error
+// < 2e-7; times 2^k built in the exponent bits. y < EXP_MIN (and -inf) gives 0.
+KVS_INLINE vf exp_nonpos(vf y0) {
+  const vi tiny = y0 < splat(EXP_MIN);
+  const vf y = tiny ? splat(EXP_MIN) : y0;
+  const vi ki = __builtin_convertvector(y * LOG2E - 0.5f, vi);  // truncation = ceil: argument <= 0
+  const vf k = __builtin_convertvector(ki, vf);
+  const vf r = (y - k * LN2_HI) - k * LN2_LO;
+  vf p = splat(1.0f / 720.0f);
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const vf e = p * (vf)((ki + 127) << 23);
+  return tiny ? splat(0.0f) : e;
+}
+
+}  // namespace vec
+}  // namespace kvs
