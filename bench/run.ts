@@ -60,12 +60,14 @@ const timeAsync = async (f: () => Promise<unknown>) => {
 const torchOk = !args['no-torch'] && spawnSync('/usr/bin/python3', ['-c', 'import torch'], { stdio: 'ignore' }).status === 0;
 const torchVersion = torchOk ? spawnSync('/usr/bin/python3', ['-c', 'import torch; print(torch.__version__)'], { encoding: 'utf8' }).stdout.trim() : null;
 const torchProcs = new Map<number, { ask(req: object): Promise<number> }>();
-function torchPeer(threads: number) {
+/** The torch process for `threads`, started and past its `import torch` before anything is timed. */
+async function torchPeer(threads: number) {
   if (!torchProcs.has(threads)) {
     const env = { ...process.env, OMP_NUM_THREADS: String(threads), OPENBLAS_NUM_THREADS: String(threads), MKL_NUM_THREADS: String(threads), OMP_WAIT_POLICY: 'PASSIVE' };
     const child = spawn('/usr/bin/python3', ['bench/torch_peer.py'], { env, stdio: ['pipe', 'pipe', 'inherit'] });
     const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
     child.unref();
+    await lines.next(); // {"ready": true}
     torchProcs.set(threads, {
       async ask(req) {
         child.stdin!.write(`${JSON.stringify({ ...req, threads })}\n`);
@@ -133,7 +135,7 @@ for (const threads of THREADS) {
   setNumThreads(threads);
   limit.set(threads, sgemmLimit(threads));
   console.log(`\n== ${threads} thread(s): addon sgemm 2048^3 = ${limit.get(threads)!.toFixed(0)} GFLOP/s (OpenBLAS core ${info().blasCore})`);
-  const torch = torchOk ? torchPeer(threads) : null;
+  const torch = torchOk ? await torchPeer(threads) : null;
   const peer = (workload: string, mask: string) => (torch ? { torch: () => torch.ask({ workload, mask }) } : {});
 
   const T = 2048;

@@ -1,7 +1,8 @@
 """PyTorch peer for `npm run bench`: a long-running process that times one repetition per request.
 
 stdin, one JSON object per line: {"workload": "W1-core", "mask": "none"|"causal", "threads": 1}
-stdout, one JSON object per line: {"ms": <this repetition's wall time in ms>} or {"error": "..."}
+stdout: {"ready": true} once torch is imported, then one JSON object per request:
+  {"ms": <this repetition's wall time in ms per unit>} or {"error": "..."}
 Shapes follow bench/run.ts (fp32, batch 1 unless said, 8 heads, d_k = d_v = 64, d_model 512).
 Run with `torch.inference_mode()`; decode writes into a preallocated cache.
 """
@@ -102,6 +103,7 @@ def make(workload, mask):
 
 def main():
     cache = {}
+    print(json.dumps({"ready": True}), flush=True)  # torch is imported: timing may start
     for line in sys.stdin:
         req = json.loads(line)
         try:

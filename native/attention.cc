@@ -225,14 +225,17 @@ void attn_probs(const AttnDims& dims, const AttnOpts& opts, const float* q, cons
 }
 
 void linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w, const float* b, float* y) {
+  // Large products on the tile micro-kernel (it packs w once, which small products don't repay).
+  if (M > 2 && (double)M * K * N >= 4e6 && tile_supported(16, N)) return tile_linear(M, K, N, x, w, b, y);
   // Tasks are (row block, column block) tiles of y; BLAS stays single-threaded inside each.
   // Few rows (decode) split the columns instead, so every thread streams its share of w.
   constexpr int64_t MB = 64;
   const int64_t row_blocks = (M + MB - 1) / MB;
   const int64_t col_blocks = row_blocks >= get_num_threads() ? 1 : std::max<int64_t>(1, std::min<int64_t>(get_num_threads(), N / 128));
-  const int64_t NB = (N + col_blocks - 1) / col_blocks;
+  const int64_t NB = (N + col_blocks * 16 - 1) / (col_blocks * 16) * 16;
   parallel_for(row_blocks * col_blocks, [&](int64_t task) {
     const int64_t i0 = (task / col_blocks) * MB, mb = std::min(MB, M - i0);
+    if ((task % col_blocks) * NB >= N) return;
     const int64_t j0 = (task % col_blocks) * NB, nb = std::min(NB, N - j0);
     float* y_ij = y + i0 * N + j0;
     for (int64_t i = 0; i < mb; ++i) {
@@ -267,34 +270,43 @@ void merge_heads(const float* src, int64_t B, int64_t heads, int64_t T, int64_t 
       for (int64_t t = 0; t < T; ++t)
         std::copy_n(src + ((b * heads + h) * T + t) * d, d, dst + ((b * T + t) * heads + h) * d);
 }
-thread_local std::vector<float> mha_scratch;
+thread_local std::vector<float> proj_scratch, mha_scratch;
 }  // namespace
+
+void project_heads(int64_t B, int64_t T, int64_t K, int64_t heads, int64_t d, const float* x, const float* w,
+                   const float* b, float* out) {
+  if (heads == 1) return linear(B * T, K, d, x, w, b, out);  // [B,T,d] is already [B,1,T,d]
+  proj_scratch.resize(B * T * heads * d);
+  linear(B * T, K, heads * d, x, w, b, proj_scratch.data());
+  split_heads(proj_scratch.data(), B, T, heads, d, out);
+}
+
+void merge_project(int64_t B, int64_t heads, int64_t T, int64_t d, int64_t N, const float* o, const float* w,
+                   const float* b, float* y) {
+  if (heads == 1) return linear(B * T, d, N, o, w, b, y);
+  proj_scratch.resize(B * T * heads * d);
+  merge_heads(o, B, heads, T, d, proj_scratch.data());
+  linear(B * T, heads * d, N, proj_scratch.data(), w, b, y);
+}
 
 void mha_forward(const MhaDims& d, const AttnOpts& opts, const MhaWeights& w, const float* x_q, const float* x_kv,
                  float* y, float* lse) {
   const int64_t nq = d.B * d.H * d.T * d.d_k, nk = d.B * d.H_kv * d.S * d.d_k, nv = d.B * d.H_kv * d.S * d.d_v;
   const int64_t rows = d.B * d.H * d.T, no = rows * d.d_v;
-  const int64_t nproj = std::max({nq, nk, nv, no});
-  // Layout of the scratch: proj | q | k | v | m | l | acc | o_heads
-  mha_scratch.resize(nproj + nq + nk + nv + 2 * rows + 2 * no);
-  float* proj = mha_scratch.data();
-  float *q = proj + nproj, *k = q + nq, *v = k + nk, *m = v + nv, *l = m + rows, *acc = l + rows, *o = acc + no;
+  // Layout of the scratch: q | k | v | m | l | acc | o_heads
+  mha_scratch.resize(nq + nk + nv + 2 * rows + 2 * no);
+  float *q = mha_scratch.data(), *k = q + nq, *v = k + nk, *m = v + nv, *l = m + rows, *acc = l + rows, *o = acc + no;
 
-  linear(d.B * d.T, d.d_model, d.H * d.d_k, x_q, w.w_q, w.b_q, proj);
-  split_heads(proj, d.B, d.T, d.H, d.d_k, q);
-  linear(d.B * d.S, d.d_kv_in, d.H_kv * d.d_k, x_kv, w.w_k, w.b_k, proj);
-  split_heads(proj, d.B, d.S, d.H_kv, d.d_k, k);
-  linear(d.B * d.S, d.d_kv_in, d.H_kv * d.d_v, x_kv, w.w_v, w.b_v, proj);
-  split_heads(proj, d.B, d.S, d.H_kv, d.d_v, v);
-
+  project_heads(d.B, d.T, d.d_model, d.H, d.d_k, x_q, w.w_q, w.b_q, q);
+  project_heads(d.B, d.S, d.d_kv_in, d.H_kv, d.d_k, x_kv, w.w_k, w.b_k, k);
+  project_heads(d.B, d.S, d.d_kv_in, d.H_kv, d.d_v, x_kv, w.w_v, w.b_v, v);
   AttnOpts o2 = opts;
   o2.s_offset = 0;
   const AttnDims ad{d.B, d.H, d.H_kv, d.T, d.S, d.S, d.d_k, d.d_v};
   attn_state_init(rows, d.d_v, m, l, acc);
   attn_update(ad, o2, q, k, v, m, l, acc);
   attn_finalize(rows, d.d_v, m, l, acc, o, lse);
-  merge_heads(o, d.B, d.H, d.T, d.d_v, proj);
-  linear(d.B * d.T, d.H * d.d_v, d.d_out, proj, w.w_o, w.b_o, y);
+  merge_project(d.B, d.H, d.T, d.d_v, d.d_out, o, w.w_o, w.b_o, y);
 }
 
 }  // namespace kvs

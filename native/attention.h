@@ -63,6 +63,14 @@ struct MhaWeights {
   const float *w_q, *b_q, *w_k, *b_k, *w_v, *b_v, *w_o, *b_o;
 };
 
+// x [B, T, K] · w [K, heads·d] + b -> out [B, heads, T, d]   (b may be null)
+void project_heads(int64_t B, int64_t T, int64_t K, int64_t heads, int64_t d, const float* x, const float* w,
+                   const float* b, float* out);
+
+// o [B, heads, T, d] -> concat_h [B, T, heads·d] · w [heads·d, N] + b -> y [B, T, N]
+void merge_project(int64_t B, int64_t heads, int64_t T, int64_t d, int64_t N, const float* o, const float* w,
+                   const float* b, float* y);
+
 // The whole module in one call, no cache:
 //   x_q [B, T, d_model], x_kv [B, S, d_kv_in] -> y [B, T, d_out], lse [B, H, T].
 // opts.s_offset is ignored (keys start at 0); scratch is per calling thread and reused.

@@ -329,6 +329,40 @@ NAN_METHOD(MhaForward) {
   guarded(c, [&] { kvs::mha_forward(d, opts, w, x_q, x_kv, y, lse); });
 }
 
+// projectHeads(x, w, b | null, out, B, T, K, heads, d): x [B,T,K] · w [K,heads·d] + b -> out [B,heads,T,d]
+NAN_METHOD(ProjectHeads) {
+  Checker c{"projectHeads", info};
+  if (!c.count(9)) return;
+  const int64_t B = c.integer(info[4], "B", 1, INT_MAX32), T = c.integer(info[5], "T", 1, INT_MAX32);
+  const int64_t K = c.integer(info[6], "K", 1, INT_MAX32), heads = c.integer(info[7], "heads", 1, INT_MAX32);
+  const int64_t d = c.integer(info[8], "d", 1, INT_MAX32);
+  const int64_t nx = c.product({B, T, K}, "x"), nw = c.product({K, heads, d}, "w"), no = c.product({B, heads, T, d}, "out");
+  if (c.failed) return;
+  const float* x = c.f32(0, "x", nx, shape("[B,T,K]", {B, T, K}));
+  const float* w = c.f32(1, "w", nw, shape("[K,heads*d]", {K, heads * d}));
+  const float* b = c.f32(2, "b", heads * d, shape("[heads*d]", {heads * d}), true);
+  float* out = c.f32(3, "out", no, shape("[B,heads,T,d]", {B, heads, T, d}));
+  if (c.failed) return;
+  guarded(c, [&] { kvs::project_heads(B, T, K, heads, d, x, w, b, out); });
+}
+
+// mergeProject(o, w, b | null, y, B, heads, T, d, N): concat_h o [B,heads,T,d] · w [heads·d,N] + b -> y [B,T,N]
+NAN_METHOD(MergeProject) {
+  Checker c{"mergeProject", info};
+  if (!c.count(9)) return;
+  const int64_t B = c.integer(info[4], "B", 1, INT_MAX32), heads = c.integer(info[5], "heads", 1, INT_MAX32);
+  const int64_t T = c.integer(info[6], "T", 1, INT_MAX32), d = c.integer(info[7], "d", 1, INT_MAX32);
+  const int64_t N = c.integer(info[8], "N", 1, INT_MAX32);
+  const int64_t no = c.product({B, heads, T, d}, "o"), nw = c.product({heads, d, N}, "w"), ny = c.product({B, T, N}, "y");
+  if (c.failed) return;
+  const float* o = c.f32(0, "o", no, shape("[B,heads,T,d]", {B, heads, T, d}));
+  const float* w = c.f32(1, "w", nw, shape("[heads*d,N]", {heads * d, N}));
+  const float* b = c.f32(2, "b", N, shape("[N]", {N}), true);
+  float* y = c.f32(3, "y", ny, shape("[B,T,N]", {B, T, N}));
+  if (c.failed) return;
+  guarded(c, [&] { kvs::merge_project(B, heads, T, d, N, o, w, b, y); });
+}
+
 // linear(x, w, b | null, y, M, K, N): y [M,N] = x [M,K] · w [K,N] + b [N]
 NAN_METHOD(Linear) {
   Checker c{"linear", info};
@@ -379,6 +413,8 @@ NAN_MODULE_INIT(Init) {
   Nan::SetMethod(target, "attnProbs", AttnProbs);
   Nan::SetMethod(target, "linear", Linear);
   Nan::SetMethod(target, "mhaForward", MhaForward);
+  Nan::SetMethod(target, "projectHeads", ProjectHeads);
+  Nan::SetMethod(target, "mergeProject", MergeProject);
   Nan::SetMethod(target, "setNumThreads", SetNumThreads);
   Nan::SetMethod(target, "info", Info);
 }

@@ -21,4 +21,8 @@ constexpr int64_t TILE_TQ = 128;
 void tile_update(const AttnOpts& o, int64_t b, int64_t h, const float* q, int64_t tq, int64_t t_abs0, const float* k,
                  const float* v, int64_t S, int64_t d_k, int64_t d_v, float* m, float* l, float* acc);
 
+// y [M, N] = x [M, K] · w [K, N] + b [N] (b may be null) on the tile micro-kernel; needs
+// tile_supported(16, N). Parallel over row blocks and column slabs.
+void tile_linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w, const float* b, float* y);
+
 }  // namespace kvs

@@ -152,9 +152,8 @@ export class MultiHeadAttention {
     const [B, , T] = expectRank('o', o, ['B', 'H', 'T', 'd_v']);
     const { numHeads: H, dV, dOut } = this.config;
     expectShape('o', o, ['B', 'H', 'T', 'd_v'], [B, H, T, dV]);
-    const merged = mergeHeads(o.data, B, H, T, dV);
     const y = new Float32Array(B * T * dOut);
-    addon.linear(merged, this.weights.wO.data, this.weights.bO?.data ?? null, y, B * T, H * dV, dOut);
+    addon.mergeProject(o.data, this.weights.wO.data, this.weights.bO?.data ?? null, y, B, H, T, dV, dOut);
     return { data: y, shape: [B, T, dOut] };
   }
 
@@ -210,34 +209,7 @@ export class MultiHeadAttention {
 
 /** x [B,T,in] · w [in,heads·d] + b -> [B,heads,T,d] */
 function project(x: Tensor, w: Tensor, b: Tensor | undefined, B: number, T: number, heads: number, d: number): Tensor {
-  const inDim = x.shape[2];
-  const y = new Float32Array(B * T * heads * d);
-  addon.linear(x.data, w.data, b?.data ?? null, y, B * T, inDim, heads * d);
-  return { data: splitHeads(y, B, T, heads, d), shape: [B, heads, T, d] };
-}
-
-/** [B,T,H·d] -> [B,H,T,d] */
-function splitHeads(y: Float32Array, B: number, T: number, H: number, d: number): Float32Array {
-  if (H === 1) return y;
-  const out = new Float32Array(y.length);
-  for (let b = 0; b < B; b++)
-    for (let t = 0; t < T; t++)
-      for (let h = 0; h < H; h++) {
-        const from = ((b * T + t) * H + h) * d;
-        out.set(y.subarray(from, from + d), ((b * H + h) * T + t) * d);
-      }
-  return out;
-}
-
-/** [B,H,T,d] -> [B,T,H·d] */
-function mergeHeads(o: Float32Array, B: number, H: number, T: number, d: number): Float32Array {
-  if (H === 1) return o;
-  const out = new Float32Array(o.length);
-  for (let b = 0; b < B; b++)
-    for (let h = 0; h < H; h++)
-      for (let t = 0; t < T; t++) {
-        const from = ((b * H + h) * T + t) * d;
-        out.set(o.subarray(from, from + d), ((b * T + t) * H + h) * d);
-      }
-  return out;
+  const out = new Float32Array(B * heads * T * d);
+  addon.projectHeads(x.data, w.data, b?.data ?? null, out, B, T, x.shape[2], heads, d);
+  return { data: out, shape: [B, heads, T, d] };
 }

@@ -47,6 +47,10 @@ export interface Binding {
     wQ: Float32Array, bQ: Float32Array | null, wK: Float32Array, bK: Float32Array | null,
     wV: Float32Array, bV: Float32Array | null, wO: Float32Array, bO: Float32Array | null,
     y: Float32Array, lse: Float32Array): void;
+  /** x [B,T,K] · w [K,heads·d] + b -> out [B,heads,T,d]. */
+  projectHeads(x: Float32Array, w: Float32Array, b: Float32Array | null, out: Float32Array, B: number, T: number, K: number, heads: number, d: number): void;
+  /** concat_h o [B,heads,T,d] · w [heads·d,N] + b -> y [B,T,N]. */
+  mergeProject(o: Float32Array, w: Float32Array, b: Float32Array | null, y: Float32Array, B: number, heads: number, T: number, d: number, N: number): void;
   /** y [M,N] = x [M,K] · w [K,N] + b [N]. */
   linear(x: Float32Array, w: Float32Array, b: Float32Array | null, y: Float32Array, M: number, K: number, N: number): void;
   setNumThreads(n: number): void;

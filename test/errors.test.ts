@@ -96,6 +96,9 @@ test('binding: lengths, dims, divisibility and size products', (t) => {
   t.throws(update(huge), { instanceOf: RangeError, message: 'attnUpdate: q has more elements than a typed array can hold' });
   const p = good(); p[1] = { ...opts, dropoutP: 1 };
   t.throws(update(p), { instanceOf: RangeError, message: 'attnUpdate: opts.dropoutP must be a finite number in [0, 1), got 1' });
+  t.throws(() => binding.projectHeads(f(6), f(12), null, f(11), 1, 2, 3, 2, 2), { instanceOf: RangeError, message: 'projectHeads: expected out [B,heads,T,d]=[1,2,2,2] (8 floats), got 11' });
+  t.throws(() => binding.mergeProject(f(8), f(8), f(3), f(4), 1, 2, 2, 2, 2), { instanceOf: RangeError, message: 'mergeProject: expected b [N]=[2] (2 floats), got 3' });
+  t.throws(() => binding.mhaForward({ ...dims } as never, opts, f(1), f(1), f(1), null, f(1), null, f(1), null, f(1), null, f(1), f(1)), { instanceOf: TypeError, message: 'mhaForward: dims.dModel must be a number, got undefined' });
   t.throws(() => binding.setNumThreads(0), { instanceOf: RangeError, message: 'setNumThreads: n must be an integer in [1, 256], got 0' });
 });
 
