@@ -65,24 +65,25 @@ __attribute__((target("avx512f"))) void scores_tile(const float* k, int64_t d_k,
   }
 }
 
-// acc[r][c0:c0+NV·16] += Σ_j pt[j][r] · v[j][c0:...] for ROWS rows from r0; pt rows have
-// stride ldp, v rows ldv, acc rows ldacc. ROWS × NV accumulators stay in registers.
+// acc[r][c0:c0+NV·16] += Σ_j p(j, r) · v[j][c0:...] for ROWS rows from r0, where p(j, r) sits at
+// p[j·sj + r·sr] (scores stored transposed: sj = row length, sr = 1; a row-major x: sj = 1,
+// sr = K), v rows have stride ldv and acc rows ldacc. ROWS × NV accumulators stay in registers.
 template <int NV, int ROWS>
-__attribute__((target("avx512f"))) void pv_tile(const float* pt, int64_t ldp, int64_t r0, const float* v, int64_t ldv,
-                                                int64_t c0, int64_t J, float* acc, int64_t ldacc) {
+__attribute__((target("avx512f"))) void pv_tile(const float* p, int64_t sj, int64_t sr, int64_t r0, const float* v,
+                                                int64_t ldv, int64_t c0, int64_t J, float* acc, int64_t ldacc) {
   vf a[ROWS][NV];
 #pragma GCC unroll 6
   for (int r = 0; r < ROWS; ++r)
 #pragma GCC unroll 4
     for (int c = 0; c < NV; ++c) a[r][c] = load(acc + (r0 + r) * ldacc + c0 + c * W);
+  const float* p_r0 = p + r0 * sr;
   for (int64_t j = 0; j < J; ++j) {
     vf vv[NV];
 #pragma GCC unroll 4
     for (int c = 0; c < NV; ++c) vv[c] = load(v + j * ldv + c0 + c * W);
-    const float* p = pt + j * ldp + r0;
 #pragma GCC unroll 6
     for (int r = 0; r < ROWS; ++r) {
-      const vf pb = bcast(p + r);
+      const vf pb = bcast(p_r0 + j * sj + r * sr);
 #pragma GCC unroll 4
       for (int c = 0; c < NV; ++c) a[r][c] += pb * vv[c];
     }
@@ -93,26 +94,28 @@ __attribute__((target("avx512f"))) void pv_tile(const float* pt, int64_t ldp, in
     for (int c = 0; c < NV; ++c) store(acc + (r0 + r) * ldacc + c0 + c * W, a[r][c]);
 }
 
-// acc [rows, cols] += ptᵀ · v over J, for columns [c0, c0 + cols) in slabs of up to 64.
-__attribute__((target("avx512f"))) void pv_block(const float* pt, int64_t ldp, int64_t rows, const float* v, int64_t ldv,
-                                                 int64_t c0, int64_t cols, int64_t J, float* acc, int64_t ldacc) {
+// acc [rows, cols] += p · v over J (p as in pv_tile), for columns [c0, c0 + cols) in slabs of
+// up to 64.
+__attribute__((target("avx512f"))) void pv_block(const float* p, int64_t sj, int64_t sr, int64_t rows, const float* v,
+                                                 int64_t ldv, int64_t c0, int64_t cols, int64_t J, float* acc,
+                                                 int64_t ldacc) {
   for (int64_t c = c0; c < c0 + cols; c += 4 * W) {
     const int64_t nv = std::min<int64_t>(4, (c0 + cols - c) / W);
     int64_t r = 0;
     for (; r + RT <= rows; r += RT) {
       switch (nv) {
-        case 4: pv_tile<4, RT>(pt, ldp, r, v, ldv, c, J, acc, ldacc); break;
-        case 3: pv_tile<3, RT>(pt, ldp, r, v, ldv, c, J, acc, ldacc); break;
-        case 2: pv_tile<2, RT>(pt, ldp, r, v, ldv, c, J, acc, ldacc); break;
-        default: pv_tile<1, RT>(pt, ldp, r, v, ldv, c, J, acc, ldacc); break;
+        case 4: pv_tile<4, RT>(p, sj, sr, r, v, ldv, c, J, acc, ldacc); break;
+        case 3: pv_tile<3, RT>(p, sj, sr, r, v, ldv, c, J, acc, ldacc); break;
+        case 2: pv_tile<2, RT>(p, sj, sr, r, v, ldv, c, J, acc, ldacc); break;
+        default: pv_tile<1, RT>(p, sj, sr, r, v, ldv, c, J, acc, ldacc); break;
       }
     }
     for (; r < rows; ++r) {
       switch (nv) {
-        case 4: pv_tile<4, 1>(pt, ldp, r, v, ldv, c, J, acc, ldacc); break;
-        case 3: pv_tile<3, 1>(pt, ldp, r, v, ldv, c, J, acc, ldacc); break;
-        case 2: pv_tile<2, 1>(pt, ldp, r, v, ldv, c, J, acc, ldacc); break;
-        default: pv_tile<1, 1>(pt, ldp, r, v, ldv, c, J, acc, ldacc); break;
+        case 4: pv_tile<4, 1>(p, sj, sr, r, v, ldv, c, J, acc, ldacc); break;
+        case 3: pv_tile<3, 1>(p, sj, sr, r, v, ldv, c, J, acc, ldacc); break;
+        case 2: pv_tile<2, 1>(p, sj, sr, r, v, ldv, c, J, acc, ldacc); break;
+        default: pv_tile<1, 1>(p, sj, sr, r, v, ldv, c, J, acc, ldacc); break;
       }
     }
   }
@@ -223,32 +226,28 @@ __attribute__((target("avx512f"))) void tile_update(const AttnOpts& o, int64_t b
       for (int64_t c = 0; c < d_v; c += W) store(a + c, load(a + c) * alpha[t]);
     }
     // acc [tq, d_v] += Pᵀ-stored [sk, tq] · v [sk, d_v]
-    pv_block(st, tqp, tq, v + j0 * d_v, d_v, 0, d_v, sk, s.acc.data(), d_v);
+    pv_block(st, tqp, 1, tq, v + j0 * d_v, d_v, 0, d_v, sk, s.acc.data(), d_v);
   }
   std::copy(mq, mq + tq, m);
   std::copy(lq, lq + tq, l);
   std::copy(s.acc.begin(), s.acc.begin() + tq * d_v, acc);
 }
 
-namespace {
-// xt [K, rows] = x [rows, K] transposed: each of its rows is one broadcast source per k.
-void transpose_into(const float* x, int64_t rows, int64_t K, float* xt) {
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t k = 0; k < K; ++k) xt[k * rows + i] = x[i * K + k];
-}
-}  // namespace
-
 void tile_linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w, const float* b, float* y) {
   // w is packed once per call into column slabs of 64: slab c holds w[:, 64c : 64c + ws] as
   // [K, ws] contiguous, so the micro-tile streams it without the large row stride of w.
   constexpr int64_t SLAB = 4 * W, MB = 96, KC = 256;
   const int64_t slabs = (N + SLAB - 1) / SLAB;
-  std::vector<float> wp(K * N);
-  parallel_for(slabs, [&](int64_t c) {
-    const int64_t c0 = c * SLAB, ws = std::min(SLAB, N - c0);
-    float* dst = wp.data() + c0 * K;
-    for (int64_t k = 0; k < K; ++k) std::copy_n(w + k * N + c0, ws, dst + k * ws);
-  }, 8.0 * K * N);
+  // Rows of w up to 2 KiB apart are streamed in place; wider ones alias in L2 and are packed.
+  const bool pack = N > 512;
+  std::vector<float> wp(pack ? K * N : 0);
+  if (pack) {
+    parallel_for(slabs, [&](int64_t c) {
+      const int64_t c0 = c * SLAB, ws = std::min(SLAB, N - c0);
+      float* dst = wp.data() + c0 * K;
+      for (int64_t k = 0; k < K; ++k) std::copy_n(w + k * N + c0, ws, dst + k * ws);
+    }, 8.0 * K * N);
+  }
   const int64_t row_blocks = (M + MB - 1) / MB;
   const int64_t groups = row_blocks >= get_num_threads() ? 1 : std::min(slabs, (int64_t)get_num_threads());
   const int64_t per_group = (slabs + groups - 1) / groups;
@@ -256,9 +255,7 @@ void tile_linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w
     const int64_t i0 = (task / groups) * MB, mb = std::min(MB, M - i0);
     const int64_t c_first = (task % groups) * per_group, c_last = std::min(slabs, c_first + per_group);
     if (c_first >= c_last) return;
-    std::vector<float>& xt = tls.qt;
-    xt.resize(K * mb);
-    transpose_into(x + i0 * K, mb, K, xt.data());
+    const float* x_i = x + i0 * K;  // broadcast in place: element (k, row r) at x_i[k + r·K]
     float* y_i = y + i0 * N;
     const int64_t col0 = c_first * SLAB, col1 = std::min(N, c_last * SLAB);
     for (int64_t i = 0; i < mb; ++i) {
@@ -269,7 +266,8 @@ void tile_linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w
       const int64_t c0 = c * SLAB, ws = std::min(SLAB, N - c0);
       for (int64_t k0 = 0; k0 < K; k0 += KC) {
         const int64_t kc = std::min(KC, K - k0);
-        pv_block(xt.data() + k0 * mb, mb, mb, wp.data() + c0 * K + k0 * ws, ws, 0, ws, kc, y_i + c0, N);
+        if (pack) pv_block(x_i + k0, 1, K, mb, wp.data() + c0 * K + k0 * ws, ws, 0, ws, kc, y_i + c0, N);
+        else pv_block(x_i + k0, 1, K, mb, w + k0 * N, N, c0, ws, kc, y_i, N);
       }
     }
   }, 2.0 * M * K * N);
