@@ -5,7 +5,7 @@
 //   npm run bench -- [--reps N] [--threads 1,2] [--only W1-core,W3-b1,...] [--no-torch] [--no-w5]
 //   KVSTREAM_BENCH_KEEP_OPENBLAS_ENV=1 keeps OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE as they are.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, statSync, writeFileSync, openSync, writeSync, closeSync } from 'node:fs';
+import { closeSync, existsSync, openSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -17,7 +17,7 @@ import { addon, info, setNumThreads } from '../src/native.ts';
 import { attendChunk, projectKv, splitTokens } from '../src/operators/index.ts';
 import { Rng } from '../src/random.ts';
 import type { Tensor } from '../src/tensor.ts';
-import { encodeNpy } from '../src/io/npy.ts';
+import { npyHeader } from '../src/io/npy.ts';
 import { coreSession, f32, moduleSession, version as ortVersion } from './ort.ts';
 import type { Feeds, OrtTensor } from './ort.ts';
 
@@ -63,7 +63,9 @@ const torchProcs = new Map<number, { ask(req: object): Promise<number> }>();
 /** The torch process for `threads`, started and past its `import torch` before anything is timed. */
 async function torchPeer(threads: number) {
   if (!torchProcs.has(threads)) {
-    const env = { ...process.env, OMP_NUM_THREADS: String(threads), OPENBLAS_NUM_THREADS: String(threads), MKL_NUM_THREADS: String(threads), OMP_WAIT_POLICY: 'PASSIVE' };
+    // Idle peer threads must not spin into the next system's repetition: OpenMP passive, and
+    // OpenBLAS's workers (which by default busy-wait ~2^28 cycles after each call) time out at once.
+    const env = { ...process.env, OMP_NUM_THREADS: String(threads), OPENBLAS_NUM_THREADS: String(threads), MKL_NUM_THREADS: String(threads), OMP_WAIT_POLICY: 'PASSIVE', OPENBLAS_THREAD_TIMEOUT: '4' };
     const child = spawn('/usr/bin/python3', ['bench/torch_peer.py'], { env, stdio: ['pipe', 'pipe', 'inherit'] });
     const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
     child.unref();
@@ -239,6 +241,9 @@ for (const threads of THREADS) {
   }
 }
 
+const save = () => writeFileSync('bench/results.json', `${JSON.stringify({ machine, limits: Object.fromEntries(limit), rows }, null, 2)}\n`);
+save();
+
 // ---- W5: 1 GiB from disk, each run in its own process ----
 if (want('W5') && !args['no-w5']) {
   const path = join(tmpdir(), 'kvstream-bench-w5.npy');
@@ -246,7 +251,7 @@ if (want('W5') && !args['no-w5']) {
   if (!existsSync(path) || statSync(path).size < 2 ** 30) {
     console.log(`\nW5: writing ${path} (1 GiB, [1, ${S}, ${DM}])`);
     const fd = openSync(path, 'w');
-    writeSync(fd, encodeNpy({ data: new Float32Array(0), shape: [1, S, DM] }).subarray(0, 128)); // header only
+    writeSync(fd, npyHeader([1, S, DM], '<f4'));
     const block = new Rng(9).normalTensor([1, 4096, DM]).data;
     for (let s = 0; s < S; s += 4096) writeSync(fd, new Uint8Array(block.buffer));
     closeSync(fd);
@@ -263,7 +268,6 @@ if (want('W5') && !args['no-w5']) {
   }
 }
 
-mkdirSync('bench', { recursive: true });
-writeFileSync('bench/results.json', `${JSON.stringify({ machine, limits: Object.fromEntries(limit), rows }, null, 2)}\n`);
+save();
 console.log('\nwrote bench/results.json');
 process.exit(0);

@@ -24,6 +24,21 @@ export function dtypeOf(data: NpyData): Dtype {
   return '|u1';
 }
 
+/** The preamble and header of an NPY 1.0 file of `shape` and `dtype`; the data follows it. */
+export function npyHeader(shape: readonly number[], dtype: Dtype): Uint8Array {
+  const dims = shape.length === 1 ? `(${shape[0]},)` : `(${shape.join(', ')})`;
+  let header = `{'descr': '${dtype}', 'fortran_order': False, 'shape': ${dims}, }`;
+  const unpadded = MAGIC.length + 4 + header.length + 1;
+  header += ' '.repeat((64 - (unpadded % 64)) % 64) + '\n';
+  const out = new Uint8Array(MAGIC.length + 4 + header.length);
+  out.set(MAGIC, 0);
+  out[6] = 1;
+  out[7] = 0;
+  new DataView(out.buffer).setUint16(8, header.length, true);
+  for (let i = 0; i < header.length; i++) out[10 + i] = header.charCodeAt(i);
+  return out;
+}
+
 /** An NPY 1.0 file holding `data` with `shape` (C order). */
 export function encodeNpy(array: { data: NpyData; shape: readonly number[]; dtype?: Dtype }): Uint8Array {
   const dtype = array.dtype ?? dtypeOf(array.data);
@@ -31,18 +46,11 @@ export function encodeNpy(array: { data: NpyData; shape: readonly number[]; dtyp
   if (count !== array.data.length) {
     throw new FixtureError(`Expected ${count} elements for shape [${array.shape.join(',')}], got ${array.data.length}`);
   }
-  const shape = array.shape.length === 1 ? `(${array.shape[0]},)` : `(${array.shape.join(', ')})`;
-  let header = `{'descr': '${dtype}', 'fortran_order': False, 'shape': ${shape}, }`;
-  const unpadded = MAGIC.length + 4 + header.length + 1;
-  header += ' '.repeat((64 - (unpadded % 64)) % 64) + '\n';
-  const out = new Uint8Array(MAGIC.length + 4 + header.length + array.data.byteLength);
-  out.set(MAGIC, 0);
-  out[6] = 1;
-  out[7] = 0;
-  new DataView(out.buffer).setUint16(8, header.length, true);
-  for (let i = 0; i < header.length; i++) out[10 + i] = header.charCodeAt(i);
+  const header = npyHeader(array.shape, dtype);
+  const out = new Uint8Array(header.length + array.data.byteLength);
+  out.set(header, 0);
   // Typed arrays are little-endian on every platform Node supports (x86-64, arm64).
-  out.set(new Uint8Array(array.data.buffer, array.data.byteOffset, array.data.byteLength), 10 + header.length);
+  out.set(new Uint8Array(array.data.buffer, array.data.byteOffset, array.data.byteLength), header.length);
   return out;
 }
 
