@@ -1,7 +1,7 @@
 // W5, run in its own process so peak RSS is this workload's alone:
 //   tsx bench/w5.ts PATH THREADS MODE   MODE = raw (drain the disk source) | stream (full pipeline)
-// prints {"ms": total wall time, "bytes": file data bytes, "maxRssMiB": peak RSS}.
-import { statSync } from 'node:fs';
+// prints {"ms": total wall time, "bytes": file bytes, "maxRssMiB": this process's peak RSS}.
+import { readFileSync, statSync } from 'node:fs';
 import { lastValueFrom } from 'rxjs';
 import { MultiHeadAttention } from '../src/mha.ts';
 import { setNumThreads } from '../src/native.ts';
@@ -17,4 +17,6 @@ const t0 = performance.now();
 if (mode === 'raw') await lastValueFrom(fromNpy(path, CHUNK));
 else await lastValueFrom(fromNpy(path, CHUNK).pipe(projectKv(mha), attendChunk(mha, xQ)));
 const ms = performance.now() - t0;
-console.log(JSON.stringify({ ms, bytes: statSync(path).size, maxRssMiB: process.resourceUsage().maxRSS / 1024 }));
+// VmHWM, not getrusage's maxrss: the latter survives exec and would report the bench parent's peak.
+const hwmKiB = Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'))?.[1]);
+console.log(JSON.stringify({ ms, bytes: statSync(path).size, maxRssMiB: hwmKiB / 1024 }));
