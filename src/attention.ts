@@ -160,9 +160,12 @@ export class OnlineSoftmaxState {
     return c;
   }
 
-  /** output [B,H,T,d_v] = acc / l and lse [B,H,T] = m + log l; rows that saw no key give 0 and -inf. */
-  finalize(): { output: Tensor; lse: Tensor } {
-    const out = new Float32Array(this.acc.length);
+  /**
+   * output [B,H,T,d_v] = acc / l and lse [B,H,T] = m + log l; rows that saw no key give 0 and -inf.
+   * `consume` writes the output over the accumulator (no copy); the state is then spent.
+   */
+  finalize(consume = false): { output: Tensor; lse: Tensor } {
+    const out = consume ? this.acc : new Float32Array(this.acc.length);
     const lse = new Float32Array(this.m.length);
     addon.attnFinalize(this.m.length, this.dV, this.m, this.l, this.acc, out, lse);
     return { output: { data: out, shape: [this.B, this.H, this.T, this.dV] }, lse: { data: lse, shape: [this.B, this.H, this.T] } };
@@ -181,7 +184,7 @@ export function attention(q: Tensor, k: KvView, v: KvView, options: AttentionOpt
   const qOffset = options.qOffset ?? S - T;
   const state = new OnlineSoftmaxState(q, { dV, scale: options.scale, causal: options.causal, qOffset, dropout: options.dropout });
   if (state.dK !== dK) throw new ShapeError(`Expected k shape [B,H_kv,S,d_k] with d_k=${state.dK} (as q), got d_k=${dK}`);
-  const { output, lse } = state.update(k, v, 0).finalize();
+  const { output, lse } = state.update(k, v, 0).finalize(true);
   if (!options.returnWeights) return { output, lse };
 
   const [B, H] = q.shape;
