@@ -14,6 +14,7 @@
 #include "attention.h"
 #include "gemm.h"
 #include "threads.h"
+#include "tile.h"
 
 namespace {
 
@@ -395,6 +396,7 @@ NAN_METHOD(Info) {
   Nan::Set(o, Nan::New("blasCore").ToLocalChecked(), Nan::New(kvs::blas_core()).ToLocalChecked());
   Nan::Set(o, Nan::New("threads").ToLocalChecked(), Nan::New(kvs::get_num_threads()));
   Nan::Set(o, Nan::New("blasThreads").ToLocalChecked(), Nan::New(kvs::blas_get_threads()));
+  Nan::Set(o, Nan::New("tile").ToLocalChecked(), Nan::New(kvs::tile_supported(16, 16)));
   info.GetReturnValue().Set(o);
 }
 

@@ -9,3 +9,11 @@ export type { ForwardOptions, ForwardResult, MhaConfig, MhaWeights, ResolvedMhaC
 export { info, setNumThreads } from './native.ts';
 export type { NativeInfo } from './native.ts';
 export { Rng, philox4x32 } from './random.ts';
+export * from './operators/index.ts';
+export { checkCaseName, fixturePath, loadFixture, readManifest, upsertEntry } from './manifest.ts';
+export type { CaseConfig, Manifest, ManifestEntry, Tolerance } from './manifest.ts';
+export { encodeCase, writeCase } from './fixture.ts';
+export type { Arrays, FixtureCase } from './fixture.ts';
+export { decodeNpy, encodeNpy, npyHeader } from './io/npy.ts';
+export type { Dtype, NpyArray } from './io/npy.ts';
+export { decodeNpz, encodeNpz, readNpz } from './io/npz.ts';

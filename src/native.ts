@@ -27,6 +27,8 @@ export interface NativeInfo {
   /** kvstream's worker threads (OpenBLAS stays at one thread inside them). */
   threads: number;
   blasThreads: number;
+  /** Whether the AVX-512 attention/GEMM tile runs (off without AVX-512F or with KVSTREAM_TILE=off). */
+  tile: boolean;
 }
 
 export interface Binding {
