@@ -80,3 +80,19 @@ test('a fully masked row gives output 0 and lse -inf, never NaN', (t) => {
     t.false(r.output.data.some(Number.isNaN));
   }
 });
+
+// The AVX-512 tile (d_k, d_v multiples of 16, T > 16) with every edge at once: a query block of
+// 128 plus a tail of 2, key blocks of 512 plus a tail that is not a multiple of its 12-key
+// micro-tile, the causal diagonal inside a block, dropout, grouped heads. (Where the CPU lacks
+// AVX-512 or KVSTREAM_TILE=off, the same case checks the BLAS path.)
+test('tile-shaped case: d 64, T 130, S 1100, causal, dropout, grouped heads', (t) => {
+  const [B, H, Hkv, T, S, dK, dV] = [1, 4, 2, 130, 1100, 64, 48];
+  const rng = new Rng(99);
+  const q = rng.normalTensor([B, H, T, dK]), k = rng.normalTensor([B, Hkv, S, dK]), v = rng.normalTensor([B, Hkv, S, dV]);
+  for (const qOffset of [S - T, 400]) {
+    const r = attention(q, k, v, { causal: true, qOffset, dropout: { p: 0.2, seed: 7 }, returnWeights: true });
+    const ref = refAttention(q.data, k.data, v.data, { B, H, Hkv, T, S, dK, dV }, { scale: 1 / Math.sqrt(dK), causal: true, qOffset, keep: r.mask!.data, p: 0.2 });
+    assertClose(t, r.output.data, ref.out, TOL, `output, qOffset ${qOffset}`, r.output.shape);
+    assertClose(t, r.lse.data, ref.lse, TOL, `lse, qOffset ${qOffset}`, r.lse.shape);
+  }
+});
