@@ -21,6 +21,7 @@ class Pool {
   ~Pool() { resize(0); }
 
   void resize(int workers) {
+    std::lock_guard<std::mutex> job(job_mu_);  // never while a job (from another JS thread) runs
     {
       std::lock_guard<std::mutex> lock(mu_);
       stop_ = true;
