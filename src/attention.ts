@@ -59,8 +59,13 @@ function nativeOpts(o: { scale: number; causal: boolean; qOffset: number; dropou
 /** Checked native options from user-facing ones (scale required, qOffset resolved by the caller). */
 export function attentionOptions(o: { scale: number; causal?: boolean; qOffset: number; dropout?: Dropout }, sOffset: number): NativeOpts {
   expectNumber('scale', o.scale, -3.4e38, 3.4e38);
-  if (!Number.isInteger(o.qOffset) || Math.abs(o.qOffset) > 2 ** 31 - 1) throw new ArgumentError(`Expected qOffset to be an integer, got ${o.qOffset}`);
-  return nativeOpts({ scale: o.scale, causal: o.causal ?? false, qOffset: o.qOffset, dropout: checkDropout(o.dropout) }, sOffset);
+  return nativeOpts({ scale: o.scale, causal: o.causal ?? false, qOffset: expectOffset(o.qOffset), dropout: checkDropout(o.dropout) }, sOffset);
+}
+
+/** A query offset: any 32-bit signed integer (queries before key 0 are allowed; they see nothing). */
+function expectOffset(qOffset: number): number {
+  if (!Number.isInteger(qOffset) || Math.abs(qOffset) > 2 ** 31 - 1) throw new ArgumentError(`Expected qOffset to be a 32-bit integer, got ${qOffset}`);
+  return qOffset;
 }
 
 function checkDropout(dropout: Dropout | undefined): Dropout | undefined {
@@ -115,10 +120,7 @@ export class OnlineSoftmaxState {
     if (options.qOffset === undefined && (this.causal || this.dropout)) {
       throw new ArgumentError('Expected qOffset (absolute position of query 0) for a streaming state with causal or dropout, got undefined');
     }
-    this.qOffset = options.qOffset ?? 0;
-    if (!Number.isInteger(this.qOffset) || Math.abs(this.qOffset) > 2 ** 31 - 1) {
-      throw new ArgumentError(`Expected qOffset to be an integer, got ${this.qOffset}`);
-    }
+    this.qOffset = expectOffset(options.qOffset ?? 0);
     const rows = this.B * this.H * this.T;
     this.m = new Float32Array(rows).fill(-Infinity);
     this.l = new Float32Array(rows);
