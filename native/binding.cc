@@ -211,26 +211,71 @@ void guarded(Checker& c, F&& f) {
   }
 }
 
-// attnUpdate(dims, opts, q, k, v, m, l, acc): folds keys [0, S) into the state in place.
-NAN_METHOD(AttnUpdate) {
-  Checker c{"attnUpdate", info};
-  if (!c.count(8)) return;
-  const kvs::AttnDims d = read_dims(c, 0);
-  const kvs::AttnOpts o = read_opts(c, 1);
-  if (c.failed) return;
+// The checked arguments of attnUpdate / attnUpdateAsync.
+struct UpdateArgs {
+  kvs::AttnDims d;
+  kvs::AttnOpts o;
+  const float *q, *k, *v;
+  float *m, *l, *acc;
+};
+
+bool read_update_args(Checker& c, UpdateArgs& a) {
+  a.d = read_dims(c, 0);
+  a.o = read_opts(c, 1);
+  if (c.failed) return false;
+  const kvs::AttnDims& d = a.d;
   const int64_t nq = c.product({d.B, d.H, d.T, d.d_k}, "q");
   const int64_t nk = c.product({d.B, d.H_kv, d.s_cap, d.d_k}, "k");
   const int64_t nv = c.product({d.B, d.H_kv, d.s_cap, d.d_v}, "v");
   const int64_t nr = c.product({d.B, d.H, d.T}, "m");
   const int64_t na = c.product({d.B, d.H, d.T, d.d_v}, "acc");
-  const float* q = c.f32(2, "q", nq, shape("[B,H,T,d_k]", {d.B, d.H, d.T, d.d_k}));
-  const float* k = c.f32(3, "k", nk, shape("[B,H_kv,S_cap,d_k]", {d.B, d.H_kv, d.s_cap, d.d_k}));
-  const float* v = c.f32(4, "v", nv, shape("[B,H_kv,S_cap,d_v]", {d.B, d.H_kv, d.s_cap, d.d_v}));
-  float* m = c.f32(5, "m", nr, shape("[B,H,T]", {d.B, d.H, d.T}));
-  float* l = c.f32(6, "l", nr, shape("[B,H,T]", {d.B, d.H, d.T}));
-  float* acc = c.f32(7, "acc", na, shape("[B,H,T,d_v]", {d.B, d.H, d.T, d.d_v}));
-  if (c.failed) return;
-  guarded(c, [&] { kvs::attn_update(d, o, q, k, v, m, l, acc); });
+  a.q = c.f32(2, "q", nq, shape("[B,H,T,d_k]", {d.B, d.H, d.T, d.d_k}));
+  a.k = c.f32(3, "k", nk, shape("[B,H_kv,S_cap,d_k]", {d.B, d.H_kv, d.s_cap, d.d_k}));
+  a.v = c.f32(4, "v", nv, shape("[B,H_kv,S_cap,d_v]", {d.B, d.H_kv, d.s_cap, d.d_v}));
+  a.m = c.f32(5, "m", nr, shape("[B,H,T]", {d.B, d.H, d.T}));
+  a.l = c.f32(6, "l", nr, shape("[B,H,T]", {d.B, d.H, d.T}));
+  a.acc = c.f32(7, "acc", na, shape("[B,H,T,d_v]", {d.B, d.H, d.T, d.d_v}));
+  return !c.failed;
+}
+
+// attnUpdate(dims, opts, q, k, v, m, l, acc): folds keys [0, S) into the state in place.
+NAN_METHOD(AttnUpdate) {
+  Checker c{"attnUpdate", info};
+  UpdateArgs a;
+  if (!c.count(8) || !read_update_args(c, a)) return;
+  guarded(c, [&] { kvs::attn_update(a.d, a.o, a.q, a.k, a.v, a.m, a.l, a.acc); });
+}
+
+// Runs attn_update on a libuv worker thread. The six typed arrays are kept alive (and their
+// off-heap data in place) by persistent references until the callback has run.
+class UpdateWorker : public Nan::AsyncWorker {
+ public:
+  UpdateWorker(Nan::Callback* callback, const UpdateArgs& a, const Nan::FunctionCallbackInfo<v8::Value>& info)
+      : Nan::AsyncWorker(callback, "kvstream:attnUpdateAsync"), a_(a) {
+    const char* keys[] = {"q", "k", "v", "m", "l", "acc"};
+    for (int i = 0; i < 6; ++i) SaveToPersistent(keys[i], info[2 + i]);
+  }
+  void Execute() override {
+    try {
+      kvs::attn_update(a_.d, a_.o, a_.q, a_.k, a_.v, a_.m, a_.l, a_.acc);
+    } catch (const std::bad_alloc&) {
+      SetErrorMessage("attnUpdateAsync: out of memory");
+    }
+  }
+
+ private:
+  UpdateArgs a_;
+};
+
+// attnUpdateAsync(dims, opts, q, k, v, m, l, acc, callback(err)): attnUpdate off the event loop.
+// Arguments are checked (and bad ones thrown) synchronously.
+NAN_METHOD(AttnUpdateAsync) {
+  Checker c{"attnUpdateAsync", info};
+  UpdateArgs a;
+  if (!c.count(9)) return;
+  if (!info[8]->IsFunction()) return c.type_error("callback must be a function, got " + Checker::describe(info[8]));
+  if (!read_update_args(c, a)) return;
+  Nan::AsyncQueueWorker(new UpdateWorker(new Nan::Callback(info[8].As<v8::Function>()), a, info));
 }
 
 // attnMerge(rows, dV, m1, l1, acc1, m2, l2, acc2): state 1 <- state 1 ∪ state 2.
@@ -410,6 +455,7 @@ int default_threads() {
 NAN_MODULE_INIT(Init) {
   kvs::set_num_threads(default_threads());
   Nan::SetMethod(target, "attnUpdate", AttnUpdate);
+  Nan::SetMethod(target, "attnUpdateAsync", AttnUpdateAsync);
   Nan::SetMethod(target, "attnMerge", AttnMerge);
   Nan::SetMethod(target, "attnFinalize", AttnFinalize);
   Nan::SetMethod(target, "attnProbs", AttnProbs);

@@ -1,7 +1,7 @@
 // Scaled dot-product attention over per-head tensors, on the native online-softmax kernels.
 //   q [B,H,T,d_k], k [B,H_kv,S,d_k], v [B,H_kv,S,d_v] -> output [B,H,T,d_v], lse [B,H,T]
 // Query head h reads key/value head floor(h / (H / H_kv)).
-import { ArgumentError, ShapeError } from './errors.ts';
+import { ArgumentError, KvstreamError, NativeError, ShapeError } from './errors.ts';
 import { addon } from './native.ts';
 import type { NativeDims, NativeOpts } from './native.ts';
 import { expectDim, expectNumber, expectRank, expectSeed, expectShape, numel } from './tensor.ts';
@@ -109,6 +109,8 @@ export class OnlineSoftmaxState {
   readonly acc: Float32Array;
   /** Number of keys folded in so far. */
   keysSeen = 0;
+  /** An updateAsync is running: the buffers belong to the worker thread. */
+  private busy = false;
 
   constructor(readonly q: Tensor, options: StateOptions) {
     [this.B, this.H, this.T, this.dK] = expectRank('q', q, ['B', 'H', 'T', 'd_k']);
@@ -129,6 +131,35 @@ export class OnlineSoftmaxState {
 
   /** Folds in keys k [B,H_kv,S,d_k] and values v [B,H_kv,S,d_v] at absolute positions [sOffset, sOffset + S). */
   update(k: KvView, v: KvView, sOffset = this.keysSeen): this {
+    const dims = this.updateDims(k, v, sOffset);
+    addon.attnUpdate(dims, nativeOpts(this, sOffset), this.q.data, k.data, v.data, this.m, this.l, this.acc);
+    this.keysSeen += dims.S;
+    return this;
+  }
+
+  /**
+   * update() on a worker thread, so the event loop stays free during a large fold. Until the
+   * promise settles, k, v and q must not change and the state must not be used (it throws).
+   */
+  async updateAsync(k: KvView, v: KvView, sOffset = this.keysSeen): Promise<this> {
+    const dims = this.updateDims(k, v, sOffset);
+    this.busy = true;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        addon.attnUpdateAsync(dims, nativeOpts(this, sOffset), this.q.data, k.data, v.data, this.m, this.l, this.acc, (err) =>
+          err ? reject(new NativeError(err.message, { cause: err })) : resolve(),
+        );
+      });
+    } finally {
+      this.busy = false;
+    }
+    this.keysSeen += dims.S;
+    return this;
+  }
+
+  /** Checks a chunk of keys/values against the state and gives the kernel's sizes. */
+  private updateDims(k: KvView, v: KvView, sOffset: number): NativeDims {
+    this.expectIdle();
     const [, Hkv, S] = expectRank('k', k, ['B', 'H_kv', 'S', 'd_k']);
     if (this.H % Hkv !== 0) throw new ShapeError(`Expected k H_kv to divide H=${this.H}, got H_kv=${Hkv}`);
     expectKv('k', k, this.B, Hkv, S, this.dK, 'd_k');
@@ -136,13 +167,17 @@ export class OnlineSoftmaxState {
     expectDim('sOffset', sOffset, 0);
     const dims: NativeDims = { B: this.B, H: this.H, Hkv, T: this.T, S, sCap: k.capacity ?? S, dK: this.dK, dV: this.dV };
     if ((v.capacity ?? S) !== dims.sCap) throw new ShapeError(`Expected v capacity ${dims.sCap} (as k), got ${v.capacity ?? S}`);
-    addon.attnUpdate(dims, nativeOpts(this, sOffset), this.q.data, k.data, v.data, this.m, this.l, this.acc);
-    this.keysSeen += S;
-    return this;
+    return dims;
+  }
+
+  private expectIdle(): void {
+    if (this.busy) throw new KvstreamError('Expected an idle state, got one with an updateAsync still running');
   }
 
   /** Absorbs a state over a disjoint set of keys for the same queries (the log-sum-exp rule). */
   merge(other: OnlineSoftmaxState): this {
+    this.expectIdle();
+    other.expectIdle();
     const same = other.B === this.B && other.H === this.H && other.T === this.T && other.dV === this.dV;
     if (!same) {
       throw new ShapeError(`Expected a state of shape [B,H,T,d_v]=[${this.B},${this.H},${this.T},${this.dV}], got [${other.B},${other.H},${other.T},${other.dV}]`);
@@ -154,6 +189,7 @@ export class OnlineSoftmaxState {
 
   /** A copy that can go on independently (for branching or partial results). */
   clone(): OnlineSoftmaxState {
+    this.expectIdle();
     const c = new OnlineSoftmaxState(this.q, { dV: this.dV, scale: this.scale, causal: this.causal, qOffset: this.qOffset, dropout: this.dropout });
     c.m.set(this.m);
     c.l.set(this.l);
@@ -167,6 +203,7 @@ export class OnlineSoftmaxState {
    * `consume` writes the output over the accumulator (no copy); the state is then spent.
    */
   finalize(consume = false): { output: Tensor; lse: Tensor } {
+    this.expectIdle();
     const out = consume ? this.acc : new Float32Array(this.acc.length);
     const lse = new Float32Array(this.m.length);
     addon.attnFinalize(this.m.length, this.dV, this.m, this.l, this.acc, out, lse);

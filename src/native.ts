@@ -35,6 +35,9 @@ export interface Binding {
   /** State (m, l [B,H,T]; acc [B,H,T,dV]) absorbs keys [0,S) of k [B,Hkv,sCap,dK], v [B,Hkv,sCap,dV]; q [B,H,T,dK]. */
   attnUpdate(dims: NativeDims, opts: NativeOpts, q: Float32Array, k: Float32Array, v: Float32Array,
     m: Float32Array, l: Float32Array, acc: Float32Array): void;
+  /** attnUpdate on a libuv worker thread; the arrays are pinned until `done` runs. */
+  attnUpdateAsync(dims: NativeDims, opts: NativeOpts, q: Float32Array, k: Float32Array, v: Float32Array,
+    m: Float32Array, l: Float32Array, acc: Float32Array, done: (err?: Error) => void): void;
   /** State 1 (m1, l1 [rows]; acc1 [rows,dV]) absorbs state 2 over a disjoint key set. */
   attnMerge(rows: number, dV: number, m1: Float32Array, l1: Float32Array, acc1: Float32Array,
     m2: Float32Array, l2: Float32Array, acc2: Float32Array): void;

@@ -1,4 +1,4 @@
-import { defer, finalize, map } from 'rxjs';
+import { concatMap, defer, finalize, map } from 'rxjs';
 import type { OperatorFunction } from 'rxjs';
 import { OnlineSoftmaxState } from '../attention.ts';
 import type { Dropout } from '../attention.ts';
@@ -13,6 +13,12 @@ export interface AttendOptions {
   dropout?: Dropout;
   /** Absolute position of token 0 of the stream (keys already seen elsewhere, e.g. a prompt). */
   sOffset?: number;
+  /**
+   * Fold each chunk on a worker thread (updateAsync), keeping the event loop free. RxJS has no
+   * back-pressure: with `fromNpy`, pass it a `demand` that this stage's output drives, or the
+   * source reads ahead while the kernel runs.
+   */
+  async?: boolean;
 }
 
 export interface PartialOutput {
@@ -39,12 +45,20 @@ export function attendChunk<C extends KvChunk>(mha: MultiHeadAttention, xQ: Tens
         dropout: options.dropout,
       });
       const sOffset = options.sOffset ?? 0;
+      const emit = (chunk: C) => {
+        const { output, lse } = state!.clone().finalize();
+        return { ...chunk, output: mha.projectOut(output), lse };
+      };
       return source.pipe(
-        map((chunk) => {
-          state!.update(chunk.k, chunk.v, sOffset + chunk.start);
-          const { output, lse } = state!.clone().finalize();
-          return { ...chunk, output: mha.projectOut(output), lse };
-        }),
+        options.async
+          ? concatMap(async (chunk: C) => {
+              await state!.updateAsync(chunk.k, chunk.v, sOffset + chunk.start);
+              return emit(chunk);
+            })
+          : map((chunk: C) => {
+              state!.update(chunk.k, chunk.v, sOffset + chunk.start);
+              return emit(chunk);
+            }),
         finalize(() => (state = undefined)),
       );
     });
