@@ -10,7 +10,7 @@ namespace kvs {
 float row_max(const float* x, int64_t n);
 
 // x[i] = exp(x[i] - m) for i < n; returns the sum. Uses a degree-6 polynomial exp on the
-// reduced argument (relative error < 2e-7); arguments below -87.3 give 0.
+// reduced argument (relative error < 2.3e-7); arguments below -87.3 give 0.
 float exp_sub_sum(float* x, int64_t n, float m);
 
 // x[i] *= a for i < n.
