@@ -97,6 +97,31 @@ __attribute__((target("avx512f"))) void pv_tile(const float* p, int64_t sj, int6
     for (int c = 0; c < NV; ++c) store(acc + (r0 + r) * ldacc + c0 + c * W, a[r][c]);
 }
 
+// The last 1..RT-1 rows in one pass over v (not one pass per row).
+template <int NV>
+__attribute__((target("avx512f"))) void pv_tail_nv(int64_t left, const float* p, int64_t sj, int64_t sr, int64_t r,
+                                                   const float* v, int64_t ldv, int64_t c, int64_t J, float* acc,
+                                                   int64_t ldacc) {
+  switch (left) {
+    case 5: return pv_tile<NV, 5>(p, sj, sr, r, v, ldv, c, J, acc, ldacc);
+    case 4: return pv_tile<NV, 4>(p, sj, sr, r, v, ldv, c, J, acc, ldacc);
+    case 3: return pv_tile<NV, 3>(p, sj, sr, r, v, ldv, c, J, acc, ldacc);
+    case 2: return pv_tile<NV, 2>(p, sj, sr, r, v, ldv, c, J, acc, ldacc);
+    default: return pv_tile<NV, 1>(p, sj, sr, r, v, ldv, c, J, acc, ldacc);
+  }
+}
+
+__attribute__((target("avx512f"))) void pv_tail(int64_t left, int64_t nv, const float* p, int64_t sj, int64_t sr,
+                                                int64_t r, const float* v, int64_t ldv, int64_t c, int64_t J,
+                                                float* acc, int64_t ldacc) {
+  switch (nv) {
+    case 4: return pv_tail_nv<4>(left, p, sj, sr, r, v, ldv, c, J, acc, ldacc);
+    case 3: return pv_tail_nv<3>(left, p, sj, sr, r, v, ldv, c, J, acc, ldacc);
+    case 2: return pv_tail_nv<2>(left, p, sj, sr, r, v, ldv, c, J, acc, ldacc);
+    default: return pv_tail_nv<1>(left, p, sj, sr, r, v, ldv, c, J, acc, ldacc);
+  }
+}
+
 // acc [rows, cols] += p · v over J (p as in pv_tile), for columns [c0, c0 + cols) in slabs of
 // up to 64.
 __attribute__((target("avx512f"))) void pv_block(const float* p, int64_t sj, int64_t sr, int64_t rows, const float* v,
@@ -113,14 +138,7 @@ __attribute__((target("avx512f"))) void pv_block(const float* p, int64_t sj, int
         default: pv_tile<1, RT>(p, sj, sr, r, v, ldv, c, J, acc, ldacc); break;
       }
     }
-    for (; r < rows; ++r) {
-      switch (nv) {
-        case 4: pv_tile<4, 1>(p, sj, sr, r, v, ldv, c, J, acc, ldacc); break;
-        case 3: pv_tile<3, 1>(p, sj, sr, r, v, ldv, c, J, acc, ldacc); break;
-        case 2: pv_tile<2, 1>(p, sj, sr, r, v, ldv, c, J, acc, ldacc); break;
-        default: pv_tile<1, 1>(p, sj, sr, r, v, ldv, c, J, acc, ldacc); break;
-      }
-    }
+    if (r < rows) pv_tail(rows - r, nv, p, sj, sr, r, v, ldv, c, J, acc, ldacc);
   }
 }
 
