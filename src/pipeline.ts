@@ -4,7 +4,6 @@
 import { readFile } from 'node:fs/promises';
 import { defaultIfEmpty, lastValueFrom, map, reduce } from 'rxjs';
 import type { Observable } from 'rxjs';
-import { FixtureError } from './errors.ts';
 import type { Arrays, FixtureCase } from './fixture.ts';
 import { decodeNpz } from './io/npz.ts';
 import type { CaseConfig, ManifestEntry, Tolerance } from './manifest.ts';
@@ -116,8 +115,4 @@ export async function verifyCase(dir: string, entry: ManifestEntry, spec: Pipeli
     if (worst >= 0) problems.push(`${key}: at flat index ${worst} got ${got.data[worst]}, stored ${want.data[worst]} (beyond atol ${atol} + rtol ${rtol}·|stored|)`);
   }
   return { name: entry.name, problems };
-}
-
-export function missingPipeline(name: string, known: readonly string[]): FixtureError {
-  return new FixtureError(`Unknown pipeline ${JSON.stringify(name)}. Known: ${known.join(', ')}`);
 }
