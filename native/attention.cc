@@ -226,7 +226,7 @@ void attn_probs(const AttnDims& dims, const AttnOpts& opts, const float* q, cons
 
 void linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w, const float* b, float* y) {
   // Large products on the tile micro-kernel (it packs w once, which small products don't repay).
-  if (M > 2 && (double)M * K * N >= 4e6 && tile_supported(16, N)) return tile_linear(M, K, N, x, w, b, y);
+  if (M > 2 && (double)M * K * N >= 4e6 && tile_available() && N % 16 == 0) return tile_linear(M, K, N, x, w, b, y);
   // Tasks are (row block, column block) tiles of y; BLAS stays single-threaded inside each.
   // Few rows (decode) split the columns instead, so every thread streams its share of w.
   constexpr int64_t MB = 64;

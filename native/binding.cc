@@ -441,7 +441,7 @@ NAN_METHOD(Info) {
   Nan::Set(o, Nan::New("blasCore").ToLocalChecked(), Nan::New(kvs::blas_core()).ToLocalChecked());
   Nan::Set(o, Nan::New("threads").ToLocalChecked(), Nan::New(kvs::get_num_threads()));
   Nan::Set(o, Nan::New("blasThreads").ToLocalChecked(), Nan::New(kvs::blas_get_threads()));
-  Nan::Set(o, Nan::New("tile").ToLocalChecked(), Nan::New(kvs::tile_supported(16, 16)));
+  Nan::Set(o, Nan::New("tile").ToLocalChecked(), Nan::New(kvs::tile_available()));
   info.GetReturnValue().Set(o);
 }
 

@@ -47,7 +47,7 @@ void sgemm(bool transA, bool transB, int M, int N, int K, float alpha, const flo
     else if (beta != 1.0f) for (int j = 0; j < N; ++j) c_i[j] *= beta;
   }
   if (K == 0 || alpha == 0.0f) return;
-  std::vector<float> packed((size_t)KC * NC);
+  thread_local std::vector<float> packed((size_t)KC * NC);  // reused: sgemm runs per key block
   for (int j0 = 0; j0 < N; j0 += NC) {
     const int nc = std::min(NC, N - j0);
     for (int k0 = 0; k0 < K; k0 += KC) {

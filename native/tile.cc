@@ -15,16 +15,17 @@ namespace kvs {
 
 using namespace vec;
 
-bool tile_supported(int64_t d_k, int64_t d_v) {
+bool tile_available() {
 #if defined(__x86_64__) && defined(__GNUC__)
   // KVSTREAM_TILE=off takes the BLAS path everywhere (CI runs the parity tests both ways).
-  static const bool avx512 = __builtin_cpu_supports("avx512f") && !(getenv("KVSTREAM_TILE") && std::string(getenv("KVSTREAM_TILE")) == "off");
-  return avx512 && d_k % W == 0 && d_v % W == 0;
+  static const bool on = __builtin_cpu_supports("avx512f") && !(getenv("KVSTREAM_TILE") && std::string(getenv("KVSTREAM_TILE")) == "off");
+  return on;
 #else
-  (void)d_k, (void)d_v;
   return false;
 #endif
 }
+
+bool tile_supported(int64_t d_k, int64_t d_v) { return tile_available() && d_k % W == 0 && d_v % W == 0; }
 
 #if defined(__x86_64__) && defined(__GNUC__)
 
@@ -261,8 +262,9 @@ void tile_linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w
   const int64_t slabs = (N + SLAB - 1) / SLAB;
   // Rows of w up to 2 KiB apart are streamed in place; wider ones alias in L2 and are packed.
   const bool pack = N > 512;
-  std::vector<float> wp(pack ? K * N : 0);
+  thread_local std::vector<float> wp;  // the caller's; workers only read it during this call
   if (pack) {
+    wp.resize(K * N);
     parallel_for(slabs, [&](int64_t c) {
       const int64_t c0 = c * SLAB, ws = std::min(SLAB, N - c0);
       float* dst = wp.data() + c0 * K;

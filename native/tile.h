@@ -9,6 +9,10 @@
 
 namespace kvs {
 
+// The CPU has AVX-512F and KVSTREAM_TILE is not "off".
+bool tile_available();
+
+// tile_available() and both head widths are multiples of 16.
 bool tile_supported(int64_t d_k, int64_t d_v);
 
 // Largest query block the tile handles.
@@ -22,7 +26,7 @@ void tile_update(const AttnOpts& o, int64_t b, int64_t h, const float* q, int64_
                  const float* v, int64_t S, int64_t d_k, int64_t d_v, float* m, float* l, float* acc);
 
 // y [M, N] = x [M, K] · w [K, N] + b [N] (b may be null) on the tile micro-kernel; needs
-// tile_supported(16, N). Parallel over row blocks and column slabs.
+// tile_available() and N % 16 == 0. Parallel over row blocks and column slabs.
 void tile_linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w, const float* b, float* y);
 
 }  // namespace kvs
