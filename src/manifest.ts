@@ -126,6 +126,19 @@ export async function writeFixtureFile(dir: string, name: string, bytes: Uint8Ar
   return sha256(bytes);
 }
 
+/** How the decoded arrays of a fixture disagree with its manifest entry (empty when they agree). */
+export function arrayProblems(entry: ManifestEntry, arrays: ReadonlyMap<string, NpyArray>): string[] {
+  const problems: string[] = [];
+  for (const [key, meta] of Object.entries(entry.arrays)) {
+    const a = arrays.get(key);
+    if (!a) problems.push(`array ${key} listed in the manifest is missing`);
+    else if (a.dtype !== meta.dtype || a.shape.join(',') !== meta.shape.join(',')) {
+      problems.push(`array ${key} is ${a.dtype} [${a.shape.join(',')}], the manifest says ${meta.dtype} [${meta.shape.join(',')}]`);
+    }
+  }
+  return problems;
+}
+
 /**
  * The arrays of case `name` in `dir`, checked against its manifest entry: the file's sha256,
  * and every listed array present with the listed shape and dtype.
@@ -145,12 +158,7 @@ export async function loadFixture(dir: string, name: string): Promise<{ entry: M
   const digest = sha256(bytes);
   if (digest !== entry.sha256) throw new FixtureError(`${path}: sha256 ${digest} does not match the manifest's ${entry.sha256}`);
   const arrays = decodeNpz(bytes, path);
-  for (const [key, meta] of Object.entries(entry.arrays)) {
-    const a = arrays.get(key);
-    if (!a) throw new FixtureError(`${path}: array ${key} listed in the manifest is missing`);
-    if (a.dtype !== meta.dtype || a.shape.join(',') !== meta.shape.join(',')) {
-      throw new FixtureError(`${path}: array ${key} is ${a.dtype} [${a.shape.join(',')}], the manifest says ${meta.dtype} [${meta.shape.join(',')}]`);
-    }
-  }
+  const [problem] = arrayProblems(entry, arrays);
+  if (problem) throw new FixtureError(`${path}: ${problem}`);
   return { entry, arrays };
 }

@@ -7,7 +7,7 @@ import type { Observable } from 'rxjs';
 import type { Arrays, FixtureCase } from './fixture.ts';
 import { decodeNpz } from './io/npz.ts';
 import type { CaseConfig, ManifestEntry, Tolerance } from './manifest.ts';
-import { fixturePath, sha256 } from './manifest.ts';
+import { arrayProblems, fixturePath, sha256 } from './manifest.ts';
 import { chunkSizes } from './operators/chunks.ts';
 
 export interface PipelineSpec {
@@ -74,11 +74,7 @@ export async function verifyCase(dir: string, entry: ManifestEntry, spec: Pipeli
   } catch (e) {
     return { name: entry.name, problems: [...problems, (e as Error).message] };
   }
-  for (const [key, meta] of Object.entries(entry.arrays)) {
-    const a = stored.get(key);
-    if (!a) problems.push(`array ${key} is missing`);
-    else if (a.dtype !== meta.dtype || a.shape.join(',') !== meta.shape.join(',')) problems.push(`array ${key} is ${a.dtype} [${a.shape}], manifest says ${meta.dtype} [${meta.shape}]`);
-  }
+  problems.push(...arrayProblems(entry, stored));
   if (!spec) return { name: entry.name, problems: [...problems, `no pipeline named ${entry.name} to re-run it`] };
   if (problems.length) return { name: entry.name, problems };
 
