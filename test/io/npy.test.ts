@@ -61,12 +61,11 @@ const BAD: [string, Uint8Array, RegExp][] = [
   ['truncated header', good.subarray(0, 30), /^bad\.npy: truncated header: declares 118 bytes, 20 present$/],
   ['tiny', good.subarray(0, 4), /^bad\.npy: truncated: 4 bytes, shorter than an NPY preamble$/],
   ['bad magic', Uint8Array.from([0x50, 0x4b, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0]), /^bad\.npy: bad magic: not an NPY file$/],
-  ['object dtype', npyWithHeader("{'descr': '|O', 'fortran_order': False, 'shape': (2,), }", new Uint8Array(16)), /^bad\.npy: dtype \|O is not allowed \(expected one of <f4, <i4, \|u1, \|b1\)$/],
-  ['float64', npyWithHeader("{'descr': '<f8', 'fortran_order': False, 'shape': (1,), }", new Uint8Array(8)), /dtype <f8 is not allowed/],
+  ['object dtype', npyWithHeader("{'descr': '|O', 'fortran_order': False, 'shape': (2,), }", new Uint8Array(16)), /^bad\.npy: dtype \|O is refused: object arrays are pickles, and pickles are never loaded \(accepted: f2 f4 f8 i1 i2 i4 i8 u1 u2 u4 u8 b1, byte order < > \| =\)$/],
   ['shape/size mismatch', npyWithHeader("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 3), }", new Uint8Array(40)), /^bad\.npy: shape \(3, 3\) of <f4 needs 36 data bytes, file has 40$/],
-  ['huge declared shape', npyWithHeader("{'descr': '<f4', 'fortran_order': False, 'shape': (100000, 100000, 100000), }"), /^bad\.npy: declared shape \(100000, 100000, 100000\) needs 4000000000000000 bytes, more than the 2147483648-byte limit$/],
-  ['code in the header', npyWithHeader("{'descr': __import__('os').system('true'), 'fortran_order': False, 'shape': (1,), }"), /^bad\.npy: malformed header at byte 10: unsupported value \(only strings, True\/False and integer tuples\)$/],
-  ['negative dim', npyWithHeader("{'descr': '<f4', 'fortran_order': False, 'shape': (-1,), }"), /shape entries must be non-negative integers/],
+  ['huge declared shape', npyWithHeader("{'descr': '<f4', 'fortran_order': False, 'shape': (100000, 100000, 100000), }"), /^bad\.npy: declared shape \(100000, 100000, 100000\) of <f4 needs 4000000000000000 bytes, more than the 2147483648-byte limit$/],
+  ['code in the header', npyWithHeader("{'descr': __import__('os').system('true'), 'fortran_order': False, 'shape': (1,), }"), /^bad\.npy: malformed header at byte 10: unsupported value "__import__\('os'\)\.system\(" \(only strings, True\/False and integer tuples; the header is never evaluated\)$/],
+  ['negative dim', npyWithHeader("{'descr': '<f4', 'fortran_order': False, 'shape': (-1,), }"), /^bad\.npy: header 'shape' entry -1 is negative$/],
   ['missing key', npyWithHeader("{'descr': '<f4', 'shape': (1,), }", new Uint8Array(4)), /^bad\.npy: header lacks 'fortran_order'$/],
 ];
 
@@ -82,7 +81,7 @@ test('a broken zip, a non-npy entry and an entry that inflates too far are Fixtu
   t.throws(() => decodeNpz(Uint8Array.from([1, 2, 3]), 'junk.npz'), { name: 'FixtureError', message: /^junk\.npz: not a readable zip archive/ });
   t.throws(() => decodeNpz(zipSync({ 'readme.txt': new Uint8Array(3) }), 'x.npz'), { name: 'FixtureError', message: 'x.npz: entry readme.txt is not a .npy file' });
   const bad = zipSync({ 'a.npy': BAD[0][1] });
-  t.throws(() => decodeNpz(bad, 'y.npz'), { name: 'FixtureError', message: /^y\.npz:a\.npy: shape \(4, 4\) of <f4 needs 64 data bytes, file has 59 \(truncated\)$/ });
+  t.throws(() => decodeNpz(bad, 'y.npz'), { name: 'FixtureError', message: 'y.npz: entry a.npy: the zip declares 187 bytes, its NPY header (<f4, shape (4, 4)) makes 192' });
   // A local header that claims a 4 GiB entry: rejected before inflating.
   const bomb = zipSync({ 'b.npy': new Uint8Array(8) }, { level: 0 });
   const view = new DataView(bomb.buffer);
