@@ -8,7 +8,9 @@
       "sources": [
         "native/binding.cc",
         "native/attention.cc",
+        "native/exact.cc",
         "native/gemm.cc",
+        "native/kernel_path.cc",
         "native/threads.cc",
         "native/tile.cc",
         "native/vmath.cc"

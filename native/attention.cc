@@ -6,7 +6,9 @@
 #include <utility>
 #include <vector>
 
+#include "exact.h"
 #include "gemm.h"
+#include "kernel_path.h"
 #include "philox.h"
 #include "threads.h"
 #include "tile.h"
@@ -79,35 +81,46 @@ void softmax_block(const AttnOpts& o, int64_t b, float* scores, int64_t R, int64
   }
 }
 
-// Rows at or below this use the fused few-row products instead of BLAS.
+// Queries at or below this take the row path by default; stacked rows at or below it use the
+// fused few-row products instead of BLAS.
 constexpr int64_t FEW_ROWS = 16;
+// Rows stacked per row-path task: bounds its scores scratch to ROWS_MAX x SK floats (256 KiB).
+constexpr int64_t ROWS_MAX = 128;
 
 }  // namespace
 
 void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, const float* k, const float* v,
                  float* m, float* l, float* acc) {
+  const KernelPath path = kernel_path();
+  if (path == KernelPath::Deterministic) return exact_attn_update(dims, opts, q, k, v, m, l, acc);
   const int64_t B = dims.B, H = dims.H, T = dims.T, S = dims.S, d_k = dims.d_k, d_v = dims.d_v;
   if (S == 0 || T == 0) return;
   const int64_t group = H / dims.H_kv;
+  const double flops = 2.0 * B * H * T * S * (d_k + d_v);
+  const bool rows_path = path == KernelPath::Rows || (path == KernelPath::Auto && T <= FEW_ROWS);
+  const bool tile_path = !rows_path && path != KernelPath::Blas && tile_supported(d_k, d_v);
 
-  if (T <= FEW_ROWS) {
-    // Decode-sized queries: one task per (b, kv head) stacks the T rows of each of its `group`
-    // query heads (contiguous in q, m, l, acc), so K and V are read once for the whole group.
-    const int64_t R = group * T;
-    parallel_for(B * dims.H_kv, [&](int64_t task) {
-      const int64_t b = task / dims.H_kv, h_kv = task % dims.H_kv, h0 = h_kv * group;
-      const int64_t row0 = (b * H + h0) * T;
+  if (rows_path) {
+    // The T rows of each of a kv head's `group` query heads are contiguous in q, m, l and acc:
+    // stacked, they read K and V once for the whole group. A task takes up to ROWS_MAX of them.
+    const int64_t R_all = group * T, slices = (R_all + ROWS_MAX - 1) / ROWS_MAX;
+    parallel_for(B * dims.H_kv * slices, [&](int64_t task) {
+      const int64_t bh_kv = task / slices, r0 = (task % slices) * ROWS_MAX, R = std::min(ROWS_MAX, R_all - r0);
+      const int64_t b = bh_kv / dims.H_kv, h0 = (bh_kv % dims.H_kv) * group;
+      const int64_t row0 = (b * H + h0) * T + r0;
       const float* q_r = q + row0 * d_k;
-      const float* k_bh = k + task * dims.s_cap * d_k;
-      const float* v_bh = v + task * dims.s_cap * d_v;
+      const float* k_bh = k + bh_kv * dims.s_cap * d_k;
+      const float* v_bh = v + bh_kv * dims.s_cap * d_v;
       float *m_r = m + row0, *l_r = l + row0, *acc_r = acc + row0 * d_v;
-      auto pos = [&](int64_t r) { return std::pair<int64_t, int64_t>(opts.q_offset + r % T, h0 + r / T); };
-      tls.scores.resize(R * SK);
+      auto pos = [&](int64_t r) { return std::pair<int64_t, int64_t>(opts.q_offset + (r0 + r) % T, h0 + (r0 + r) / T); };
+      tls.scores.resize(ROWS_MAX * SK);
       tls.keep.resize(SK);
       float* scores = tls.scores.data();
+      count(R == 1 ? attn_rows_sgemv : R <= FEW_ROWS ? attn_rows_dot : attn_rows_sgemm);
+      const int64_t t_abs_last = opts.q_offset + T - 1;  // bounds every row's query position
       for (int64_t s0 = 0; s0 < S; s0 += SK) {
         const int64_t s_abs0 = opts.s_offset + s0;
-        const int64_t sk = visible(opts.causal, opts.q_offset + T - 1, s_abs0, std::min(SK, S - s0));
+        const int64_t sk = visible(opts.causal, t_abs_last, s_abs0, std::min(SK, S - s0));
         if (sk == 0) break;
         if (R == 1) sgemv(false, (int)sk, (int)d_k, opts.scale, k_bh + s0 * d_k, (int)d_k, q_r, 0.0f, scores);
         else if (R <= FEW_ROWS) dot_rows(q_r, R, k_bh + s0 * d_k, sk, d_k, opts.scale, scores);
@@ -117,12 +130,13 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
         else if (R <= FEW_ROWS) accumulate_pv(scores, R, v_bh + s0 * d_v, sk, d_v, acc_r);
         else sgemm(false, false, (int)R, (int)d_v, (int)sk, 1.0f, scores, (int)sk, v_bh + s0 * d_v, (int)d_v, 1.0f, acc_r, (int)d_v);
       }
-    }, 2.0 * B * H * T * S * (d_k + d_v));
+    }, flops);
     return;
   }
 
-  if (tile_supported(d_k, d_v)) {
+  if (tile_path) {
     // One task per (b, h, query block), on the AVX-512 tile kernel.
+    count(attn_tile);
     const int64_t q_blocks = (T + TILE_TQ - 1) / TILE_TQ;
     parallel_for(B * H * q_blocks, [&](int64_t task) {
       const int64_t qb = task % q_blocks, bh = task / q_blocks, h = bh % H, b = bh / H;
@@ -130,11 +144,12 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
       const int64_t bh_kv = b * dims.H_kv + h / group;
       tile_update(opts, b, h, q + (bh * T + t0) * d_k, tq, opts.q_offset + t0, k + bh_kv * dims.s_cap * d_k,
                   v + bh_kv * dims.s_cap * d_v, S, d_k, d_v, m + bh * T + t0, l + bh * T + t0, acc + (bh * T + t0) * d_v);
-    }, 2.0 * B * H * T * S * (d_k + d_v));
+    }, flops);
     return;
   }
 
   // One task per (b, h, query block): each owns its rows of m, l, acc.
+  count(attn_blas);
   const int64_t q_blocks = (T + TQ - 1) / TQ;
   parallel_for(B * H * q_blocks, [&](int64_t task) {
     const int64_t qb = task % q_blocks, bh = task / q_blocks, h = bh % H, b = bh / H;
@@ -166,11 +181,13 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
       sgemm(false, false, (int)tq, (int)d_v, (int)sk, 1.0f, scores, (int)sk, v_bh + s0 * d_v, (int)d_v, 1.0f,
             acc_bht, (int)d_v);
     }
-  }, 2.0 * B * H * T * S * (d_k + d_v));
+  }, flops);
 }
 
 void attn_merge(int64_t rows, int64_t d_v, float* m1, float* l1, float* acc1, const float* m2, const float* l2,
                 const float* acc2) {
+  count(merge);
+  if (kernel_path() == KernelPath::Deterministic) return exact_attn_merge(rows, d_v, m1, l1, acc1, m2, l2, acc2);
   for (int64_t r = 0; r < rows; ++r) {
     if (m2[r] == NEG_INF) continue;  // state 2 saw nothing for this row
     const float m = std::max(m1[r], m2[r]);
@@ -185,6 +202,8 @@ void attn_merge(int64_t rows, int64_t d_v, float* m1, float* l1, float* acc1, co
 
 void attn_finalize(int64_t rows, int64_t d_v, const float* m, const float* l, const float* acc, float* out,
                    float* lse) {
+  count(finalize);
+  if (kernel_path() == KernelPath::Deterministic) return exact_attn_finalize(rows, d_v, m, l, acc, out, lse);
   for (int64_t r = 0; r < rows; ++r) {
     const bool empty = !(l[r] > 0.0f);
     const float inv = empty ? 0.0f : 1.0f / l[r];
@@ -195,6 +214,8 @@ void attn_finalize(int64_t rows, int64_t d_v, const float* m, const float* l, co
 
 void attn_probs(const AttnDims& dims, const AttnOpts& opts, const float* q, const float* k, const float* lse,
                 float* probs, uint8_t* keep) {
+  if (kernel_path() == KernelPath::Deterministic) return exact_attn_probs(dims, opts, q, k, lse, probs, keep);
+  count(kvs::probs);
   const int64_t H = dims.H, T = dims.T, S = dims.S, d_k = dims.d_k;
   const int64_t group = H / dims.H_kv;
   const bool dropout = opts.dropout_p > 0.0f;
@@ -202,8 +223,11 @@ void attn_probs(const AttnDims& dims, const AttnOpts& opts, const float* q, cons
   parallel_for(dims.B * H, [&](int64_t bh) {
     const int64_t h = bh % H, b = bh / H;
     const float* k_bh = k + (b * dims.H_kv + h / group) * dims.s_cap * d_k;
-    std::vector<float> row_scores(probs ? T * S : 0);
-    std::vector<uint8_t> row_keep(S, 1);
+    thread_local std::vector<float> row_scores;
+    thread_local std::vector<uint8_t> row_keep;
+    resize_scratch(row_scores, probs ? T * S : 0, "attn_probs scores");
+    resize_scratch(row_keep, S, "attn_probs keep");
+    std::fill(row_keep.begin(), row_keep.end(), 1);
     if (probs)
       sgemm(false, true, (int)T, (int)S, (int)d_k, opts.scale, q + bh * T * d_k, (int)d_k, k_bh, (int)d_k, 0.0f,
             row_scores.data(), (int)S);
@@ -225,8 +249,12 @@ void attn_probs(const AttnDims& dims, const AttnOpts& opts, const float* q, cons
 }
 
 void linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w, const float* b, float* y) {
+  const KernelPath path = kernel_path();
+  if (path == KernelPath::Deterministic) return exact_linear(M, K, N, x, w, b, y);
   // Large products on the tile micro-kernel (it packs w once, which small products don't repay).
-  if (M > 2 && (double)M * K * N >= 4e6 && tile_available() && N % 16 == 0) return tile_linear(M, K, N, x, w, b, y);
+  const bool tile = path == KernelPath::Tile || (path != KernelPath::Blas && M > 2 && (double)M * K * N >= 4e6);
+  if (tile && tile_available() && N % 16 == 0) return tile_linear(M, K, N, x, w, b, y);
+  count(M <= 2 ? linear_sgemv : linear_sgemm);
   // Tasks are (row block, column block) tiles of y; BLAS stays single-threaded inside each.
   // Few rows (decode) split the columns instead, so every thread streams its share of w.
   constexpr int64_t MB = 64;
@@ -276,7 +304,7 @@ thread_local std::vector<float> proj_scratch, mha_scratch;
 void project_heads(int64_t B, int64_t T, int64_t K, int64_t heads, int64_t d, const float* x, const float* w,
                    const float* b, float* out) {
   if (heads == 1) return linear(B * T, K, d, x, w, b, out);  // [B,T,d] is already [B,1,T,d]
-  proj_scratch.resize(B * T * heads * d);
+  resize_scratch(proj_scratch, B * T * heads * d, "project_heads");
   linear(B * T, K, heads * d, x, w, b, proj_scratch.data());
   split_heads(proj_scratch.data(), B, T, heads, d, out);
 }
@@ -284,7 +312,7 @@ void project_heads(int64_t B, int64_t T, int64_t K, int64_t heads, int64_t d, co
 void merge_project(int64_t B, int64_t heads, int64_t T, int64_t d, int64_t N, const float* o, const float* w,
                    const float* b, float* y) {
   if (heads == 1) return linear(B * T, d, N, o, w, b, y);
-  proj_scratch.resize(B * T * heads * d);
+  resize_scratch(proj_scratch, B * T * heads * d, "merge_project");
   merge_heads(o, B, heads, T, d, proj_scratch.data());
   linear(B * T, heads * d, N, proj_scratch.data(), w, b, y);
 }
@@ -294,7 +322,7 @@ void mha_forward(const MhaDims& d, const AttnOpts& opts, const MhaWeights& w, co
   const int64_t nq = d.B * d.H * d.T * d.d_k, nk = d.B * d.H_kv * d.S * d.d_k, nv = d.B * d.H_kv * d.S * d.d_v;
   const int64_t rows = d.B * d.H * d.T, no = rows * d.d_v;
   // Layout of the scratch: q | k | v | m | l | acc | o_heads
-  mha_scratch.resize(nq + nk + nv + 2 * rows + 2 * no);
+  resize_scratch(mha_scratch, nq + nk + nv + 2 * rows + 2 * no, "mha_forward");
   float *q = mha_scratch.data(), *k = q + nq, *v = k + nk, *m = v + nv, *l = m + rows, *acc = l + rows, *o = acc + no;
 
   project_heads(d.B, d.T, d.d_model, d.H, d.d_k, x_q, w.w_q, w.b_q, q);

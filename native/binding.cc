@@ -1,18 +1,23 @@
 // The only file that touches V8: converts JS values, checks every argument again (count, type,
 // length against the shapes, 64-bit size products, BLAS int range) and throws TypeError /
-// RangeError. Outputs are allocated by the caller, so nothing here allocates JS memory.
+// RangeError. Outputs are allocated by the caller, so nothing here allocates JS memory. Nothing
+// a caller passes reaches ToLocalChecked/FromJust unchecked: a throwing getter or a Proxy gives a
+// TypeError, and every C++ exception from a kernel becomes a JS error.
 #include <nan.h>
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <thread>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <new>
 #include <string>
+#include <system_error>
+#include <thread>
 
 #include "attention.h"
 #include "gemm.h"
+#include "kernel_path.h"
 #include "threads.h"
 #include "tile.h"
 
@@ -89,13 +94,29 @@ struct Checker {
     return d;
   }
 
-  v8::Local<v8::Value> field(v8::Local<v8::Object> obj, const char* key) {
-    return Nan::Get(obj, Nan::New(key).ToLocalChecked()).ToLocalChecked();
+  // obj[key]; a getter that throws becomes a TypeError naming the field (undefined returned).
+  v8::Local<v8::Value> field(v8::Local<v8::Object> obj, const char* owner, const char* key) {
+    if (failed) return Nan::Undefined();
+    std::string why;
+    {
+      Nan::TryCatch trap;  // the TypeError below is thrown after it has closed
+      Nan::MaybeLocal<v8::Value> val = Nan::Get(obj, Nan::New(key).ToLocalChecked());
+      if (!val.IsEmpty() && !trap.HasCaught()) return val.ToLocalChecked();
+      why = "it threw";
+      if (trap.HasCaught() && !trap.Exception().IsEmpty()) {
+        Nan::MaybeLocal<v8::String> msg = Nan::To<v8::String>(trap.Exception());
+        if (!msg.IsEmpty()) why += ": " + std::string(*Nan::Utf8String(msg.ToLocalChecked())).substr(0, 200);
+      }
+    }
+    type_error(std::string(owner) + "." + key + " could not be read (" + why + ")");
+    return Nan::Undefined();
   }
 
+  // A plain object (not a Proxy, whose traps could run arbitrary code on every read).
   v8::Local<v8::Object> object(int i, const char* name) {
-    if (!failed && !info[i]->IsObject()) type_error(std::string(name) + " must be an object, got " + describe(info[i]));
-    return failed ? Nan::New<v8::Object>() : Nan::To<v8::Object>(info[i]).ToLocalChecked();
+    if (!failed && (!info[i]->IsObject() || info[i]->IsProxy()))
+      type_error(std::string(name) + " must be a plain object, got " + describe(info[i]));
+    return failed ? Nan::New<v8::Object>() : info[i].As<v8::Object>();
   }
 
   // A Float32Array (or null when nullable) of exactly `len` elements; `shape` names it in errors.
@@ -162,6 +183,9 @@ struct Checker {
     if (val->IsString()) return "string";
     if (val->IsBoolean()) return "boolean";
     if (val->IsFunction()) return "function";
+    if (val->IsProxy()) return "a Proxy";
+    if (val->IsBigInt()) return "bigint";
+    if (val->IsSymbol()) return "symbol";
     return "object";
   }
 };
@@ -170,14 +194,14 @@ kvs::AttnDims read_dims(Checker& c, int i) {
   kvs::AttnDims d{};
   v8::Local<v8::Object> o = c.object(i, "dims");
   if (c.failed) return d;
-  d.B = c.integer(c.field(o, "B"), "dims.B", 1, INT_MAX32);
-  d.H = c.integer(c.field(o, "H"), "dims.H", 1, INT_MAX32);
-  d.H_kv = c.integer(c.field(o, "Hkv"), "dims.Hkv", 1, INT_MAX32);
-  d.T = c.integer(c.field(o, "T"), "dims.T", 1, INT_MAX32);
-  d.S = c.integer(c.field(o, "S"), "dims.S", 0, INT_MAX32);
-  d.s_cap = c.integer(c.field(o, "sCap"), "dims.sCap", 0, INT_MAX32);
-  d.d_k = c.integer(c.field(o, "dK"), "dims.dK", 1, INT_MAX32);
-  d.d_v = c.integer(c.field(o, "dV"), "dims.dV", 1, INT_MAX32);
+  d.B = c.integer(c.field(o, "dims", "B"), "dims.B", 1, INT_MAX32);
+  d.H = c.integer(c.field(o, "dims", "H"), "dims.H", 1, INT_MAX32);
+  d.H_kv = c.integer(c.field(o, "dims", "Hkv"), "dims.Hkv", 1, INT_MAX32);
+  d.T = c.integer(c.field(o, "dims", "T"), "dims.T", 1, INT_MAX32);
+  d.S = c.integer(c.field(o, "dims", "S"), "dims.S", 0, INT_MAX32);
+  d.s_cap = c.integer(c.field(o, "dims", "sCap"), "dims.sCap", 0, INT_MAX32);
+  d.d_k = c.integer(c.field(o, "dims", "dK"), "dims.dK", 1, INT_MAX32);
+  d.d_v = c.integer(c.field(o, "dims", "dV"), "dims.dV", 1, INT_MAX32);
   if (c.failed) return d;
   if (d.H % d.H_kv != 0)
     c.range_error("dims.Hkv must divide dims.H, got H=" + std::to_string(d.H) + ", Hkv=" + std::to_string(d.H_kv));
@@ -190,24 +214,48 @@ kvs::AttnOpts read_opts(Checker& c, int i) {
   kvs::AttnOpts o{};
   v8::Local<v8::Object> obj = c.object(i, "opts");
   if (c.failed) return o;
-  o.scale = (float)c.number(c.field(obj, "scale"), "opts.scale", -3.4e38, 3.4e38, false);
-  v8::Local<v8::Value> causal = c.field(obj, "causal");
+  o.scale = (float)c.number(c.field(obj, "opts", "scale"), "opts.scale", -3.4e38, 3.4e38, false);
+  v8::Local<v8::Value> causal = c.field(obj, "opts", "causal");
   if (!c.failed && !causal->IsBoolean()) c.type_error("opts.causal must be a boolean, got " + Checker::describe(causal));
   o.causal = !c.failed && Nan::To<bool>(causal).FromJust();
-  o.q_offset = c.integer(c.field(obj, "qOffset"), "opts.qOffset", -INT_MAX32, INT_MAX32);
-  o.s_offset = c.integer(c.field(obj, "sOffset"), "opts.sOffset", 0, INT_MAX32);
-  o.dropout_p = (float)c.number(c.field(obj, "dropoutP"), "opts.dropoutP", 0.0, 1.0, true);
-  o.seed = (uint64_t)c.integer(c.field(obj, "seed"), "opts.seed", 0, ((int64_t)1 << 53) - 1);
+  o.q_offset = c.integer(c.field(obj, "opts", "qOffset"), "opts.qOffset", -INT_MAX32, INT_MAX32);
+  o.s_offset = c.integer(c.field(obj, "opts", "sOffset"), "opts.sOffset", 0, INT_MAX32);
+  o.dropout_p = (float)c.number(c.field(obj, "opts", "dropoutP"), "opts.dropoutP", 0.0, 1.0, true);
+  o.seed = (uint64_t)c.integer(c.field(obj, "opts", "seed"), "opts.seed", 0, ((int64_t)1 << 53) - 1);
   return o;
 }
 
-// Runs a kernel, turning allocation failure into a RangeError instead of an abort.
+// Runs a kernel; no C++ exception crosses into V8: allocation failures and refused scratch sizes
+// become RangeErrors, anything else an Error, all with the function's name.
+std::string kernel_error(const std::exception_ptr& e, bool* range) {
+  *range = true;
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::bad_alloc&) {
+    return "out of memory";
+  } catch (const kvs::ScratchError& x) {
+    return x.what();
+  } catch (const std::system_error& x) {
+    return std::string("could not start threads: ") + x.what();
+  } catch (const std::exception& x) {
+    *range = false;
+    return std::string("internal error: ") + x.what();
+  } catch (...) {
+    *range = false;
+    return "internal error";
+  }
+}
+
 template <typename F>
 void guarded(Checker& c, F&& f) {
   try {
     f();
-  } catch (const std::bad_alloc&) {
-    c.range_error("out of memory");
+  } catch (...) {
+    bool range;
+    const std::string msg = kernel_error(std::current_exception(), &range);
+    if (range) return c.range_error(msg);
+    Nan::ThrowError((std::string(c.fn) + ": " + msg).c_str());
+    c.failed = true;
   }
 }
 
@@ -246,26 +294,42 @@ NAN_METHOD(AttnUpdate) {
   guarded(c, [&] { kvs::attn_update(a.d, a.o, a.q, a.k, a.v, a.m, a.l, a.acc); });
 }
 
-// Runs attn_update on a libuv worker thread. The six typed arrays are kept alive (and their
-// off-heap data in place) by persistent references until the callback has run.
+// Runs attn_update on a libuv worker thread. It holds the six arrays' backing stores, so their
+// memory stays valid even if JS transfers or detaches a buffer meanwhile; shared and resizable
+// buffers are refused up front (another thread could shrink or race on them).
 class UpdateWorker : public Nan::AsyncWorker {
  public:
-  UpdateWorker(Nan::Callback* callback, const UpdateArgs& a, const Nan::FunctionCallbackInfo<v8::Value>& info)
+  UpdateWorker(Nan::Callback* callback, const UpdateArgs& a, std::shared_ptr<v8::BackingStore> (&stores)[6])
       : Nan::AsyncWorker(callback, "kvstream:attnUpdateAsync"), a_(a) {
-    const char* keys[] = {"q", "k", "v", "m", "l", "acc"};
-    for (int i = 0; i < 6; ++i) SaveToPersistent(keys[i], info[2 + i]);
+    for (int i = 0; i < 6; ++i) stores_[i] = std::move(stores[i]);
   }
   void Execute() override {
     try {
       kvs::attn_update(a_.d, a_.o, a_.q, a_.k, a_.v, a_.m, a_.l, a_.acc);
-    } catch (const std::bad_alloc&) {
-      SetErrorMessage("attnUpdateAsync: out of memory");
+    } catch (...) {
+      bool range;
+      SetErrorMessage(("attnUpdateAsync: " + kernel_error(std::current_exception(), &range)).c_str());
     }
   }
 
  private:
   UpdateArgs a_;
+  std::shared_ptr<v8::BackingStore> stores_[6];
 };
+
+// The backing store of the typed array info[i] (already checked), or null after a TypeError for
+// a shared or resizable buffer.
+std::shared_ptr<v8::BackingStore> pinned_store(Checker& c, int i, const char* name) {
+  if (c.failed) return nullptr;
+  v8::Local<v8::ArrayBuffer> buf = c.info[i].As<v8::TypedArray>()->Buffer();
+  std::shared_ptr<v8::BackingStore> store = buf->GetBackingStore();
+  if (store->IsShared() || store->IsResizableByUserJavaScript()) {
+    c.type_error(std::string(name) + " must be backed by a plain ArrayBuffer, got a " +
+                 (store->IsShared() ? "SharedArrayBuffer" : "resizable ArrayBuffer"));
+    return nullptr;
+  }
+  return store;
+}
 
 // attnUpdateAsync(dims, opts, q, k, v, m, l, acc, callback(err)): attnUpdate off the event loop.
 // Arguments are checked (and bad ones thrown) synchronously.
@@ -275,7 +339,11 @@ NAN_METHOD(AttnUpdateAsync) {
   if (!c.count(9)) return;
   if (!info[8]->IsFunction()) return c.type_error("callback must be a function, got " + Checker::describe(info[8]));
   if (!read_update_args(c, a)) return;
-  Nan::AsyncQueueWorker(new UpdateWorker(new Nan::Callback(info[8].As<v8::Function>()), a, info));
+  const char* names[] = {"q", "k", "v", "m", "l", "acc"};
+  std::shared_ptr<v8::BackingStore> stores[6];
+  for (int i = 0; i < 6; ++i) stores[i] = pinned_store(c, 2 + i, names[i]);
+  if (c.failed) return;
+  Nan::AsyncQueueWorker(new UpdateWorker(new Nan::Callback(info[8].As<v8::Function>()), a, stores));
 }
 
 // attnMerge(rows, dV, m1, l1, acc1, m2, l2, acc2): state 1 <- state 1 ∪ state 2.
@@ -294,7 +362,7 @@ NAN_METHOD(AttnMerge) {
   const float* l2 = c.f32(6, "l2", rows, rs);
   const float* acc2 = c.f32(7, "acc2", na, as);
   if (c.failed) return;
-  kvs::attn_merge(rows, d_v, m1, l1, acc1, m2, l2, acc2);
+  guarded(c, [&] { kvs::attn_merge(rows, d_v, m1, l1, acc1, m2, l2, acc2); });
 }
 
 // attnFinalize(rows, dV, m, l, acc, out, lse)
@@ -312,7 +380,7 @@ NAN_METHOD(AttnFinalize) {
   float* out = c.f32(5, "out", na, as);
   float* lse = c.f32(6, "lse", rows, rs);
   if (c.failed) return;
-  kvs::attn_finalize(rows, d_v, m, l, acc, out, lse);
+  guarded(c, [&] { kvs::attn_finalize(rows, d_v, m, l, acc, out, lse); });
 }
 
 // attnProbs(dims, opts, q, k, lse, probs | null, keep | null)
@@ -346,7 +414,7 @@ NAN_METHOD(MhaForward) {
   const char* keys[] = {"B", "T", "S", "dModel", "dKvIn", "dOut", "H", "Hkv", "dK", "dV"};
   const char* names[] = {"dims.B", "dims.T", "dims.S", "dims.dModel", "dims.dKvIn", "dims.dOut", "dims.H", "dims.Hkv", "dims.dK", "dims.dV"};
   int64_t* fields[] = {&d.B, &d.T, &d.S, &d.d_model, &d.d_kv_in, &d.d_out, &d.H, &d.H_kv, &d.d_k, &d.d_v};
-  for (int i = 0; i < 10; ++i) *fields[i] = c.integer(c.field(o, keys[i]), names[i], 1, INT_MAX32);
+  for (int i = 0; i < 10; ++i) *fields[i] = c.integer(c.field(o, "dims", keys[i]), names[i], 1, INT_MAX32);
   if (c.failed) return;
   if (d.H % d.H_kv != 0)
     return c.range_error("dims.Hkv must divide dims.H, got H=" + std::to_string(d.H) + ", Hkv=" + std::to_string(d.H_kv));
@@ -423,16 +491,65 @@ NAN_METHOD(Linear) {
   const float* b = c.f32(2, "b", N, shape("[N]", {N}), true);
   float* y = c.f32(3, "y", ny, shape("[M,N]", {M, N}));
   if (c.failed) return;
-  kvs::linear(M, K, N, x, w, b, y);
+  guarded(c, [&] { kvs::linear(M, K, N, x, w, b, y); });
 }
 
 // setNumThreads(n): kvstream's own worker count; OpenBLAS stays at one thread inside.
 NAN_METHOD(SetNumThreads) {
   Checker c{"setNumThreads", info};
   if (!c.count(1)) return;
-  const int64_t n = c.integer(info[0], "n", 1, 256);
+  const int64_t n = c.integer(info[0], "n", 1, kvs::MAX_THREADS);
   if (c.failed) return;
-  kvs::set_num_threads((int)n);
+  guarded(c, [&] { kvs::set_num_threads((int)n); });
+}
+
+// setKernelPath(name): 'auto' | 'tile' | 'blas' | 'rows' | 'deterministic' (kernel_path.h).
+NAN_METHOD(SetKernelPath) {
+  Checker c{"setKernelPath", info};
+  if (!c.count(1)) return;
+  if (!info[0]->IsString()) return c.type_error("path must be a string, got " + Checker::describe(info[0]));
+  const std::string name = *Nan::Utf8String(info[0]);
+  for (kvs::KernelPath p : {kvs::KernelPath::Auto, kvs::KernelPath::Tile, kvs::KernelPath::Blas, kvs::KernelPath::Rows,
+                            kvs::KernelPath::Deterministic}) {
+    if (name != kvs::kernel_path_name(p)) continue;
+    if (p == kvs::KernelPath::Tile && !kvs::tile_available())
+      return c.range_error("path 'tile' needs the AVX-512 tile kernel, which this CPU or build lacks (info().tile is false)");
+    return kvs::set_kernel_path(p);
+  }
+  c.range_error("path must be one of 'auto', 'tile', 'blas', 'rows', 'deterministic', got '" + name.substr(0, 64) + "'");
+}
+
+NAN_METHOD(GetKernelPath) {
+  info.GetReturnValue().Set(Nan::New(kvs::kernel_path_name(kvs::kernel_path())).ToLocalChecked());
+}
+
+// kernelCounts(): { name: calls } for every kernel path counter (kernel_path.h).
+NAN_METHOD(KernelCounts) {
+  v8::Local<v8::Object> o = Nan::New<v8::Object>();
+  for (int i = 0; i < kvs::COUNTER_COUNT; ++i)
+    Nan::Set(o, Nan::New(kvs::COUNTER_NAMES[i]).ToLocalChecked(),
+             Nan::New((double)kvs::g_counters[i].load(std::memory_order_relaxed)));
+  info.GetReturnValue().Set(o);
+}
+
+NAN_METHOD(ResetKernelCounts) { kvs::reset_counters(); }
+
+// poolCheck(tasks, throwAt): a self-test of the thread pool for the suite. Runs `tasks` tasks,
+// each a nested parallel_for of 8 steps; task `throwAt` (-1: none) throws after its steps.
+// Returns the number of steps run, or throws what the task threw (after every task finished).
+NAN_METHOD(PoolCheck) {
+  Checker c{"poolCheck", info};
+  if (!c.count(2)) return;
+  const int64_t tasks = c.integer(info[0], "tasks", 0, 1 << 20), throw_at = c.integer(info[1], "throwAt", -1, 1 << 20);
+  if (c.failed) return;
+  std::atomic<int64_t> steps{0};
+  guarded(c, [&] {
+    kvs::parallel_for(tasks, [&](int64_t i) {
+      kvs::parallel_for(8, [&](int64_t) { steps.fetch_add(1); }, 1e9);
+      if (i == throw_at) throw std::runtime_error("task " + std::to_string(i) + " failed");
+    }, 1e9);
+  });
+  if (!c.failed) info.GetReturnValue().Set(Nan::New((double)steps.load()));
 }
 
 NAN_METHOD(Info) {
@@ -442,18 +559,22 @@ NAN_METHOD(Info) {
   Nan::Set(o, Nan::New("threads").ToLocalChecked(), Nan::New(kvs::get_num_threads()));
   Nan::Set(o, Nan::New("blasThreads").ToLocalChecked(), Nan::New(kvs::blas_get_threads()));
   Nan::Set(o, Nan::New("tile").ToLocalChecked(), Nan::New(kvs::tile_available()));
+  Nan::Set(o, Nan::New("path").ToLocalChecked(), Nan::New(kvs::kernel_path_name(kvs::kernel_path())).ToLocalChecked());
   info.GetReturnValue().Set(o);
 }
 
-// Worker threads: KVSTREAM_NUM_THREADS when set to a positive integer, else every core.
-int default_threads() {
-  const char* env = std::getenv("KVSTREAM_NUM_THREADS");
-  const int n = env ? std::atoi(env) : 0;
-  return n > 0 ? n : (int)std::max(1u, std::thread::hardware_concurrency());
-}
-
 NAN_MODULE_INIT(Init) {
-  kvs::set_num_threads(default_threads());
+  // Every core by default, set once per process: a worker_threads isolate loading the addon
+  // again keeps the pool (and any count set since). The loader (src/native.ts) applies
+  // KVSTREAM_NUM_THREADS after its own strict check.
+  static std::once_flag once;
+  std::call_once(once, [] {
+    try {
+      kvs::set_num_threads((int)std::clamp(std::thread::hardware_concurrency(), 1u, (unsigned)kvs::MAX_THREADS));
+    } catch (const std::system_error&) {
+      // No threads to be had: the pool stays at the calling thread.
+    }
+  });
   Nan::SetMethod(target, "attnUpdate", AttnUpdate);
   Nan::SetMethod(target, "attnUpdateAsync", AttnUpdateAsync);
   Nan::SetMethod(target, "attnMerge", AttnMerge);
@@ -464,6 +585,11 @@ NAN_MODULE_INIT(Init) {
   Nan::SetMethod(target, "projectHeads", ProjectHeads);
   Nan::SetMethod(target, "mergeProject", MergeProject);
   Nan::SetMethod(target, "setNumThreads", SetNumThreads);
+  Nan::SetMethod(target, "setKernelPath", SetKernelPath);
+  Nan::SetMethod(target, "getKernelPath", GetKernelPath);
+  Nan::SetMethod(target, "kernelCounts", KernelCounts);
+  Nan::SetMethod(target, "resetKernelCounts", ResetKernelCounts);
+  Nan::SetMethod(target, "poolCheck", PoolCheck);
   Nan::SetMethod(target, "info", Info);
 }
 

@@ -4,12 +4,16 @@
 #include <cstdlib>
 #include <string>
 #include <limits>
+#include <stdexcept>
 #include <vector>
 
+#include "kernel_path.h"
 #include "philox.h"
 #include "threads.h"
-#include <immintrin.h>
 #include "vec.h"
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 namespace kvs {
 
@@ -103,6 +107,7 @@ template <int NV>
 __attribute__((target("avx512f"))) void pv_tail_nv(int64_t left, const float* p, int64_t sj, int64_t sr, int64_t r,
                                                    const float* v, int64_t ldv, int64_t c, int64_t J, float* acc,
                                                    int64_t ldacc) {
+  count(Counter(tile_pv_tail_1 + (left - 1)));
   switch (left) {
     case 5: return pv_tile<NV, 5>(p, sj, sr, r, v, ldv, c, J, acc, ldacc);
     case 4: return pv_tile<NV, 4>(p, sj, sr, r, v, ldv, c, J, acc, ldacc);
@@ -131,6 +136,7 @@ __attribute__((target("avx512f"))) void pv_block(const float* p, int64_t sj, int
   for (int64_t c = c0; c < c0 + cols; c += 4 * W) {
     const int64_t nv = std::min<int64_t>(4, (c0 + cols - c) / W);
     int64_t r = 0;
+    if (rows >= RT) count(tile_pv_tile);
     for (; r + RT <= rows; r += RT) {
       switch (nv) {
         case 4: pv_tile<4, RT>(p, sj, sr, r, v, ldv, c, J, acc, ldacc); break;
@@ -183,13 +189,13 @@ __attribute__((target("avx512f"))) void tile_update(const AttnOpts& o, int64_t b
                                                     float* acc) {
   const int64_t tqp = (tq + 2 * W - 1) / (2 * W) * (2 * W);  // queries padded to the micro-tile
   TileScratch& s = tls;
-  s.qt.resize(d_k * tqp);
+  resize_scratch(s.qt, d_k * tqp, "tile_update q");
   s.st.resize((SK + JN) * tqp);  // a partial last micro-tile writes up to JN rows past sk
   s.m.resize(tqp);
   s.l.resize(tqp);
   s.alpha.resize(tqp);
-  s.acc.resize(tqp * d_v);
-  s.kpad.resize(JN * d_k);
+  resize_scratch(s.acc, tqp * d_v, "tile_update acc");
+  resize_scratch(s.kpad, JN * d_k, "tile_update k");
   s.keep.resize(SK);
   // qt [d_k, tqp] = scale · qᵀ, padded queries 0; state copied in, padded rows empty.
   std::fill(s.qt.begin(), s.qt.end(), 0.0f);
@@ -229,10 +235,10 @@ __attribute__((target("avx512f"))) void tile_update(const AttnOpts& o, int64_t b
     }
 
     switch (tqp / W) {
-      case 2: softmax_columns<2>(st, sk, mq, lq, alpha); break;
-      case 4: softmax_columns<4>(st, sk, mq, lq, alpha); break;
-      case 6: softmax_columns<6>(st, sk, mq, lq, alpha); break;
-      default: softmax_columns<8>(st, sk, mq, lq, alpha); break;
+      case 2: count(tile_softmax_2); softmax_columns<2>(st, sk, mq, lq, alpha); break;
+      case 4: count(tile_softmax_4); softmax_columns<4>(st, sk, mq, lq, alpha); break;
+      case 6: count(tile_softmax_6); softmax_columns<6>(st, sk, mq, lq, alpha); break;
+      default: count(tile_softmax_8); softmax_columns<8>(st, sk, mq, lq, alpha); break;
     }
     // lse counts every visible key; dropout only thins what reaches the accumulator.
     if (dropout) {
@@ -262,12 +268,17 @@ void tile_linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w
   const int64_t slabs = (N + SLAB - 1) / SLAB;
   // Rows of w up to 2 KiB apart are streamed in place; wider ones alias in L2 and are packed.
   const bool pack = N > 512;
-  thread_local std::vector<float> wp;  // the caller's; workers only read it during this call
+  count(pack ? linear_tile_packed : linear_tile_inplace);
+  // The caller's packed copy of w. Tasks use the pointer: inside a task the thread_local name
+  // would be the worker's own (empty) vector.
+  thread_local std::vector<float> wp_tls;
+  float* wp = nullptr;
   if (pack) {
-    wp.resize(K * N);
+    resize_scratch(wp_tls, K * N, "tile_linear packed w");
+    wp = wp_tls.data();
     parallel_for(slabs, [&](int64_t c) {
       const int64_t c0 = c * SLAB, ws = std::min(SLAB, N - c0);
-      float* dst = wp.data() + c0 * K;
+      float* dst = wp + c0 * K;
       for (int64_t k = 0; k < K; ++k) std::copy_n(w + k * N + c0, ws, dst + k * ws);
     }, 8.0 * K * N);
   }
@@ -289,7 +300,7 @@ void tile_linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w
       const int64_t c0 = c * SLAB, ws = std::min(SLAB, N - c0);
       for (int64_t k0 = 0; k0 < K; k0 += KC) {
         const int64_t kc = std::min(KC, K - k0);
-        if (pack) pv_block(x_i + k0, 1, K, mb, wp.data() + c0 * K + k0 * ws, ws, 0, ws, kc, y_i + c0, N);
+        if (pack) pv_block(x_i + k0, 1, K, mb, wp + c0 * K + k0 * ws, ws, 0, ws, kc, y_i + c0, N);
         else pv_block(x_i + k0, 1, K, mb, w + k0 * N, N, c0, ws, kc, y_i, N);
       }
     }
@@ -298,10 +309,15 @@ void tile_linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w
 
 #else
 
-void tile_linear(int64_t, int64_t, int64_t, const float*, const float*, const float*, float*) {}
+// tile_available() is false here, so the dispatchers never call these; reaching one is a bug.
+void tile_linear(int64_t, int64_t, int64_t, const float*, const float*, const float*, float*) {
+  throw std::logic_error("tile_linear: this build has no AVX-512 tile kernel");
+}
 
 void tile_update(const AttnOpts&, int64_t, int64_t, const float*, int64_t, int64_t, const float*, const float*, int64_t,
-                 int64_t, int64_t, float*, float*, float*) {}
+                 int64_t, int64_t, float*, float*, float*) {
+  throw std::logic_error("tile_update: this build has no AVX-512 tile kernel");
+}
 
 #endif
 

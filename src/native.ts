@@ -1,8 +1,9 @@
-// The only module that loads the addon. Everything else imports `addon` (typed, errors mapped
-// to NativeError) or, for tests of the binding's own checks, `binding` (raw).
+// The only module that loads the addon, on the first kernel call (so npy/npz/manifest work
+// without a build). Everything else imports `addon` (typed, errors mapped to NativeError) or,
+// for tests of the binding's own checks, `binding` (raw).
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import { NativeError } from './errors.ts';
+import { ArgumentError, NativeError } from './errors.ts';
 
 /** Attention sizes as the binding reads them; see native/attention.h. */
 export interface NativeDims {
@@ -29,7 +30,24 @@ export interface NativeInfo {
   blasThreads: number;
   /** Whether the AVX-512 attention/GEMM tile runs (off without AVX-512F or with KVSTREAM_TILE=off). */
   tile: boolean;
+  /** The kernel path in force (see setKernelPath). */
+  path: KernelPath;
 }
+
+/**
+ * Which kernels run, process-wide (all threads and worker_threads share it):
+ * - `auto`: the fastest applicable path (default);
+ * - `tile`: the AVX-512 tile wherever d_k, d_v are multiples of 16 (also T <= 16) and for
+ *   linear; only where `info().tile` is true;
+ * - `blas`: the query-block BLAS path for every T, BLAS for linear;
+ * - `rows`: the row path (a kv head's query rows stacked) for every T;
+ * - `deterministic`: fixed-order scalar kernels, float64 accumulation, kvstream's own exp/log:
+ *   the same bits on every x86-64 CPU, thread count and BLAS (fixture generation uses it).
+ */
+export type KernelPath = 'auto' | 'tile' | 'blas' | 'rows' | 'deterministic';
+
+/** Largest thread count setNumThreads and KVSTREAM_NUM_THREADS accept (native/threads.h). */
+export const MAX_THREADS = 256;
 
 export interface Binding {
   /** State (m, l [B,H,T]; acc [B,H,T,dV]) absorbs keys [0,S) of k [B,Hkv,sCap,dK], v [B,Hkv,sCap,dV]; q [B,H,T,dK]. */
@@ -59,8 +77,21 @@ export interface Binding {
   /** y [M,N] = x [M,K] · w [K,N] + b [N]. */
   linear(x: Float32Array, w: Float32Array, b: Float32Array | null, y: Float32Array, M: number, K: number, N: number): void;
   setNumThreads(n: number): void;
+  setKernelPath(path: KernelPath): void;
+  getKernelPath(): KernelPath;
+  /** Calls per kernel path since load or the last reset (names in native/kernel_path.h). */
+  kernelCounts(): Record<string, number>;
+  resetKernelCounts(): void;
+  /** Thread-pool self-test: `tasks` tasks of 8 nested steps; task `throwAt` throws. Returns the steps run. */
+  poolCheck(tasks: number, throwAt: number): number;
   info(): NativeInfo;
 }
+
+const METHODS = [
+  'attnUpdate', 'attnUpdateAsync', 'attnMerge', 'attnFinalize', 'attnProbs', 'mhaForward', 'projectHeads',
+  'mergeProject', 'linear', 'setNumThreads', 'setKernelPath', 'getKernelPath', 'kernelCounts', 'resetKernelCounts',
+  'poolCheck', 'info',
+] as const satisfies readonly (keyof Binding)[];
 
 const ADDON_PATH = fileURLToPath(new URL('../build/Release/kvstream.node', import.meta.url));
 
@@ -78,16 +109,43 @@ export function loadAddon(path = ADDON_PATH): Binding {
   }
 }
 
+/**
+ * KVSTREAM_NUM_THREADS, when set: an integer in [1, MAX_THREADS] written in plain decimal.
+ * Returns undefined when unset or empty.
+ */
+export function threadsFromEnv(value = process.env.KVSTREAM_NUM_THREADS): number | undefined {
+  if (value === undefined || value === '') return undefined;
+  const n = /^[0-9]{1,4}$/.test(value) ? Number(value) : NaN;
+  if (!(n >= 1 && n <= MAX_THREADS)) {
+    throw new ArgumentError(`Expected KVSTREAM_NUM_THREADS an integer in [1, ${MAX_THREADS}], got ${JSON.stringify(value.slice(0, 40))}`);
+  }
+  return n;
+}
+
+let loaded: Binding | undefined;
+
+/** The addon, loaded on first use with KVSTREAM_NUM_THREADS applied. */
+function load(): Binding {
+  if (loaded) return loaded;
+  const threads = threadsFromEnv();
+  const b = loadAddon();
+  if (threads !== undefined) b.setNumThreads(threads);
+  return (loaded = b);
+}
+
 /** The raw addon: its own argument checks throw TypeError / RangeError. */
-export const binding: Binding = loadAddon();
+export const binding: Binding = Object.fromEntries(
+  METHODS.map((name) => [name, (...args: unknown[]) => (load()[name] as (...a: unknown[]) => unknown)(...args)]),
+) as unknown as Binding;
 
 /** The addon with every error re-thrown as NativeError (the TypeScript checks run first). */
 export const addon: Binding = Object.fromEntries(
-  Object.entries(binding).map(([name, fn]) => [
+  METHODS.map((name) => [
     name,
     (...args: unknown[]) => {
+      const fn = load()[name] as (...a: unknown[]) => unknown;
       try {
-        return (fn as (...a: unknown[]) => unknown)(...args);
+        return fn(...args);
       } catch (cause) {
         throw new NativeError(`${(cause as Error).message}`, { cause });
       }
@@ -100,7 +158,25 @@ export function info(): NativeInfo {
   return binding.info();
 }
 
-/** Sets kvstream's worker thread count (>= 1); OpenBLAS is kept at one thread inside. */
+/** Sets kvstream's worker thread count (1..MAX_THREADS); OpenBLAS is kept at one thread inside. */
 export function setNumThreads(n: number): void {
   addon.setNumThreads(n);
+}
+
+/** Forces a kernel path process-wide; see KernelPath. */
+export function setKernelPath(path: KernelPath): void {
+  addon.setKernelPath(path);
+}
+
+export function getKernelPath(): KernelPath {
+  return addon.getKernelPath();
+}
+
+/** Calls per kernel path since load or resetKernelCounts(); every name is present from load. */
+export function kernelCounts(): Record<string, number> {
+  return addon.kernelCounts();
+}
+
+export function resetKernelCounts(): void {
+  addon.resetKernelCounts();
 }

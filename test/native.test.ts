@@ -1,0 +1,166 @@
+// The loader and the binding under hostile use: nothing a caller does crashes the process
+// (issue 7's crashes, each reproduced here), the thread pool's error and nesting rules, the
+// thread-count variable, and kernels running from several worker_threads at once.
+import test from 'ava';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import { MultiHeadAttention } from '../src/mha.ts';
+import { binding, info, setNumThreads, threadsFromEnv } from '../src/native.ts';
+import { Rng } from '../src/random.ts';
+
+const dims = { B: 1, H: 2, Hkv: 1, T: 3, S: 5, sCap: 5, dK: 4, dV: 4 };
+const opts = { scale: 0.5, causal: false, qOffset: 0, sOffset: 0, dropoutP: 0, seed: 0 };
+const f = (n: number) => new Float32Array(n);
+const args = () => [f(24), f(20), f(20), f(6).fill(-Infinity), f(6), f(24)] as const;
+
+test('a throwing getter or a Proxy in dims or opts gives a TypeError naming the field', (t) => {
+  const throwing = { ...dims, get T(): number { throw new Error('boom'); } };
+  t.throws(() => binding.attnUpdate(throwing, opts, ...args()), { instanceOf: TypeError, message: 'attnUpdate: dims.T could not be read (it threw: Error: boom)' });
+  const badOpts = { ...opts, get seed(): number { throw new Error('no seed'); } };
+  t.throws(() => binding.attnProbs(dims, badOpts, f(24), f(20), f(6), null, null), { instanceOf: TypeError, message: /attnProbs: opts.seed could not be read/ });
+  const proxy = new Proxy(dims, { get() { throw new Error('trap'); } });
+  t.throws(() => binding.attnUpdate(proxy, opts, ...args()), { instanceOf: TypeError, message: 'attnUpdate: dims must be a plain object, got a Proxy' });
+  t.throws(() => binding.attnUpdate(dims, new Proxy(opts, {}), ...args()), { instanceOf: TypeError, message: 'attnUpdate: opts must be a plain object, got a Proxy' });
+  const mha = { B: 1, T: 1, S: 1, dModel: 1, dKvIn: 1, dOut: 1, H: 1, Hkv: 1, dK: 1, get dV(): number { throw new RangeError('x'); } };
+  t.throws(() => binding.mhaForward(mha, opts, f(1), f(1), f(1), null, f(1), null, f(1), null, f(1), null, f(1), f(1)), { instanceOf: TypeError, message: /mhaForward: dims.dV could not be read/ });
+});
+
+test.serial('attnUpdateAsync holds its buffers: transferring one meanwhile cannot crash', async (t) => {
+  const rng = new Rng(3);
+  const big = { B: 1, H: 4, Hkv: 4, T: 256, S: 2048, sCap: 2048, dK: 64, dV: 64 };
+  const q = rng.normalTensor([1, 4, 256, 64]).data, k = rng.normalTensor([1, 4, 2048, 64]).data, v = rng.normalTensor([1, 4, 2048, 64]).data;
+  const m = f(1024).fill(-Infinity), l = f(1024), acc = f(1024 * 64);
+  const done = new Promise<Error | undefined>((resolve) => binding.attnUpdateAsync(big, opts, q, k, v, m, l, acc, resolve));
+  // Detach every input and output while the fold runs; the worker keeps the memory alive.
+  const moved = structuredClone([q.buffer, k.buffer, v.buffer, m.buffer, l.buffer, acc.buffer], { transfer: [q.buffer, k.buffer, v.buffer, m.buffer, l.buffer, acc.buffer] });
+  t.is(q.length, 0, 'q was detached');
+  t.is(await done, undefined);
+  const accAfter = new Float32Array(moved[5]);
+  t.true(accAfter.some((x) => x !== 0), 'the fold wrote into the (moved) accumulator');
+});
+
+test('attnUpdateAsync refuses shared and resizable buffers, which another thread could change or shrink', (t) => {
+  const [q, k, v, m, l, acc] = args();
+  const shared = new Float32Array(new SharedArrayBuffer(24 * 4));
+  t.throws(() => binding.attnUpdateAsync(dims, opts, shared, k, v, m, l, acc, () => {}), { instanceOf: TypeError, message: 'attnUpdateAsync: q must be backed by a plain ArrayBuffer, got a SharedArrayBuffer' });
+  const Resizable = ArrayBuffer as unknown as new (n: number, o: { maxByteLength: number }) => ArrayBuffer;
+  const resizable = new Float32Array(new Resizable(24 * 4, { maxByteLength: 1024 }));
+  t.throws(() => binding.attnUpdateAsync(dims, opts, q, k, v, m, l, resizable, () => {}), { instanceOf: TypeError, message: 'attnUpdateAsync: acc must be backed by a plain ArrayBuffer, got a resizable ArrayBuffer' });
+});
+
+test('KVSTREAM_NUM_THREADS is parsed strictly and capped; a bad value is an error at first use, not a crash', (t) => {
+  t.is(threadsFromEnv(undefined), undefined);
+  t.is(threadsFromEnv('2'), 2);
+  t.is(threadsFromEnv('256'), 256);
+  for (const bad of ['0', '-1', 'abc', '1e9', '100000000', ' 2', '2x', '257', '1.5']) {
+    t.throws(() => threadsFromEnv(bad), { name: 'ArgumentError', message: `Expected KVSTREAM_NUM_THREADS an integer in [1, 256], got ${JSON.stringify(bad)}` });
+  }
+  const run = (value: string) => spawnSync(process.execPath, ['--import', 'tsx', '-e', "import('./src/native.ts').then((n) => console.log(n.info().threads))"],
+    { env: { ...process.env, KVSTREAM_NUM_THREADS: value }, encoding: 'utf8' });
+  const huge = run('100000000');
+  t.is(huge.signal, null, huge.stderr);
+  t.not(huge.status, 0);
+  t.regex(huge.stderr, /ArgumentError: Expected KVSTREAM_NUM_THREADS an integer in \[1, 256\], got "100000000"/);
+  const ok = run('1');
+  t.is(ok.status, 0, ok.stderr);
+  t.is(ok.stdout.trim(), '1');
+});
+
+test.serial('the pool rethrows a task\'s exception on the caller after every task finished, and nests without deadlock', (t) => {
+  const before = info().threads;
+  try {
+    for (const threads of [1, 2]) {
+      setNumThreads(threads);
+      t.is(binding.poolCheck(64, -1), 64 * 8, 'every nested step ran');
+      t.throws(() => binding.poolCheck(64, 17), { instanceOf: Error, message: 'poolCheck: internal error: task 17 failed' });
+      t.is(binding.poolCheck(5, -1), 40, 'the pool is whole after a failed job');
+    }
+  } finally {
+    setNumThreads(before);
+  }
+});
+
+/** y [M,N] = x [M,K] · w [K,N] + b in float64, and the largest |y - y32| with its place. */
+function linearError(x: Float32Array, w: Float32Array, b: Float32Array, y: Float32Array, M: number, K: number, N: number) {
+  let worst = { diff: 0, at: '', bound: 0 };
+  for (let i = 0; i < M; i++) {
+    for (let j = 0; j < N; j++) {
+      let s = b[j]!, abs = Math.abs(b[j]!);
+      for (let c = 0; c < K; c++) {
+        s += x[i * K + c]! * w[c * N + j]!;
+        abs += Math.abs(x[i * K + c]! * w[c * N + j]!);
+      }
+      const diff = Math.abs(s - y[i * N + j]!);
+      // fp32 dot product of length K in any order: |error| <= K·u·Σ|x·w| (u = 2^-24), plus the final rounding.
+      const bound = (K + 2) * 2 ** -24 * abs;
+      if (diff - bound > worst.diff - worst.bound) worst = { diff, at: `[${i},${j}]`, bound };
+    }
+  }
+  return worst;
+}
+
+test.serial('wide linear (N >= 1024) and a d_model 1024 module at 2 threads: right numbers, no crash', (t) => {
+  const before = info().threads;
+  const rng = new Rng(9);
+  try {
+    setNumThreads(2);
+    for (const [M, K, N] of [[64, 96, 1024], [7, 128, 1040], [2, 64, 2048]] as const) {
+      const x = rng.normalTensor([M, K]).data, w = rng.normalTensor([K, N]).data, b = rng.normalTensor([N]).data, y = f(M * N);
+      binding.linear(x, w, b, y, M, K, N);
+      const e = linearError(x, w, b, y, M, K, N);
+      t.true(e.diff <= e.bound, `linear ${M}x${K}x${N}: largest error ${e.diff} at ${e.at} over the bound ${e.bound}`);
+    }
+    const mha = MultiHeadAttention.random({ dModel: 1024, numHeads: 8 }, 1);
+    const x = rng.normalTensor([1, 40, 1024]);
+    const r = mha.forward(x, x);
+    t.deepEqual(r.output.shape, [1, 40, 1024]);
+    t.true(r.output.data.every(Number.isFinite));
+  } finally {
+    setNumThreads(before);
+  }
+});
+
+test.serial('kernels run from several worker_threads and the main thread at once; a worker loading the addon keeps the thread count', async (t) => {
+  const before = info().threads;
+  try {
+    setNumThreads(2);
+    const code = `
+      const { parentPort, workerData } = require('node:worker_threads');
+      {
+        const binding = require(workerData.addon);  // the raw addon: tsx's hooks don't reach eval workers
+        const { dims, opts, n } = workerData;
+        const q = new Float32Array(dims.B * dims.H * dims.T * dims.dK).map((_, i) => Math.sin(i));
+        const k = new Float32Array(dims.B * dims.Hkv * dims.sCap * dims.dK).map((_, i) => Math.cos(i));
+        let sum = 0;
+        for (let i = 0; i < n; i++) {
+          const m = new Float32Array(dims.B * dims.H * dims.T).fill(-Infinity), l = new Float32Array(m.length), acc = new Float32Array(m.length * dims.dV);
+          binding.attnUpdate(dims, opts, q, k, k, m, l, acc);
+          sum += acc[acc.length - 1] / l[l.length - 1];
+        }
+        parentPort.postMessage({ sum, threads: binding.info().threads });
+      }`;
+    const work = { dims: { B: 1, H: 4, Hkv: 2, T: 40, S: 600, sCap: 600, dK: 32, dV: 32 }, opts, n: 20, addon: fileURLToPath(new URL('../build/Release/kvstream.node', import.meta.url)) };
+    const run = () => new Promise<{ sum: number; threads: number }>((resolve, reject) => {
+      const w = new Worker(code, { eval: true, workerData: work });
+      w.once('message', resolve);
+      w.once('error', reject);
+    });
+    const pending = Promise.all([run(), run(), run()]);
+    const q = new Float32Array(4 * 40 * 32).fill(0.1), kv = new Float32Array(2 * 600 * 32).fill(0.2);
+    for (let i = 0; i < 20; i++) {  // the main thread computes meanwhile
+      const m = f(160).fill(-Infinity), l = f(160), acc = f(160 * 32);
+      binding.attnUpdate(work.dims, opts, q, kv, kv, m, l, acc);
+      t.true(Math.abs(acc[0]! / l[0]! - 0.2) < 1e-6);
+    }
+    const results = await pending;
+    for (const r of results) {
+      t.is(r.threads, 2, 'loading the addon in a worker did not reset the pool');
+      t.true(Math.abs(r.sum - results[0]!.sum) <= 1e-5 * Math.abs(results[0]!.sum), `${r.sum} vs ${results[0]!.sum}`);
+    }
+    setNumThreads(1);
+    await run().then((r) => t.is(r.threads, 1, 'a count set by the user survives a worker loading the addon'));
+  } finally {
+    setNumThreads(before);
+  }
+});
