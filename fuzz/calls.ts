@@ -1,0 +1,600 @@
+// One fuzz call from (seed, call index): which export or public API entry point, and arguments
+// that are valid, valid in an unusual form (subarray, shared, resizable, other realm), or bad
+// (wrong type, size, count; NaN, huge, negative; Proxies, throwing getters, detached buffers,
+// getters with side effects). Deterministic in (seed, index) alone, so `--replay S:i` is exact.
+import { types } from 'node:util';
+import { lastValueFrom, toArray } from 'rxjs';
+import type * as Kv from '../src/index.ts';
+import { badF32, badInt, badNumber, badU8, detach, f32, FuzzTrap, Gen, object, scalar, u8 } from './values.ts';
+import type { V } from './values.ts';
+
+export type Fn = (...a: unknown[]) => unknown;
+
+/** What a call may use: the raw addon, the public API, and gc (node --expose-gc). */
+export interface Api {
+  binding: Record<string, Fn>;
+  kv: typeof Kv;
+  gc?: () => void;
+  /** Kernel paths setKernelPath accepts here (valid ones; tile only with AVX-512). */
+  paths: string[];
+}
+
+export interface Call {
+  /** Export or API entry point, e.g. 'attnUpdate' or 'api.attention'. */
+  target: string;
+  /** Arguments summary for reports. */
+  d: string;
+  run(): unknown;
+  /** The call may change the thread count or kernel path (the worker restores them after). */
+  state?: boolean;
+}
+
+// ---- slots: one argument position of an export ---------------------------------------------
+
+interface Slot {
+  name: string;
+  ok(g: Gen): V;
+  bad(g: Gen): V;
+}
+interface Ctx {
+  api: Api;
+  /** The call's final arguments, for getters whose side effect touches another argument. */
+  args: unknown[];
+  state: boolean;
+}
+
+const intSlot = (name: string, valid: number): Slot => ({ name, ok: () => ({ v: valid, d: String(valid) }), bad: (g) => badInt(g, valid) });
+const f32Slot = (name: string, n: number, nullable = false): Slot => ({
+  name,
+  ok: (g) => (nullable && g.chance(0.3) ? { v: null, d: 'null' } : f32(g, n)),
+  bad: (g) => badF32(g, n),
+});
+const u8Slot = (name: string, n: number): Slot => ({ name, ok: (g) => (g.chance(0.4) ? { v: null, d: 'null' } : u8(g, n)), bad: (g) => badU8(g, n) });
+
+function objSlot(name: string, fields: Record<string, number | boolean>, ctx: Ctx, badField: (g: Gen, k: string, v: number | boolean) => V): Slot {
+  const okFields = (): Record<string, V> => Object.fromEntries(Object.entries(fields).map(([k, v]) => [k, { v, d: String(v) }]));
+  return {
+    name,
+    ok: () => {
+      const f = okFields();
+      return { v: Object.fromEntries(Object.entries(f).map(([k, x]) => [k, x.v])), d: `{${Object.entries(f).map(([k, x]) => `${k}:${x.d}`).join(',')}}` };
+    },
+    bad: (g) => {
+      const f = okFields();
+      const keys = Object.keys(f);
+      for (let n = g.chance(0.5) ? g.range(1, 2) : 0; n > 0; n--) {
+        const k = g.pick(keys);
+        f[k] = badField(g, k, fields[k]);
+      }
+      return object(g, f, (g2) => sideEffect(g2, ctx));
+    },
+  };
+}
+
+/** A getter side effect: detach or shrink another argument's buffer, re-enter the addon, set threads, gc. */
+function sideEffect(g: Gen, ctx: Ctx): V | undefined {
+  const { binding } = ctx.api;
+  switch (g.int(6)) {
+    case 0: {
+      const i = g.int(16);
+      return { v: () => { const a = ctx.args[i]; if (ArrayBuffer.isView(a)) detach(a.buffer); }, d: `detaches argument ${i}` };
+    }
+    case 1: return { v: () => { for (const a of ctx.args) if (ArrayBuffer.isView(a)) detach(a.buffer); }, d: 'detaches every buffer' };
+    case 2: return {
+      v: () => {
+        for (const a of ctx.args) {
+          const b = ArrayBuffer.isView(a) ? (a.buffer as ArrayBuffer & { resizable?: boolean; resize?(n: number): void }) : null;
+          if (b?.resizable) b.resize!(0);
+        }
+      },
+      d: 'shrinks resizable buffers to 0',
+    };
+    case 3: {
+      const n = g.pick([1, 2, 3, 8]);
+      ctx.state = true;
+      return { v: () => binding.setNumThreads(n), d: `calls setNumThreads(${n})` };
+    }
+    case 4: return { v: () => smallUpdate(binding), d: 'calls attnUpdate re-entrantly' };
+    default: return ctx.api.gc ? { v: () => ctx.api.gc!(), d: 'runs gc()' } : undefined;
+  }
+}
+
+/** A small valid attnUpdate (for re-entrant calls from getters and callbacks). */
+function smallUpdate(binding: Record<string, Fn>): void {
+  const f = (n: number) => new Float32Array(n);
+  binding.attnUpdate({ B: 1, H: 2, Hkv: 1, T: 3, S: 4, sCap: 4, dK: 2, dV: 2 }, { scale: 1, causal: false, qOffset: 0, sOffset: 0, dropoutP: 0, seed: 0 }, f(12), f(8), f(8), f(6), f(6), f(12));
+}
+
+const describeArgs = (vs: V[]) => vs.map((x) => x.d).join(', ');
+
+/**
+ * Arguments for `slots`: all valid (60%), some slots bad (35%), or a wrong count (5%).
+ */
+function buildArgs(g: Gen, slots: Slot[], ctx: Ctx): V[] {
+  const mode = g.int(20);
+  const bad = new Set<number>();
+  if (mode >= 8 && mode < 19) for (let n = g.chance(0.7) ? 1 : g.range(2, 3); n > 0; n--) bad.add(g.int(slots.length));
+  const vs = slots.map((s, i) => (bad.has(i) ? s.bad(g) : s.ok(g)));
+  if (mode === 19) {
+    if (g.chance(0.5)) vs.length = g.int(vs.length);
+    else for (let n = g.range(1, 3); n > 0; n--) vs.push(g.chance(0.5) ? { v: undefined, d: 'undefined' } : scalar(g));
+  }
+  ctx.args = vs.map((x) => x.v);
+  return vs;
+}
+
+// ---- sizes ---------------------------------------------------------------------------------
+
+interface AttnSizes { B: number; H: number; Hkv: number; T: number; S: number; sCap: number; dK: number; dV: number }
+
+const HEAD_DIMS = [1, 2, 3, 4, 5, 7, 8, 16, 24, 64, 80];
+
+function attnSizes(g: Gen, size: 'small' | 'medium' | 'large'): AttnSizes {
+  if (size === 'small') {
+    const Hkv = g.pick([1, 1, 2, 3]);
+    const dK = g.pick(HEAD_DIMS);
+    const S = g.chance(0.1) ? 0 : g.range(1, 40);
+    return { B: g.range(1, 2), H: Hkv * g.pick([1, 2, 4]), Hkv, T: g.chance(0.8) ? g.range(1, 20) : g.range(17, 40), S, sCap: S + (g.chance(0.2) ? g.range(1, 5) : 0), dK, dV: g.chance(0.7) ? dK : g.pick(HEAD_DIMS) };
+  }
+  const Hkv = g.pick([1, 2, 4]);
+  const S = size === 'medium' ? g.range(256, 2048) : g.pick([100, 300, 700, 1025]);
+  const dK = g.pick([64, 80, 128]);
+  return { B: 1, H: Hkv * g.pick([1, 2, 4]) , Hkv, T: g.pick([1, 3, 16, 17, 35, 64, 135]), S, sCap: S + g.int(3), dK, dV: g.chance(0.8) ? dK : g.pick([64, 80, 128]) };
+}
+
+function optsFields(g: Gen, s: { S: number; T: number; dK: number }, sOffset = true): Record<string, number | boolean> {
+  const dropoutP = g.chance(0.7) ? 0 : g.pick([0.1, 0.5, 0.9, 0.999]);
+  return {
+    scale: g.chance(0.8) ? 1 / Math.sqrt(s.dK) : g.pick([0, -1, 100, 1e-30, 3.4e38]),
+    causal: g.chance(0.5),
+    qOffset: g.chance(0.7) ? s.S - s.T : g.pick([-5, 0, 3, s.S, 2 ** 31 - 1, -(2 ** 31 - 1)]),
+    sOffset: sOffset && g.chance(0.3) ? g.pick([1, 7, 1000, 2 ** 31 - 1]) : 0,
+    dropoutP,
+    seed: g.chance(0.8) ? g.int(1000) : g.pick([0, 2 ** 53 - 1, 2 ** 32]),
+  };
+}
+
+const badDimField = (g: Gen, _k: string, v: number | boolean) => badInt(g, v as number);
+const badOptField = (g: Gen, k: string, v: number | boolean): V => {
+  if (k === 'causal') return g.pick<V>([{ v: 1, d: '1' }, { v: 'true', d: "'true'" }, { v: null, d: 'null' }, { v: undefined, d: 'undefined' }, { v: new Boolean(false), d: 'new Boolean(false)' }, { v: {}, d: '{}' }]);
+  return k === 'scale' || k === 'dropoutP' ? badNumber(g) : badInt(g, v as number);
+};
+
+const numel = (...d: number[]) => d.reduce((a, b) => a * b, 1);
+
+function attnSlots(g: Gen, s: AttnSizes, ctx: Ctx, withV: boolean): Slot[] {
+  const dims = objSlot('dims', { ...s }, ctx, badDimField);
+  const opts = objSlot('opts', optsFields(g, s), ctx, badOptField);
+  const slots = [dims, opts, f32Slot('q', numel(s.B, s.H, s.T, s.dK)), f32Slot('k', numel(s.B, s.Hkv, s.sCap, s.dK))];
+  if (withV) {
+    const rows = numel(s.B, s.H, s.T);
+    slots.push(f32Slot('v', numel(s.B, s.Hkv, s.sCap, s.dV)), f32Slot('m', rows), f32Slot('l', rows), f32Slot('acc', rows * s.dV));
+  }
+  return slots;
+}
+
+// ---- addon exports ------------------------------------------------------------------------
+
+type Maker = (g: Gen, api: Api) => Call;
+
+function simple(target: string, slots: (g: Gen, ctx: Ctx) => Slot[], after?: (g: Gen, ctx: Ctx) => void): Maker {
+  return (g, api) => {
+    const ctx: Ctx = { api, args: [], state: false };
+    const vs = buildArgs(g, slots(g, ctx), ctx);
+    after?.(g, ctx);
+    const fn = api.binding[target];
+    return { target, d: describeArgs(vs), run: () => fn(...ctx.args), state: ctx.state };
+  };
+}
+
+const sizeOf = (g: Gen): 'small' | 'large' => (g.chance(0.005) ? 'large' : 'small');
+
+const attnUpdate = simple('attnUpdate', (g, ctx) => attnSlots(g, attnSizes(g, sizeOf(g)), ctx, true));
+
+function attnUpdateAsync(g: Gen, api: Api): Call {
+  const ctx: Ctx = { api, args: [], state: false };
+  const s = attnSizes(g, g.chance(0.03) ? 'medium' : 'small');
+  const slots = attnSlots(g, s, ctx, true);
+  slots.push({ name: 'callback', ok: () => ({ v: null, d: 'callback' }), bad: (g2) => scalar(g2) });
+  const vs = buildArgs(g, slots, ctx);
+  const hasCallback = vs.length === 9 && vs[8].d === 'callback';
+  // What the caller does while the fold runs on the worker thread.
+  const action = g.int(12);
+  const target = g.int(6) + 2;
+  const whileRunning = [
+    '', '', '', '', '',
+    `detaches argument ${target}`, 'detaches every buffer', 'shrinks resizable buffers', 'runs attnUpdate on the same arrays',
+    'sets threads', 'starts a second attnUpdateAsync on the same arrays', 'fills the arrays with NaN',
+  ][action];
+  const threads = g.pick([1, 2, 3]);
+  if (action === 9) ctx.state = true;
+  const fn = api.binding.attnUpdateAsync;
+  return {
+    target: 'attnUpdateAsync',
+    d: describeArgs(vs) + (whileRunning ? `; meanwhile ${whileRunning}` : ''),
+    state: ctx.state,
+    run: async () => {
+      const args = ctx.args;
+      const views = args.slice(2, 8).filter((a): a is Float32Array => ArrayBuffer.isView(a));
+      let pending = 0;
+      let resolveAll!: () => void;
+      const done = new Promise<void>((r) => (resolveAll = r));
+      const cb = (err?: unknown) => {
+        if (err !== undefined && err !== null && !(err instanceof Error)) throw new TypeError(`attnUpdateAsync callback got a non-Error ${String(err)}`);
+        if (--pending === 0) resolveAll();
+      };
+      const start = () => {
+        const a = [...args];
+        if (hasCallback) a[8] = cb;
+        pending++;
+        try {
+          fn(...a);
+        } catch (e) {
+          pending--;
+          throw e;
+        }
+      };
+      start(); // a synchronous throw (bad arguments) ends the call here
+      try {
+        switch (action) {
+          case 5: { const a = args[target]; if (ArrayBuffer.isView(a)) detach(a.buffer); api.gc?.(); break; }
+          case 6: for (const a of views) detach(a.buffer); api.gc?.(); break;
+          case 7: for (const a of views) { const b = a.buffer as ArrayBuffer & { resizable?: boolean; resize?(n: number): void }; if (b.resizable) b.resize!(0); } api.gc?.(); break;
+          case 8: try { fn.call(null, ...args.slice(0, 8)); } catch { /* same checks as the async call */ } break;
+          case 9: api.binding.setNumThreads(threads); break;
+          case 10: start(); break;
+          case 11: for (const a of views) if (a.length) a.fill(NaN); break;
+        }
+      } finally {
+        await done;
+      }
+    },
+  };
+}
+
+const attnMerge = simple('attnMerge', (g) => {
+  const rows = g.chance(0.95) ? g.range(1, 40) : g.range(1000, 5000), dV = g.pick(HEAD_DIMS);
+  return [intSlot('rows', rows), intSlot('dV', dV), f32Slot('m1', rows), f32Slot('l1', rows), f32Slot('acc1', rows * dV), f32Slot('m2', rows), f32Slot('l2', rows), f32Slot('acc2', rows * dV)];
+});
+const attnFinalize = simple('attnFinalize', (g) => {
+  const rows = g.chance(0.95) ? g.range(1, 40) : g.range(1000, 5000), dV = g.pick(HEAD_DIMS);
+  return [intSlot('rows', rows), intSlot('dV', dV), f32Slot('m', rows), f32Slot('l', rows), f32Slot('acc', rows * dV), f32Slot('out', rows * dV), f32Slot('lse', rows)];
+});
+const attnProbs = simple('attnProbs', (g, ctx) => {
+  const s = attnSizes(g, sizeOf(g));
+  const slots = attnSlots(g, s, ctx, false);
+  const np = numel(s.B, s.H, s.T, s.S);
+  return [...slots, f32Slot('lse', numel(s.B, s.H, s.T)), f32Slot('probs', np, true), u8Slot('keep', np)];
+});
+
+function gemmSizes(g: Gen): [number, number, number] {
+  if (g.chance(0.97)) return [g.range(1, 20), g.range(1, 40), g.range(1, 40)];
+  // Valid but larger: N >= 1024 at 2 threads took a wrong packing buffer on AVX-512.
+  return [g.pick([1, 3, 16, 17, 64, 100]), g.pick([16, 64, 100]), g.pick([256, 513, 1024, 1100])];
+}
+const linear = simple('linear', (g) => {
+  const [M, K, N] = gemmSizes(g);
+  return [f32Slot('x', M * K), f32Slot('w', K * N), f32Slot('b', N, true), f32Slot('y', M * N), intSlot('M', M), intSlot('K', K), intSlot('N', N)];
+});
+const projectHeads = simple('projectHeads', (g) => {
+  const B = g.range(1, 2), T = g.range(1, 20), K = g.range(1, 40), heads = g.range(1, 4), d = g.pick(HEAD_DIMS);
+  return [f32Slot('x', B * T * K), f32Slot('w', K * heads * d), f32Slot('b', heads * d, true), f32Slot('out', B * heads * T * d), intSlot('B', B), intSlot('T', T), intSlot('K', K), intSlot('heads', heads), intSlot('d', d)];
+});
+const mergeProject = simple('mergeProject', (g) => {
+  const B = g.range(1, 2), heads = g.range(1, 4), T = g.range(1, 20), d = g.pick(HEAD_DIMS), N = g.chance(0.99) ? g.range(1, 40) : 1024;
+  return [f32Slot('o', B * heads * T * d), f32Slot('w', heads * d * N), f32Slot('b', N, true), f32Slot('y', B * T * N), intSlot('B', B), intSlot('heads', heads), intSlot('T', T), intSlot('d', d), intSlot('N', N)];
+});
+const mhaForward = simple('mhaForward', (g, ctx) => {
+  const large = g.chance(0.01);
+  const Hkv = g.pick([1, 2]), H = Hkv * g.pick([1, 2, 4]);
+  const dK = large ? 128 : g.pick(HEAD_DIMS), dV = g.chance(0.7) ? dK : g.pick(HEAD_DIMS);
+  const dModel = large ? 1024 : g.range(1, 32);
+  const d = { B: g.range(1, 2), T: large ? g.pick([1, 17]) : g.range(1, 12), S: large ? 64 : g.range(1, 24), dModel, dKvIn: g.chance(0.8) ? dModel : g.range(1, 32), dOut: g.chance(0.8) ? dModel : g.range(1, 32), H, Hkv, dK, dV };
+  return [
+    objSlot('dims', d, ctx, badDimField), objSlot('opts', optsFields(g, d, false), ctx, badOptField),
+    f32Slot('xQ', d.B * d.T * d.dModel), f32Slot('xKv', d.B * d.S * d.dKvIn),
+    f32Slot('wQ', d.dModel * H * dK), f32Slot('bQ', H * dK, true), f32Slot('wK', d.dKvIn * Hkv * dK), f32Slot('bK', Hkv * dK, true),
+    f32Slot('wV', d.dKvIn * Hkv * dV), f32Slot('bV', Hkv * dV, true), f32Slot('wO', H * dV * d.dOut), f32Slot('bO', d.dOut, true),
+    f32Slot('y', d.B * d.T * d.dOut), f32Slot('lse', d.B * H * d.T),
+  ];
+});
+const setNumThreads = simple('setNumThreads', () => [intSlot('n', 1)], (g, ctx) => {
+  ctx.state = true;
+  // Mostly valid counts (1..256, some large); bad ones come from buildArgs.
+  if (ctx.args.length === 1 && ctx.args[0] === 1) ctx.args[0] = g.chance(0.9) ? g.pick([1, 2, 3, 4]) : g.pick([16, 64, 256, 257, 1e8, 2 ** 31 - 1]);
+});
+
+const info = simple('info', (g) => (g.chance(0.8) ? [] : [{ name: 'extra', ok: (g2: Gen) => scalar(g2), bad: (g2: Gen) => scalar(g2) }]));
+
+function kernelPathSlot(api: Api): Slot {
+  const names = [...api.paths, 'auto', 'tile', 'blas', 'rows', 'deterministic'];
+  return {
+    name: 'path',
+    ok: (g) => { const p = g.pick(names); return { v: p, d: `'${p}'` }; },
+    bad: (g) => g.pick<V>([{ v: 'TILE', d: "'TILE'" }, { v: '', d: "''" }, { v: 'auto\0', d: "'auto\\0'" }, { v: 'x'.repeat(10000), d: "'x'*10000" }, scalar(g), { v: new String('auto'), d: "new String('auto')" }]),
+  };
+}
+const setKernelPath = simple('setKernelPath', (_g, ctx) => [kernelPathSlot(ctx.api)], (_g, ctx) => (ctx.state = true));
+
+const poolCheck = simple('poolCheck', (g) => {
+  const tasks = g.chance(0.995) ? g.range(0, 64) : g.pick([1000, 65536]);
+  return [intSlot('tasks', tasks), intSlot('throwAt', g.chance(0.5) ? -1 : g.range(0, tasks))];
+});
+
+/** Any export this file has no signature for: 0-4 arguments from every pool. */
+function generic(target: string): Maker {
+  return (g, api) => {
+    const vs: V[] = [];
+    for (let n = g.chance(0.5) ? 0 : g.range(1, 4); n > 0; n--) vs.push(g.pick([scalar, (g2: Gen) => f32(g2, g2.range(0, 8)), (g2: Gen) => badInt(g2, 1)])(g));
+    const fn = api.binding[target];
+    return { target, d: describeArgs(vs), run: () => fn(...vs.map((x) => x.v)), state: true };
+  };
+}
+
+const EXPORTS: Record<string, Maker> = {
+  attnUpdate, attnUpdateAsync, attnMerge, attnFinalize, attnProbs, linear, mhaForward, projectHeads, mergeProject, setNumThreads, info, setKernelPath, poolCheck,
+};
+
+// ---- public API ---------------------------------------------------------------------------
+
+/** A tensor {data, shape}: valid, or with a bad shape, data, or form. */
+function tensorV(g: Gen, shape: number[], badP = 0.15, capacity?: number): V {
+  const n = numel(...(capacity === undefined ? shape : [shape[0], shape[1], capacity, ...shape.slice(3)]));
+  if (!g.chance(badP)) {
+    const data = f32(g, n);
+    const t: Record<string, unknown> = { data: data.v, shape };
+    if (capacity !== undefined) t.capacity = capacity;
+    return { v: t, d: `T[${shape}]${capacity !== undefined ? `cap${capacity}` : ''}:${data.d}` };
+  }
+  switch (g.int(6)) {
+    case 0: return { v: { data: badF32(g, n).v, shape }, d: `T[${shape}] bad data` };
+    case 1: {
+      const s = [...shape];
+      const i = g.int(s.length + 1);
+      if (i === s.length) s.pop(); else s[i] = badInt(g, s[i]).v as number;
+      return { v: { data: new Float32Array(n), shape: s }, d: `T shape [${s.map(String)}]` };
+    }
+    case 2: return object(g, { data: { v: new Float32Array(n), d: `f32(${n})` }, shape: { v: shape, d: `[${shape}]` } });
+    case 3: return { v: { data: new Float32Array(n), shape: new Proxy(shape, { get: (t, k) => { if (k === '1') throw new FuzzTrap('shape[1]'); return Reflect.get(t, k); } }) }, d: `T shape Proxy(throws at [1])` };
+    case 4: return { v: { data: new Float32Array(n), shape, capacity: badInt(g, capacity ?? shape[2] ?? 1).v }, d: `T[${shape}] bad capacity` };
+    default: return scalar(g);
+  }
+}
+
+function dropoutV(g: Gen): V {
+  if (g.chance(0.6)) return { v: undefined, d: 'no dropout' };
+  if (g.chance(0.8)) { const p = g.pick([0.1, 0.5, 0]); const seed = g.int(100); return { v: { p, seed }, d: `dropout{p:${p},seed:${seed}}` }; }
+  return object(g, { p: badNumber(g), seed: badInt(g, 1) });
+}
+
+/** obj[key] = value when obj is a plain extensible object (not a Proxy that throws, a primitive, ...). */
+function setField(obj: unknown, key: string, value: unknown): void {
+  if (obj === null || typeof obj !== 'object' || types.isProxy(obj) || Object.getPrototypeOf(obj) !== Object.prototype || !Object.isExtensible(obj)) return;
+  const d = Object.getOwnPropertyDescriptor(obj, key);
+  if (!d || (d.writable && d.configurable)) (obj as Record<string, unknown>)[key] = value;
+}
+
+/** An options object with fields chosen among valid and bad values. */
+function optionsV(g: Gen, fields: Record<string, () => V>): V {
+  const f: Record<string, V> = {};
+  for (const [k, make] of Object.entries(fields)) if (g.chance(0.5)) f[k] = make();
+  return object(g, f);
+}
+
+const smallSizes = (g: Gen) => attnSizes(g, 'small');
+const qOffsetV = (g: Gen, s: AttnSizes): V => (g.chance(0.8) ? { v: g.range(-3, s.S + 3), d: 'qOffset' } : badInt(g, 0));
+const boolV = (g: Gen): V => (g.chance(0.9) ? { v: g.chance(0.5), d: 'bool' } : scalar(g));
+
+function apiAttention(g: Gen, api: Api): Call {
+  const s = smallSizes(g);
+  const q = tensorV(g, [s.B, s.H, s.T, s.dK]), k = tensorV(g, [s.B, s.Hkv, s.S || 1, s.dK]), v = tensorV(g, [s.B, s.Hkv, s.S || 1, s.dV]);
+  const o = optionsV(g, { scale: () => (g.chance(0.7) ? { v: 0.5, d: '0.5' } : badNumber(g)), causal: () => boolV(g), qOffset: () => qOffsetV(g, s), dropout: () => dropoutV(g), returnWeights: () => boolV(g) });
+  return { target: 'api.attention', d: [q, k, v, o].map((x) => x.d).join(', '), run: () => api.kv.attention(q.v as Kv.Tensor, k.v as Kv.KvView, v.v as Kv.KvView, o.v as Kv.AttentionOptions) };
+}
+
+function apiState(g: Gen, api: Api): Call {
+  const s = smallSizes(g);
+  const q = tensorV(g, [s.B, s.H, s.T, s.dK], 0.1);
+  const o = optionsV(g, { dV: () => (g.chance(0.9) ? { v: s.dV, d: String(s.dV) } : badInt(g, s.dV)), scale: () => badNumber(g), causal: () => boolV(g), qOffset: () => qOffsetV(g, s), dropout: () => dropoutV(g) });
+  if (!g.chance(0.1)) setField(o.v, 'dV', s.dV);
+  const ops: { d: string; run: (st: Kv.OnlineSoftmaxState) => unknown }[] = [];
+  for (let n = g.range(1, 4); n > 0; n--) {
+    const S = g.range(0, 12);
+    const cap = g.chance(0.7) ? undefined : S + g.range(0, 3);
+    const k = tensorV(g, [s.B, s.Hkv, S, s.dK], 0.1, cap), v = tensorV(g, [s.B, s.Hkv, S, s.dV], 0.1, cap);
+    const off = g.chance(0.8) ? { v: undefined, d: '' } : badInt(g, 3);
+    const sOff = off.v as number;
+    switch (g.int(6)) {
+      case 0: case 1: ops.push({ d: `update(${k.d}, ${v.d}, ${off.d})`, run: (st) => st.update(k.v as Kv.KvView, v.v as Kv.KvView, sOff) }); break;
+      case 2: {
+        const detachIt = g.chance(0.5);
+        ops.push({
+          d: `updateAsync(${k.d}, ${v.d}, ${off.d})${detachIt ? ' then detach k, v' : ''}`,
+          run: async (st) => {
+            const p = st.updateAsync(k.v as Kv.KvView, v.v as Kv.KvView, sOff);
+            if (detachIt) for (const t of [k.v, v.v]) { const data = (t as { data?: unknown } | null)?.data; if (ArrayBuffer.isView(data)) detach(data.buffer); }
+            await p;
+          },
+        });
+        break;
+      }
+      case 3: ops.push({ d: 'merge(clone)', run: (st) => st.merge(st.clone()) }); break;
+      case 4: ops.push({ d: 'merge(bad)', run: (st) => st.merge(scalar(g).v as Kv.OnlineSoftmaxState) }); break;
+      default: { const c = g.chance(0.5); ops.push({ d: `finalize(${c})`, run: (st) => st.finalize(c) }); }
+    }
+  }
+  return {
+    target: 'api.OnlineSoftmaxState',
+    d: `new(${q.d}, ${o.d}).${ops.map((x) => x.d).join('.')}`,
+    run: async () => {
+      const st = new api.kv.OnlineSoftmaxState(q.v as Kv.Tensor, o.v as Kv.StateOptions);
+      for (const op of ops) await op.run(st);
+    },
+  };
+}
+
+function apiKvCache(g: Gen, api: Api): Call {
+  const s = smallSizes(g);
+  const cfg = optionsV(g, { capacity: () => (g.chance(0.7) ? { v: g.range(1, 8), d: 'cap' } : badInt(g, 4)) });
+  const c = cfg.v as Record<string, unknown> | null;
+  if (g.chance(0.9)) {
+    for (const [k, x] of Object.entries({ batch: s.B, numKvHeads: s.Hkv, dK: s.dK, dV: s.dV })) setField(c, k, x);
+    if (g.chance(0.2)) setField(c, g.pick(['batch', 'numKvHeads', 'dK', 'dV']), badInt(g, 2).v);
+  }
+  const ops: { d: string; run: (kc: Kv.KvCache) => unknown }[] = [];
+  for (let n = g.range(1, 5); n > 0; n--) {
+    const S = g.range(0, 10);
+    switch (g.int(6)) {
+      case 0: case 1: { const k = tensorV(g, [s.B, s.Hkv, S, s.dK], 0.1), v = tensorV(g, [s.B, s.Hkv, S, s.dV], 0.1); ops.push({ d: `append(${k.d}, ${v.d})`, run: (kc) => kc.append(k.v as Kv.Tensor, v.v as Kv.Tensor) }); break; }
+      case 2: { const x = g.chance(0.7) ? { v: g.range(0, 12), d: 'n' } : badInt(g, 1); ops.push({ d: `crop(${x.d})`, run: (kc) => kc.crop(x.v as number) }); break; }
+      case 3: { const x = g.chance(0.5) ? { v: undefined, d: '' } : g.chance(0.7) ? { v: g.range(0, 12), d: 'S' } : badInt(g, 1); ops.push({ d: `snapshot(${x.d})`, run: (kc) => kc.snapshot(x.v as number) }); break; }
+      case 4: ops.push({ d: 'reset()', run: (kc) => kc.reset() }); break;
+      default: {
+        const q = tensorV(g, [s.B, s.H, s.T, s.dK], 0.05);
+        ops.push({ d: `attention(${q.d}, keys(), values())`, run: (kc) => kc.length > 0 && api.kv.attention(q.v as Kv.Tensor, kc.keys(), kc.values(), { causal: true, qOffset: kc.length - s.T }) });
+      }
+    }
+  }
+  return { target: 'api.KvCache', d: `new(${cfg.d}).${ops.map((x) => x.d).join('.')}`, run: () => { const kc = new api.kv.KvCache(c as unknown as Kv.KvCacheConfig); for (const op of ops) op.run(kc); } };
+}
+
+function mhaConfigV(g: Gen): { v: Kv.MhaConfig; d: string; dims: { dModel: number; dKvIn: number; H: number; Hkv: number; dK: number; dV: number } } {
+  const Hkv = g.pick([1, 2]), H = Hkv * g.pick([1, 2]), dK = g.pick([2, 4, 8]), dModel = H * dK;
+  const dims = { dModel, dKvIn: g.chance(0.8) ? dModel : g.range(1, 16), H, Hkv, dK, dV: g.chance(0.8) ? dK : g.pick([2, 3, 8]) };
+  const cfg: Record<string, unknown> = { dModel, numHeads: H, numKvHeads: Hkv, dKvIn: dims.dKvIn, dV: dims.dV, bias: g.chance(0.7) };
+  let d = JSON.stringify(cfg);
+  if (g.chance(0.15)) {
+    const key = g.pick(['dModel', 'numHeads', 'numKvHeads', 'dKvIn', 'dOut', 'dK', 'dV', 'scale']);
+    const x = key === 'scale' ? badNumber(g) : badInt(g, 4);
+    cfg[key] = x.v;
+    d += ` with ${key}=${x.d}`;
+  }
+  return { v: cfg as unknown as Kv.MhaConfig, d, dims };
+}
+
+function apiMha(g: Gen, api: Api): Call {
+  const cfg = mhaConfigV(g), { dims } = cfg;
+  const B = g.range(1, 2), T = g.range(1, 8), S = g.range(1, 10);
+  const xQ = tensorV(g, [B, T, dims.dModel], 0.1), xKv = g.chance(0.1) ? { v: null, d: 'null' } : tensorV(g, [B, S, dims.dKvIn], 0.1);
+  const useCache = g.chance(0.4);
+  const cacheBatch = g.chance(0.9) ? B : B + 1, cacheCap = g.chance(0.5) ? undefined : 2;
+  const o = optionsV(g, { causal: () => boolV(g), qOffset: () => (g.chance(0.8) ? { v: g.range(-2, S), d: 'qOffset' } : badInt(g, 0)), dropout: () => dropoutV(g), returnWeights: () => boolV(g) });
+  const which = g.int(5);
+  const o2 = g.chance(0.5) ? tensorV(g, [B, dims.H, T, dims.dV], 0.2) : null;
+  return {
+    target: 'api.MultiHeadAttention',
+    d: `random(${cfg.d}).${['forward', 'forward', 'projectQ', 'projectKv', 'projectOut'][which]}(${xQ.d}, ${xKv.d}, ${o.d}${useCache ? ', cache' : ''})`,
+    run: () => {
+      const mha = api.kv.MultiHeadAttention.random(cfg.v, 1);
+      const opts = o.v as Kv.ForwardOptions;
+      if (useCache) setField(opts, 'cache', mha.newCache(cacheBatch, cacheCap));
+      switch (which) {
+        case 2: return mha.projectQ(xQ.v as Kv.Tensor);
+        case 3: return mha.projectKv(xKv.v as Kv.Tensor);
+        case 4: return mha.projectOut((o2 ?? xQ).v as Kv.Tensor);
+        default: return mha.forward(xQ.v as Kv.Tensor, xKv.v as Kv.Tensor, opts);
+      }
+    },
+  };
+}
+
+function apiOperators(g: Gen, api: Api): Call {
+  const cfg = mhaConfigV(g), { dims } = cfg;
+  const B = g.range(1, 2), S = g.range(1, 12), T = g.range(1, 4);
+  const x = tensorV(g, [B, S, dims.dKvIn], 0.05), xQ = tensorV(g, [B, T, dims.dModel], 0.05);
+  const chunking: V = g.chance(0.8) ? { v: g.range(1, 5), d: 'n' } : g.chance(0.5) ? { v: [S - 1, 1], d: `[${S - 1},1]` } : badInt(g, 2);
+  const kind = g.int(4);
+  const async = g.chance(0.3);
+  const attendOpts = optionsV(g, { causal: () => boolV(g), qOffset: () => ({ v: g.range(-2, S), d: 'qOffset' }), dropout: () => dropoutV(g), sOffset: () => (g.chance(0.8) ? { v: g.range(0, 5), d: 'sOffset' } : badInt(g, 0)) });
+  if (async) setField(attendOpts.v, 'async', true);
+  const names = ['splitTokens.projectKv.attendChunk', 'splitTokens.projectKv.appendKv', 'splitTokens.prefillChunk', 'chunkSizes/sliceTokens/concatTokens'];
+  return {
+    target: 'api.operators',
+    d: `${names[kind]}(${cfg.d}, x ${x.d}, xQ ${xQ.d}, chunking ${chunking.d}, ${attendOpts.d})`,
+    run: async () => {
+      const kv = api.kv;
+      const mha = kv.MultiHeadAttention.random(cfg.v, 2);
+      const src = () => kv.splitTokens(x.v as Kv.Tensor, chunking.v as number);
+      const createCache = () => mha.newCache(B, g.range(1, 4));
+      switch (kind) {
+        case 0: return lastValueFrom(src().pipe(kv.projectKv(mha), kv.attendChunk(mha, xQ.v as Kv.Tensor, attendOpts.v as Kv.AttendOptions), toArray()));
+        case 1: return lastValueFrom(src().pipe(kv.projectKv(mha), kv.appendKv(createCache), toArray()));
+        case 2: return lastValueFrom(src().pipe(kv.prefillChunk(mha, createCache, { dropout: (attendOpts.v as { dropout?: Kv.Dropout } | null)?.dropout }), toArray()));
+        default: {
+          const sizes = kv.chunkSizes(S, chunking.v as number);
+          const parts = sizes.map((_, i) => kv.sliceTokens(x.v as Kv.Tensor, i, i + 1));
+          return kv.concatTokens(parts);
+        }
+      }
+    },
+  };
+}
+
+function apiMisc(g: Gen, api: Api): Call {
+  const which = g.int(4);
+  const x = which === 0 ? (g.chance(0.8) ? { v: g.range(1, 4), d: 'n' } : badInt(g, 2)) : scalar(g);
+  const shape = [g.range(1, 3), g.range(1, 3)];
+  const t = tensorV(g, shape, 0.3);
+  const d = ['setNumThreads', 'info', 'tensor', 'encodeNpy/decodeNpy'][which];
+  return {
+    target: `api.${d}`,
+    d: `${x.d}, ${t.d}`,
+    state: which === 0,
+    run: () => {
+      const kv = api.kv;
+      switch (which) {
+        case 0: return kv.setNumThreads(x.v as number);
+        case 1: return kv.info();
+        case 2: { const tt = t.v as { data?: Float32Array; shape?: number[] } | null; return kv.tensor(tt?.data as Float32Array, tt?.shape as number[]); }
+        default: {
+          const bytes = kv.encodeNpy({ data: new Float32Array(6), shape: [2, 3] });
+          for (let n = g.range(0, 3); n > 0; n--) bytes[g.int(bytes.length)] = g.u32() & 255;
+          return kv.decodeNpy(g.chance(0.9) ? bytes : bytes.subarray(0, g.int(bytes.length)), 'fuzz.npy');
+        }
+      }
+    },
+  };
+}
+
+const API: Record<string, Maker> = {
+  'api.attention': apiAttention, 'api.OnlineSoftmaxState': apiState, 'api.KvCache': apiKvCache,
+  'api.MultiHeadAttention': apiMha, 'api.operators': apiOperators, 'api.misc': apiMisc,
+};
+
+/** Kernels on worker_threads (each loads the addon) and the main thread at once; sometimes terminated mid-call. */
+function workerThreads(g: Gen, api: Api): Call {
+  const n = g.range(1, 2), terminate = g.chance(0.5), N = g.pick([64, 300, 1024]);
+  return {
+    target: 'worker_threads',
+    d: `${n} worker(s) running linear(64x64x${N}) while the main thread does${terminate ? ', terminated mid-run' : ''}`,
+    run: () => runWorkerThreads(api, n, terminate, N),
+  };
+}
+
+async function runWorkerThreads(api: Api, n: number, terminate: boolean, N: number): Promise<void> {
+  const { Worker } = await import('node:worker_threads');
+  const addonPath = new URL('../build/Release/kvstream.node', import.meta.url).pathname;
+  const code = `const { parentPort, workerData } = require('node:worker_threads');
+const b = require(workerData.path); const N = workerData.N;
+const x = new Float32Array(64 * 64), w = new Float32Array(64 * N), y = new Float32Array(64 * N);
+for (let i = 0; i < 20; i++) b.linear(x, w, null, y, 64, 64, N);
+b.setNumThreads(1 + (workerData.i % 2));
+parentPort.postMessage('done');`;
+  const workers = Array.from({ length: n }, (_, i) => new Worker(code, { eval: true, workerData: { path: addonPath, N, i } }));
+  const x = new Float32Array(64 * 64), w = new Float32Array(64 * N), y = new Float32Array(64 * N);
+  for (let i = 0; i < 10; i++) api.binding.linear(x, w, null, y, 64, 64, N);
+  if (terminate) await Promise.all(workers.map((wk) => wk.terminate()));
+  else await Promise.all(workers.map((wk) => new Promise<void>((res, rej) => { wk.once('message', () => void wk.terminate().then(() => res())); wk.once('error', rej); })));
+}
+
+/**
+ * Call `index` of `seed`: an addon export (about 70%, each export equally likely), a public API
+ * entry point (about 30%), or rarely kernels on worker_threads.
+ */
+export function makeCall(seed: number, index: number, api: Api): Call {
+  const g = new Gen(seed, index);
+  if (g.chance(0.0005)) return workerThreads(g, api);
+  if (g.chance(0.3)) return g.pick(Object.values(API))(g, api);
+  const target = g.pick(Object.keys(api.binding).sort());
+  return (EXPORTS[target] ?? generic(target))(g, api);
+}
