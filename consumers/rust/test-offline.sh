@@ -5,7 +5,7 @@
 # rustup one on PATH, and a throwaway CARGO_HOME whose config replaces crates.io with
 # /usr/share/cargo/registry, so a user's ~/.cargo is neither read nor written.
 # Ends with `rust: N passed, N failed` (the sum over cargo's `test result:` lines); exits non-zero
-# when the build or any test fails. FIXTURES_DIR overrides the fixture folder (default ../../fixtures).
+# when the build or any test fails. KVSTREAM_FIXTURES overrides the fixture folder (default ../../fixtures).
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cargo="${CARGO:-/usr/bin/cargo}"

@@ -38,7 +38,15 @@ pub struct Config {
     pub dropout_p: f64,
     pub bias: bool,
     pub chunk_sizes: Option<Vec<usize>>,
+    /// Config keys this crate does not know (a newer writer's features), sorted.
+    pub unknown_keys: Vec<String>,
 }
+
+/// The config keys of manifest version 1.
+pub const CONFIG_KEYS: [&str; 17] = [
+    "batch", "d_model", "d_kv_in", "d_out", "num_heads", "num_kv_heads", "d_k", "d_v", "t_q", "t_kv", "t_past",
+    "causal", "q_offset", "scale", "dropout_p", "bias", "chunk_sizes",
+];
 
 impl Config {
     /// S = S_past + S_new.
@@ -265,6 +273,7 @@ fn parse_config(o: Fields) -> std::result::Result<Config, String> {
         dropout_p: number(o, "dropout_p")?,
         bias: boolean(o, "bias")?,
         chunk_sizes,
+        unknown_keys: o.keys().filter(|k| !CONFIG_KEYS.contains(&k.as_str())).cloned().collect(),
     };
     if c.num_heads % c.num_kv_heads != 0 {
         return Err(format!("num_heads {} is not a multiple of num_kv_heads {}", c.num_heads, c.num_kv_heads));
