@@ -1,23 +1,32 @@
 // kvstream CLI: `npm run pipeline -- <name...> | --all | --list | verify [DIR]`.
+// Exit codes: 0 done / every case passed; 1 a case failed or a folder is missing; 2 bad usage.
 import { parseArgs } from 'node:util';
 import { lastValueFrom } from 'rxjs';
-import { PIPELINES } from '../pipelines/index.ts';
 import { KvstreamError } from './errors.ts';
-import { readManifest } from './manifest.ts';
-import { info } from './native.ts';
-import { buildCase, verifyCase } from './pipeline.ts';
-import { writeFixture } from './operators/writeFixture.ts';
+import { BUILTIN_CASES } from './fixtures/cases.ts';
+import { hasDeterministicKernels, withDeterministicKernels } from './fixtures/kernels.ts';
+import { baseName, buildCase, resolveOverrides } from './fixtures/recipes.ts';
+import type { PipelineSpec } from './fixtures/recipes.ts';
+import { verifyDir } from './fixtures/verify.ts';
+import type { CaseReport } from './fixtures/verify.ts';
+import { writeFixture } from './fixtures/writeFixture.ts';
 
 const USAGE = `Usage:
   npm run pipeline -- <name...> [--out DIR] [--seed N] [--chunk N]
-  npm run pipeline -- --all [--out DIR]
+  npm run pipeline -- --all [--out DIR] [--seed N]
   npm run pipeline -- --list
-  npm run pipeline -- verify [DIR]
+  npm run pipeline -- verify [DIR] [--rerun] [--json]
 
 Writes <DIR>/<name>.npz and its entry in <DIR>/manifest.json (DIR defaults to fixtures/).
-verify re-runs every case of DIR's manifest from its stored inputs and checks each sha256.`;
+With --seed or --chunk the case is written as <name>-seed<N>-chunk<N>, never over <name>.
+verify recomputes every case of DIR (default fixtures/) from its stored inputs, one pass and
+chunked, and compares each stored output within the case's tolerance; --rerun also re-runs
+the built-in pipeline of each name from its seed. Exit 0: all passed; 1: a case failed or DIR
+is missing; 2: bad usage.`;
 
 class UsageError extends KvstreamError {}
+
+const PIPELINES: ReadonlyMap<string, PipelineSpec> = new Map(BUILTIN_CASES.map((p) => [p.name, p]));
 
 function integer(flag: string, value: string | undefined, min: number): number | undefined {
   if (value === undefined) return undefined;
@@ -44,36 +53,51 @@ function progress(total: number) {
 async function generate(names: string[], out: string, seed?: number, chunk?: number): Promise<number> {
   const unknown = names.filter((n) => !PIPELINES.has(n));
   if (unknown.length) throw new UsageError(`Unknown pipeline${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')}. Known: ${[...PIPELINES.keys()].join(', ')}`);
+  if (!hasDeterministicKernels()) console.error('warning: this addon has no deterministic kernel path: the bytes written may differ on another CPU');
   const bar = progress(names.length);
-  for (const [i, name] of names.entries()) {
-    bar.step(i, name);
-    const entry = await lastValueFrom(buildCase(PIPELINES.get(name)!, { seed, chunk }).pipe(writeFixture(out)));
-    bar.end();
-    console.log(`wrote ${out.replace(/\/$/, '')}/${entry.file}  ${Object.keys(entry.arrays).length} arrays  sha256 ${entry.sha256.slice(0, 16)}`);
-  }
+  await withDeterministicKernels(async () => {
+    for (const [i, name] of names.entries()) {
+      const spec = PIPELINES.get(name)!;
+      const resolved = resolveOverrides(spec, { seed, chunk });
+      for (const why of resolved.ignored) console.error(`warning: ${why}; ignored`);
+      if (resolved.name !== name) console.error(`note: ${name} with ${[seed !== undefined && `--seed ${seed}`, resolved.name.includes('-chunk') && `--chunk ${chunk}`].filter(Boolean).join(' ')} is written as ${resolved.name}; ${name} is left as it is`);
+      bar.step(i, name);
+      const entry = await lastValueFrom(buildCase(spec, { seed, chunk }).pipe(writeFixture(out)));
+      bar.end();
+      const chunks = entry.config.chunk_sizes ? `  chunks [${entry.config.chunk_sizes.join(',')}]` : '';
+      console.log(`wrote ${out.replace(/\/$/, '')}/${entry.file}  seed ${entry.seed}${chunks}  ${Object.keys(entry.arrays).length} arrays  sha256 ${entry.sha256.slice(0, 16)}`);
+    }
+  });
   bar.end();
   return 0;
 }
 
-async function verify(dir: string): Promise<number> {
-  const manifest = await readManifest(dir);
-  if (manifest.cases.length === 0) {
+const exp = (x: number) => (Number.isFinite(x) ? x.toExponential(1) : String(x));
+
+function printReport(r: CaseReport): void {
+  console.log(`${r.status}  ${r.name}${r.error ? `  ${r.error.class}: ${r.error.message}` : ''}`);
+  for (const c of r.checks) {
+    console.log(`      ${c.array.padEnd(16)} ${c.mode.padEnd(8)}  max err ${exp(c.maxError).padStart(7)}  bound ${exp(c.bound)}  ${c.pass ? 'ok' : `FAIL at [${c.at.join(',')}]`}`);
+  }
+  for (const n of r.notes) console.log(`      note: ${n}`);
+}
+
+async function verify(dir: string, rerun: boolean, json: boolean): Promise<number> {
+  const bar = progress(1);
+  const reports = await verifyDir(dir, { rerun: rerun ? (name) => PIPELINES.get(baseName(name)) : undefined });
+  bar.end();
+  const failed = reports.filter((r) => r.status === 'FAIL').length;
+  if (json) {
+    const finite = (_: string, v: unknown) => (typeof v === 'number' && !Number.isFinite(v) ? String(v) : v);
+    console.log(JSON.stringify({ dir, passed: reports.length - failed, failed, cases: reports }, finite, 2));
+  } else {
+    reports.forEach(printReport);
+    console.log(`${reports.length - failed} passed, ${failed} failed`);
+  }
+  if (reports.length === 0) {
     console.error(`verify: ${dir}/manifest.json lists no cases`);
     return 1;
   }
-  let failed = 0;
-  const bar = progress(manifest.cases.length);
-  for (const [i, entry] of manifest.cases.entries()) {
-    bar.step(i, entry.name);
-    const report = await verifyCase(dir, entry, PIPELINES.get(entry.name));
-    bar.end();
-    if (report.problems.length === 0) console.log(`ok    ${entry.name}`);
-    else {
-      failed++;
-      console.log(`FAIL  ${entry.name}\n${report.problems.map((p) => `      ${p}`).join('\n')}`);
-    }
-  }
-  console.log(`${manifest.cases.length - failed} verified, ${failed} failed`);
   return failed ? 1 : 0;
 }
 
@@ -84,6 +108,7 @@ async function main(argv: string[]): Promise<number> {
     options: {
       all: { type: 'boolean' }, list: { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
       out: { type: 'string' }, seed: { type: 'string' }, chunk: { type: 'string' },
+      rerun: { type: 'boolean' }, json: { type: 'boolean' },
     },
   });
   if (values.help) {
@@ -94,14 +119,20 @@ async function main(argv: string[]): Promise<number> {
     for (const p of PIPELINES.values()) console.log(`${p.name.padEnd(24)} ${p.description}`);
     return 0;
   }
-  if (info().blas === 'portable') console.error('kvstream: using the portable GEMM (OpenBLAS not linked: apt-get install libopenblas-dev && npm run build:native)');
+  const seed = integer('seed', values.seed, 0);
+  const chunk = integer('chunk', values.chunk, 1);
   if (positionals[0] === 'verify') {
     if (positionals.length > 2) throw new UsageError(`verify takes at most one directory, got ${positionals.slice(1).join(' ')}`);
-    return verify(positionals[1] ?? values.out ?? 'fixtures');
+    if (seed !== undefined) console.error('warning: verify ignores --seed: a fixture is checked from what it stores (--rerun uses each entry\'s own seed)');
+    if (chunk !== undefined) console.error('warning: verify ignores --chunk: each case is recomputed with its stored chunk sizes');
+    if (values.all) console.error('warning: verify ignores --all: it checks every case of the folder');
+    return verify(positionals[1] ?? values.out ?? 'fixtures', values.rerun ?? false, values.json ?? false);
   }
+  if (values.rerun || values.json) console.error(`warning: ${values.rerun ? '--rerun' : '--json'} applies to verify only; ignored`);
   const names = values.all ? [...PIPELINES.keys()] : positionals;
+  if (values.all && positionals.length) throw new UsageError(`--all writes every case; got names too (${positionals.join(' ')})`);
   if (names.length === 0) throw new UsageError('Name a pipeline, or pass --all or --list');
-  return generate(names, values.out ?? 'fixtures', integer('seed', values.seed, 0), integer('chunk', values.chunk, 1));
+  return generate(names, values.out ?? 'fixtures', seed, chunk);
 }
 
 main(process.argv.slice(2)).then(

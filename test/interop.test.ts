@@ -2,7 +2,7 @@
 // manifest, and an independent numpy float64 recomputation agrees within each case's tolerance.
 import test from 'ava';
 import { execFileSync } from 'node:child_process';
-import { readManifest } from '../src/manifest.ts';
+import { readManifest } from '../src/fixtures/manifest.ts';
 
 interface Report { name: string; shapes_ok: boolean; checks: Record<string, number>; problems: string[] }
 

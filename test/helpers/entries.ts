@@ -1,4 +1,4 @@
-import type { ManifestEntry } from '../../src/manifest.ts';
+import type { ManifestEntry } from '../../src/fixtures/manifest.ts';
 
 /** A minimal valid manifest entry for case `name`. */
 export function entry(name: string, description = ''): ManifestEntry {

@@ -1,7 +1,7 @@
 // Child process for the manifest concurrency tests:
 //   upsert-worker.ts DIR PREFIX COUNT [PAD]  upserts COUNT entries named PREFIX-i (PAD: bytes of
 //   description, to make each write large), forever when COUNT is 0.
-import { upsertEntry } from '../../src/manifest.ts';
+import { upsertEntry } from '../../src/fixtures/store.ts';
 import { entry } from './entries.ts';
 
 const [dir, prefix, countArg, padArg] = process.argv.slice(2);
