@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kvstream_fixtures::{Fixture, Result};
 
@@ -14,9 +15,11 @@ pub fn fixtures_dir() -> PathBuf {
     }
 }
 
-/// A fresh empty directory under the system temp dir.
+/// A fresh empty directory under the system temp dir, unique per call (tests run in threads).
 pub fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kvstream-fixtures-{}-{}", tag, std::process::id()));
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("kvstream-fixtures-{}-{}-{}", tag, std::process::id(), n));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
