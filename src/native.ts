@@ -93,7 +93,8 @@ const METHODS = [
   'poolCheck', 'info',
 ] as const satisfies readonly (keyof Binding)[];
 
-const ADDON_PATH = fileURLToPath(new URL('../build/Release/kvstream.node', import.meta.url));
+// KVSTREAM_ADDON points at another build of the addon (the sanitizer build of `npm run test:asan`).
+export const ADDON_PATH = process.env.KVSTREAM_ADDON || fileURLToPath(new URL('../build/Release/kvstream.node', import.meta.url));
 
 /** Loads the addon at `path` (default: the build output); failure names the rebuild command. */
 export function loadAddon(path = ADDON_PATH): Binding {

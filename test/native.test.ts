@@ -3,10 +3,9 @@
 // thread-count variable, and kernels running from several worker_threads at once.
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { MultiHeadAttention } from '../src/mha.ts';
-import { binding, info, setNumThreads, threadsFromEnv } from '../src/native.ts';
+import { ADDON_PATH, binding, info, setNumThreads, threadsFromEnv } from '../src/native.ts';
 import { Rng } from '../src/random.ts';
 
 const dims = { B: 1, H: 2, Hkv: 1, T: 3, S: 5, sCap: 5, dK: 4, dV: 4 };
@@ -140,7 +139,7 @@ test.serial('kernels run from several worker_threads and the main thread at once
         }
         parentPort.postMessage({ sum, threads: binding.info().threads });
       }`;
-    const work = { dims: { B: 1, H: 4, Hkv: 2, T: 40, S: 600, sCap: 600, dK: 32, dV: 32 }, opts, n: 20, addon: fileURLToPath(new URL('../build/Release/kvstream.node', import.meta.url)) };
+    const work = { dims: { B: 1, H: 4, Hkv: 2, T: 40, S: 600, sCap: 600, dK: 32, dV: 32 }, opts, n: 20, addon: ADDON_PATH };
     const run = () => new Promise<{ sum: number; threads: number }>((resolve, reject) => {
       const w = new Worker(code, { eval: true, workerData: work });
       w.once('message', resolve);
