@@ -140,11 +140,10 @@ function byteswap(bytes: Uint8Array, size: number): void {
 
 /** The preamble and header of an NPY 1.0 file of `shape` and `dtype`; the data follows it. */
 export function npyHeader(shape: readonly number[], dtype: Dtype | Int64Dtype): Uint8Array {
-  const dims = shape.length === 1 ? `(${shape[0]},)` : `(${shape.join(', ')})`;
-  let header = `{'descr': '${dtype}', 'fortran_order': False, 'shape': ${dims}, }`;
+  let header = `{'descr': '${dtype}', 'fortran_order': False, 'shape': ${pyTuple(shape)}, }`;
   const unpadded = MAGIC.length + 4 + header.length + 1;
   header += ' '.repeat((64 - (unpadded % 64)) % 64) + '\n';
-  if (header.length > MAX_HEADER_CHARS) throw new FixtureError(`NPY header for shape (${shape.join(', ')}) is ${header.length} characters, over numpy's ${MAX_HEADER_CHARS}`);
+  if (header.length > MAX_HEADER_CHARS) throw new FixtureError(`NPY header for shape ${pyTuple(shape)} is ${header.length} characters, over numpy's ${MAX_HEADER_CHARS}`);
   const out = new Uint8Array(MAGIC.length + 4 + header.length);
   out.set(MAGIC, 0);
   out[6] = 1;
@@ -247,7 +246,7 @@ export function parseNpyHeader(bytes: Uint8Array, source: string): NpyHeader {
   let dataBytes = dims.includes(0) ? 0 : size;
   for (const d of dims) {
     dataBytes *= d;
-    if (dataBytes > MAX_NPY_BYTES) fail(`declared shape (${dims.join(', ')}) of ${dtype} needs ${dims.reduce((a, b) => a * BigInt(b), BigInt(size))} bytes, more than the ${MAX_NPY_BYTES}-byte limit`);
+    if (dataBytes > MAX_NPY_BYTES) fail(`declared shape ${pyTuple(dims)} of ${dtype} needs ${dims.reduce((a, b) => a * BigInt(b), BigInt(size))} bytes, more than the ${MAX_NPY_BYTES}-byte limit`);
   }
   return { dtype, shape: dims, fortranOrder: fortran as boolean, version: [major, minor], dataOffset: start + headerLen, dataBytes };
 }
@@ -267,7 +266,7 @@ export function decodeNpy(bytes: Uint8Array, source: string, options: DecodeOpti
   }
   const have = bytes.length - h.dataOffset;
   if (have !== h.dataBytes) {
-    throw new FixtureError(`${source}: shape (${h.shape.join(', ')}) of ${h.dtype} needs ${h.dataBytes} data bytes, file has ${have}${have < h.dataBytes ? ' (truncated)' : ''}`);
+    throw new FixtureError(`${source}: shape ${pyTuple(h.shape)} of ${h.dtype} needs ${h.dataBytes} data bytes, file has ${have}${have < h.dataBytes ? ' (truncated)' : ''}`);
   }
   // Copy into a fresh, aligned ArrayBuffer: `bytes` may be a view into a pooled Buffer, whose
   // own slice() does not copy, so Uint8Array's slice is called explicitly.
@@ -310,11 +309,17 @@ function at(shape: readonly number[], flat: number): string {
 // ---------------------------------------------------------------------------------------------
 // Header dict literal
 
-type Seq = (number | string)[] & { kind: 'tuple' | 'list' };
+type Seq = (number | string | Seq)[] & { kind: 'tuple' | 'list' };
 type Literal = string | boolean | Seq;
 
+/** A shape as Python writes the tuple: (), (3,), (2, 3). */
+export function pyTuple(items: readonly (number | string)[]): string {
+  return items.length === 1 ? `(${items[0]},)` : `(${items.join(', ')})`;
+}
+
+/** A parsed header value as Python would print it, for messages. */
 function describe(v: Literal | number | undefined): string {
-  if (Array.isArray(v)) return v.kind === 'tuple' ? `(${v.join(', ')})` : `[${v.join(', ')}]`;
+  if (Array.isArray(v)) return v.kind === 'tuple' ? pyTuple(v.map(describe)) : `[${v.map(describe).join(', ')}]`;
   if (typeof v === 'boolean') return v ? 'True' : 'False';
   return typeof v === 'string' ? `'${v}'` : String(v);
 }
@@ -358,12 +363,12 @@ function parseDict(text: string, fail: (problem: string) => never): Record<strin
       if (text[i] === "'" || text[i] === '"') items.push(str());
       else if (text[i] === '(' || text[i] === '[') {
         // Nested: a structured descr [('a', '<f4'), ...] or a subarray; refused by the caller.
-        items.push(describe(seq(text[i] === '(' ? ')' : ']', text[i] === '(' ? 'tuple' : 'list')));
+        items.push(seq(text[i] === '(' ? ')' : ']', text[i] === '(' ? 'tuple' : 'list'));
       } else {
         const m = /^-?[0-9A-Za-z_.+]+/.exec(text.slice(i, i + 40));
         if (!m) fail(`malformed header at byte ${i}: unsupported value ${near()} (only strings, True/False and integer tuples; the header is never evaluated)`);
         const tok = m![0];
-        if (text[i + tok.length] === '(') fail(`malformed header at byte ${i}: unsupported value ${near()} (a call; the header is never evaluated)`);
+        if ('(.:['.includes(text[i + tok.length])) fail(`malformed header at byte ${i}: unsupported value ${near()} (only strings, True/False and integer tuples; the header is never evaluated)`);
         if (!/^-?\d+$/.test(tok)) fail(`header 'shape' entry ${tok} is not an integer`);
         const d = Number(tok);
         if (!Number.isSafeInteger(d)) fail(`header 'shape' entry ${tok} is too large`);
@@ -530,7 +535,7 @@ export function convertNpy<T extends ConvertTarget>(array: AnyNpyArray, to: T, o
   const from = interpret ? `${interpret} (${array.dtype})` : array.dtype;
   const what = `${source}: ${from} → ${to}`;
   const n = array.data.length;
-  if (array.shape.reduce((a, b) => a * b, 1) !== n) throw new FixtureError(`${what}: shape (${array.shape.join(', ')}) does not match ${n} elements`);
+  if (array.shape.reduce((a, b) => a * b, 1) !== n) throw new FixtureError(`${what}: shape ${pyTuple(array.shape)} does not match ${n} elements`);
   const done = (data: TargetData[T], losses: string[]): Conversion<TargetData[T]> => {
     if (losses.length && onLoss === 'throw') throw new FixtureError(`${what}: ${losses.join('; ')}`);
     return { data, shape: [...array.shape], from, to, lossy: losses.length > 0, losses: losses.map((l) => `${what}: ${l}`) };

@@ -9,7 +9,7 @@ import { readFile } from 'node:fs/promises';
 import { Inflate, zipSync } from 'fflate';
 import type { Zippable } from 'fflate';
 import { FixtureError } from '../errors.ts';
-import { decodeNpy, encodeNpy, MAX_HEADER_BYTES, MAX_NPY_BYTES, parseNpyHeader } from './npy.ts';
+import { decodeNpy, encodeNpy, MAX_HEADER_BYTES, MAX_NPY_BYTES, parseNpyHeader, pyTuple } from './npy.ts';
 import type { AnyNpyArray, AnyNpyData, DecodeOptions, Dtype, Int64Dtype, NpyArray } from './npy.ts';
 
 // fflate writes DOS times from the Date's *local* fields; a Date built from local fields gives
@@ -150,7 +150,7 @@ function inflateEntry(data: Uint8Array, en: Entry, where: string, fail: (problem
       checked = true;
       const h = parseNpyHeader(concat(chunks, total), where);
       const declared = h.dataOffset + h.dataBytes;
-      if (declared !== en.size) fail(`entry ${en.name}: the zip declares ${en.size} bytes, its NPY header (${h.dtype}, shape (${h.shape.join(', ')})) makes ${declared}`);
+      if (declared !== en.size) fail(`entry ${en.name}: the zip declares ${en.size} bytes, its NPY header (${h.dtype}, shape ${pyTuple(h.shape)}) makes ${declared}`);
     }
   });
   const STEP = 16384; // a step inflates to at most ~1032× this before the size checks run
