@@ -14,3 +14,5 @@ export * from './fixtures/index.ts';
 export { decodeNpy, encodeNpy, npyHeader } from './io/npy.ts';
 export type { Dtype, NpyArray } from './io/npy.ts';
 export { decodeNpz, encodeNpz, readNpz } from './io/npz.ts';
+export { toOrtFeeds, toOrtTensor, toTensorData } from './convert.ts';
+export type { TensorConstructor, TensorData, TensorType, ToTensorOptions } from './convert.ts';
