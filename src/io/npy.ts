@@ -113,8 +113,9 @@ function canonicalDtype(descr: string): Dtype | Int64Dtype | { refused: string }
   return { refused: `dtype ${descr} is refused: ${why} (accepted: f2 f4 f8 i1 i2 i4 i8 u1 u2 u4 u8 b1, byte order < > | =)` };
 }
 
+/** The little-endian dtype a typed array is written as by default (Uint16Array: '<u2'). */
 export function dtypeOf(data: AnyNpyData): Dtype | Int64Dtype {
-  const o = LITTLE_ENDIAN ? '<' : '>';
+  const o = '<';
   if (data instanceof Float32Array) return `${o}f4`;
   if (data instanceof Float64Array) return `${o}f8`;
   if (data instanceof Int32Array) return `${o}i4`;
@@ -272,12 +273,12 @@ export function decodeNpy(bytes: Uint8Array, source: string, options: DecodeOpti
   // own slice() does not copy, so Uint8Array's slice is called explicitly.
   const raw = Uint8Array.prototype.slice.call(bytes, h.dataOffset, h.dataOffset + h.dataBytes) as Uint8Array;
   if (info.size > 1 && info.big === LITTLE_ENDIAN) byteswap(raw, info.size);
-  if (info.kind === 'b') {
-    const i = raw.findIndex((v) => v > 1);
-    if (i >= 0) throw new FixtureError(`${source}: |b1 data must be 0 or 1, got ${raw[i]} at ${at(h.shape, i)}`);
-  }
   let data = new info.make(raw.buffer as ArrayBuffer);
   if (h.fortranOrder && h.shape.length > 1) data = fortranToC(data, h.shape);
+  if (info.kind === 'b') {
+    const i = (data as Uint8Array).findIndex((v) => v > 1);
+    if (i >= 0) throw new FixtureError(`${source}: |b1 data must be 0 or 1, got ${data[i]} at ${at(h.shape, i)}`);
+  }
   return { dtype: h.dtype, shape: h.shape, data } as AnyNpyArray;
 }
 

@@ -178,7 +178,7 @@ function concat(chunks: Uint8Array[], total: number): Uint8Array {
 
 /**
  * Decodes npz bytes; `source` names the file in errors. Every entry must be a "<name>.npy" with a
- * plain, unique name (no '/', '\\', '..' or control characters); see the header comment for the
+ * plain, unique name (no '/', '\\', leading '.' or control characters); see the header comment for the
  * size checks. Entries come out in central-directory order (numpy's order).
  */
 export function decodeNpz(bytes: Uint8Array, source: string, options?: NpzOptions & { int64?: undefined }): Map<string, NpyArray>;
@@ -194,7 +194,6 @@ export function decodeNpz(bytes: Uint8Array, source: string, options: NpzOptions
   let total = 0;
   const spans: [number, number, string][] = [];
   for (const en of entries) {
-    // eslint-disable-next-line no-control-regex
     if (/[/\\\x00-\x1f\x7f]/.test(en.name) || en.name.startsWith('.')) fail(`entry ${JSON.stringify(en.name)}: member names must be plain file names (no '/', '\\', leading '.' or control characters)`);
     if (!en.name.endsWith('.npy')) fail(`entry ${en.name} is not a .npy file`);
     if (seen.has(en.name)) fail(`entry ${en.name} appears more than once`);
