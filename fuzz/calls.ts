@@ -197,7 +197,9 @@ function attnUpdateAsync(g: Gen, api: Api): Call {
   const slots = attnSlots(g, s, ctx, true);
   slots.push({ name: 'callback', ok: () => ({ v: null, d: 'callback' }), bad: (g2) => scalar(g2) });
   const vs = buildArgs(g, slots, ctx);
-  const hasCallback = vs.length === 9 && vs[8].d === 'callback';
+  // Any function in the callback position is wrapped, so the call knows when the fold is done.
+  const userCallback = vs.length === 9 && typeof vs[8].v === 'function' ? (vs[8].v as Fn) : undefined;
+  const hasCallback = vs.length === 9 && (vs[8].d === 'callback' || userCallback !== undefined);
   // What the caller does while the fold runs on the worker thread.
   const action = g.int(12);
   const target = g.int(6) + 2;
@@ -207,6 +209,8 @@ function attnUpdateAsync(g: Gen, api: Api): Call {
     'sets threads', 'starts a second attnUpdateAsync on the same arrays', 'fills the arrays with NaN',
   ][action];
   const threads = g.pick([1, 2, 3]);
+  // Only buffers of 64 KiB and more are unmapped when freed (MALLOC_MMAP_THRESHOLD_); gc only then.
+  const gc = ctx.args.slice(2, 8).some((a) => ArrayBuffer.isView(a) && a.byteLength >= 65536) ? api.gc : undefined;
   if (action === 9) ctx.state = true;
   const fn = api.binding.attnUpdateAsync;
   return {
@@ -221,6 +225,7 @@ function attnUpdateAsync(g: Gen, api: Api): Call {
       const done = new Promise<void>((r) => (resolveAll = r));
       const cb = (err?: unknown) => {
         if (err !== undefined && err !== null && !(err instanceof Error)) throw new TypeError(`attnUpdateAsync callback got a non-Error ${String(err)}`);
+        userCallback?.(err);
         if (--pending === 0) resolveAll();
       };
       const start = () => {
@@ -237,9 +242,9 @@ function attnUpdateAsync(g: Gen, api: Api): Call {
       start(); // a synchronous throw (bad arguments) ends the call here
       try {
         switch (action) {
-          case 5: { const a = args[target]; if (ArrayBuffer.isView(a)) detach(a.buffer); api.gc?.(); break; }
-          case 6: for (const a of views) detach(a.buffer); api.gc?.(); break;
-          case 7: for (const a of views) { const b = a.buffer as ArrayBuffer & { resizable?: boolean; resize?(n: number): void }; if (b.resizable) b.resize!(0); } api.gc?.(); break;
+          case 5: { const a = args[target]; if (ArrayBuffer.isView(a)) detach(a.buffer); gc?.(); break; }
+          case 6: for (const a of views) detach(a.buffer); gc?.(); break;
+          case 7: for (const a of views) { const b = a.buffer as ArrayBuffer & { resizable?: boolean; resize?(n: number): void }; if (b.resizable) b.resize!(0); } gc?.(); break;
           case 8: try { fn.call(null, ...args.slice(0, 8)); } catch { /* same checks as the async call */ } break;
           case 9: api.binding.setNumThreads(threads); break;
           case 10: start(); break;
@@ -285,8 +290,8 @@ const mergeProject = simple('mergeProject', (g) => {
   return [f32Slot('o', B * heads * T * d), f32Slot('w', heads * d * N), f32Slot('b', N, true), f32Slot('y', B * T * N), intSlot('B', B), intSlot('heads', heads), intSlot('T', T), intSlot('d', d), intSlot('N', N)];
 });
 const mhaForward = simple('mhaForward', (g, ctx) => {
-  const large = g.chance(0.01);
-  const Hkv = g.pick([1, 2]), H = Hkv * g.pick([1, 2, 4]);
+  const large = g.chance(0.002);
+  const Hkv = g.pick([1, 2]), H = large ? 8 : Hkv * g.pick([1, 2, 4]);
   const dK = large ? 128 : g.pick(HEAD_DIMS), dV = g.chance(0.7) ? dK : g.pick(HEAD_DIMS);
   const dModel = large ? 1024 : g.range(1, 32);
   const d = { B: g.range(1, 2), T: large ? g.pick([1, 17]) : g.range(1, 12), S: large ? 64 : g.range(1, 24), dModel, dKvIn: g.chance(0.8) ? dModel : g.range(1, 32), dOut: g.chance(0.8) ? dModel : g.range(1, 32), H, Hkv, dK, dV };
@@ -349,14 +354,21 @@ function tensorV(g: Gen, shape: number[], badP = 0.15, capacity?: number): V {
   switch (g.int(6)) {
     case 0: return { v: { data: badF32(g, n).v, shape }, d: `T[${shape}] bad data` };
     case 1: {
-      const s = [...shape];
+      const s: unknown[] = [...shape], ds = shape.map(String);
       const i = g.int(s.length + 1);
-      if (i === s.length) s.pop(); else s[i] = badInt(g, s[i]).v as number;
-      return { v: { data: new Float32Array(n), shape: s }, d: `T shape [${s.map(String)}]` };
+      if (i === s.length) {
+        s.pop();
+        ds.pop();
+      } else {
+        const x = badInt(g, shape[i], true);
+        s[i] = x.v;
+        ds[i] = x.d;
+      }
+      return { v: { data: new Float32Array(n), shape: s }, d: `T shape [${ds}]` };
     }
     case 2: return object(g, { data: { v: new Float32Array(n), d: `f32(${n})` }, shape: { v: shape, d: `[${shape}]` } });
     case 3: return { v: { data: new Float32Array(n), shape: new Proxy(shape, { get: (t, k) => { if (k === '1') throw new FuzzTrap('shape[1]'); return Reflect.get(t, k); } }) }, d: `T shape Proxy(throws at [1])` };
-    case 4: return { v: { data: new Float32Array(n), shape, capacity: badInt(g, capacity ?? shape[2] ?? 1).v }, d: `T[${shape}] bad capacity` };
+    case 4: return { v: { data: new Float32Array(n), shape, capacity: badInt(g, capacity ?? shape[2] ?? 1, true).v }, d: `T[${shape}] bad capacity` };
     default: return scalar(g);
   }
 }
@@ -364,7 +376,7 @@ function tensorV(g: Gen, shape: number[], badP = 0.15, capacity?: number): V {
 function dropoutV(g: Gen): V {
   if (g.chance(0.6)) return { v: undefined, d: 'no dropout' };
   if (g.chance(0.8)) { const p = g.pick([0.1, 0.5, 0]); const seed = g.int(100); return { v: { p, seed }, d: `dropout{p:${p},seed:${seed}}` }; }
-  return object(g, { p: badNumber(g), seed: badInt(g, 1) });
+  return object(g, { p: badNumber(g), seed: badInt(g, 1, true) });
 }
 
 /** obj[key] = value when obj is a plain extensible object (not a Proxy that throws, a primitive, ...). */
@@ -382,7 +394,7 @@ function optionsV(g: Gen, fields: Record<string, () => V>): V {
 }
 
 const smallSizes = (g: Gen) => attnSizes(g, 'small');
-const qOffsetV = (g: Gen, s: AttnSizes): V => (g.chance(0.8) ? { v: g.range(-3, s.S + 3), d: 'qOffset' } : badInt(g, 0));
+const qOffsetV = (g: Gen, s: AttnSizes): V => (g.chance(0.8) ? { v: g.range(-3, s.S + 3), d: 'qOffset' } : badInt(g, 0, true));
 const boolV = (g: Gen): V => (g.chance(0.9) ? { v: g.chance(0.5), d: 'bool' } : scalar(g));
 
 function apiAttention(g: Gen, api: Api): Call {
@@ -395,14 +407,14 @@ function apiAttention(g: Gen, api: Api): Call {
 function apiState(g: Gen, api: Api): Call {
   const s = smallSizes(g);
   const q = tensorV(g, [s.B, s.H, s.T, s.dK], 0.1);
-  const o = optionsV(g, { dV: () => (g.chance(0.9) ? { v: s.dV, d: String(s.dV) } : badInt(g, s.dV)), scale: () => badNumber(g), causal: () => boolV(g), qOffset: () => qOffsetV(g, s), dropout: () => dropoutV(g) });
+  const o = optionsV(g, { dV: () => (g.chance(0.9) ? { v: s.dV, d: String(s.dV) } : badInt(g, s.dV, true)), scale: () => badNumber(g), causal: () => boolV(g), qOffset: () => qOffsetV(g, s), dropout: () => dropoutV(g) });
   if (!g.chance(0.1)) setField(o.v, 'dV', s.dV);
   const ops: { d: string; run: (st: Kv.OnlineSoftmaxState) => unknown }[] = [];
   for (let n = g.range(1, 4); n > 0; n--) {
     const S = g.range(0, 12);
     const cap = g.chance(0.7) ? undefined : S + g.range(0, 3);
     const k = tensorV(g, [s.B, s.Hkv, S, s.dK], 0.1, cap), v = tensorV(g, [s.B, s.Hkv, S, s.dV], 0.1, cap);
-    const off = g.chance(0.8) ? { v: undefined, d: '' } : badInt(g, 3);
+    const off = g.chance(0.8) ? { v: undefined, d: '' } : badInt(g, 3, true);
     const sOff = off.v as number;
     switch (g.int(6)) {
       case 0: case 1: ops.push({ d: `update(${k.d}, ${v.d}, ${off.d})`, run: (st) => st.update(k.v as Kv.KvView, v.v as Kv.KvView, sOff) }); break;
@@ -435,19 +447,19 @@ function apiState(g: Gen, api: Api): Call {
 
 function apiKvCache(g: Gen, api: Api): Call {
   const s = smallSizes(g);
-  const cfg = optionsV(g, { capacity: () => (g.chance(0.7) ? { v: g.range(1, 8), d: 'cap' } : badInt(g, 4)) });
+  const cfg = optionsV(g, { capacity: () => (g.chance(0.7) ? { v: g.range(1, 8), d: 'cap' } : badInt(g, 4, true)) });
   const c = cfg.v as Record<string, unknown> | null;
   if (g.chance(0.9)) {
     for (const [k, x] of Object.entries({ batch: s.B, numKvHeads: s.Hkv, dK: s.dK, dV: s.dV })) setField(c, k, x);
-    if (g.chance(0.2)) setField(c, g.pick(['batch', 'numKvHeads', 'dK', 'dV']), badInt(g, 2).v);
+    if (g.chance(0.2)) setField(c, g.pick(['batch', 'numKvHeads', 'dK', 'dV']), badInt(g, 2, true).v);
   }
   const ops: { d: string; run: (kc: Kv.KvCache) => unknown }[] = [];
   for (let n = g.range(1, 5); n > 0; n--) {
     const S = g.range(0, 10);
     switch (g.int(6)) {
       case 0: case 1: { const k = tensorV(g, [s.B, s.Hkv, S, s.dK], 0.1), v = tensorV(g, [s.B, s.Hkv, S, s.dV], 0.1); ops.push({ d: `append(${k.d}, ${v.d})`, run: (kc) => kc.append(k.v as Kv.Tensor, v.v as Kv.Tensor) }); break; }
-      case 2: { const x = g.chance(0.7) ? { v: g.range(0, 12), d: 'n' } : badInt(g, 1); ops.push({ d: `crop(${x.d})`, run: (kc) => kc.crop(x.v as number) }); break; }
-      case 3: { const x = g.chance(0.5) ? { v: undefined, d: '' } : g.chance(0.7) ? { v: g.range(0, 12), d: 'S' } : badInt(g, 1); ops.push({ d: `snapshot(${x.d})`, run: (kc) => kc.snapshot(x.v as number) }); break; }
+      case 2: { const x = g.chance(0.7) ? { v: g.range(0, 12), d: 'n' } : badInt(g, 1, true); ops.push({ d: `crop(${x.d})`, run: (kc) => kc.crop(x.v as number) }); break; }
+      case 3: { const x = g.chance(0.5) ? { v: undefined, d: '' } : g.chance(0.7) ? { v: g.range(0, 12), d: 'S' } : badInt(g, 1, true); ops.push({ d: `snapshot(${x.d})`, run: (kc) => kc.snapshot(x.v as number) }); break; }
       case 4: ops.push({ d: 'reset()', run: (kc) => kc.reset() }); break;
       default: {
         const q = tensorV(g, [s.B, s.H, s.T, s.dK], 0.05);
@@ -465,7 +477,7 @@ function mhaConfigV(g: Gen): { v: Kv.MhaConfig; d: string; dims: { dModel: numbe
   let d = JSON.stringify(cfg);
   if (g.chance(0.15)) {
     const key = g.pick(['dModel', 'numHeads', 'numKvHeads', 'dKvIn', 'dOut', 'dK', 'dV', 'scale']);
-    const x = key === 'scale' ? badNumber(g) : badInt(g, 4);
+    const x = key === 'scale' ? badNumber(g) : badInt(g, 4, true);
     cfg[key] = x.v;
     d += ` with ${key}=${x.d}`;
   }
@@ -478,7 +490,7 @@ function apiMha(g: Gen, api: Api): Call {
   const xQ = tensorV(g, [B, T, dims.dModel], 0.1), xKv = g.chance(0.1) ? { v: null, d: 'null' } : tensorV(g, [B, S, dims.dKvIn], 0.1);
   const useCache = g.chance(0.4);
   const cacheBatch = g.chance(0.9) ? B : B + 1, cacheCap = g.chance(0.5) ? undefined : 2;
-  const o = optionsV(g, { causal: () => boolV(g), qOffset: () => (g.chance(0.8) ? { v: g.range(-2, S), d: 'qOffset' } : badInt(g, 0)), dropout: () => dropoutV(g), returnWeights: () => boolV(g) });
+  const o = optionsV(g, { causal: () => boolV(g), qOffset: () => (g.chance(0.8) ? { v: g.range(-2, S), d: 'qOffset' } : badInt(g, 0, true)), dropout: () => dropoutV(g), returnWeights: () => boolV(g) });
   const which = g.int(5);
   const o2 = g.chance(0.5) ? tensorV(g, [B, dims.H, T, dims.dV], 0.2) : null;
   return {
@@ -502,10 +514,10 @@ function apiOperators(g: Gen, api: Api): Call {
   const cfg = mhaConfigV(g), { dims } = cfg;
   const B = g.range(1, 2), S = g.range(1, 12), T = g.range(1, 4);
   const x = tensorV(g, [B, S, dims.dKvIn], 0.05), xQ = tensorV(g, [B, T, dims.dModel], 0.05);
-  const chunking: V = g.chance(0.8) ? { v: g.range(1, 5), d: 'n' } : g.chance(0.5) ? { v: [S - 1, 1], d: `[${S - 1},1]` } : badInt(g, 2);
+  const chunking: V = g.chance(0.8) ? { v: g.range(1, 5), d: 'n' } : g.chance(0.5) ? { v: [S - 1, 1], d: `[${S - 1},1]` } : badInt(g, 2, true);
   const kind = g.int(4);
   const async = g.chance(0.3);
-  const attendOpts = optionsV(g, { causal: () => boolV(g), qOffset: () => ({ v: g.range(-2, S), d: 'qOffset' }), dropout: () => dropoutV(g), sOffset: () => (g.chance(0.8) ? { v: g.range(0, 5), d: 'sOffset' } : badInt(g, 0)) });
+  const attendOpts = optionsV(g, { causal: () => boolV(g), qOffset: () => ({ v: g.range(-2, S), d: 'qOffset' }), dropout: () => dropoutV(g), sOffset: () => (g.chance(0.8) ? { v: g.range(0, 5), d: 'sOffset' } : badInt(g, 0, true)) });
   if (async) setField(attendOpts.v, 'async', true);
   const names = ['splitTokens.projectKv.attendChunk', 'splitTokens.projectKv.appendKv', 'splitTokens.prefillChunk', 'chunkSizes/sliceTokens/concatTokens'];
   return {
@@ -531,8 +543,8 @@ function apiOperators(g: Gen, api: Api): Call {
 }
 
 function apiMisc(g: Gen, api: Api): Call {
-  const which = g.int(4);
-  const x = which === 0 ? (g.chance(0.8) ? { v: g.range(1, 4), d: 'n' } : badInt(g, 2)) : scalar(g);
+  const which = g.chance(0.1) ? 0 : g.range(1, 3);
+  const x = which === 0 ? (g.chance(0.8) ? { v: g.range(1, 4), d: 'n' } : badInt(g, 2, true)) : scalar(g);
   const shape = [g.range(1, 3), g.range(1, 3)];
   const t = tensorV(g, shape, 0.3);
   const d = ['setNumThreads', 'info', 'tensor', 'encodeNpy/decodeNpy'][which];
@@ -580,11 +592,13 @@ const x = new Float32Array(64 * 64), w = new Float32Array(64 * N), y = new Float
 for (let i = 0; i < 20; i++) b.linear(x, w, null, y, 64, 64, N);
 b.setNumThreads(1 + (workerData.i % 2));
 parentPort.postMessage('done');`;
-  const workers = Array.from({ length: n }, (_, i) => new Worker(code, { eval: true, workerData: { path: addonPath, N, i } }));
+  const errors: unknown[] = [];
+  const workers = Array.from({ length: n }, (_, i) => new Worker(code, { eval: true, workerData: { path: addonPath, N, i } }).on('error', (e) => errors.push(e)));
   const x = new Float32Array(64 * 64), w = new Float32Array(64 * N), y = new Float32Array(64 * N);
   for (let i = 0; i < 10; i++) api.binding.linear(x, w, null, y, 64, 64, N);
   if (terminate) await Promise.all(workers.map((wk) => wk.terminate()));
-  else await Promise.all(workers.map((wk) => new Promise<void>((res, rej) => { wk.once('message', () => void wk.terminate().then(() => res())); wk.once('error', rej); })));
+  else await Promise.all(workers.map((wk) => new Promise<void>((res) => { wk.once('message', () => void wk.terminate().then(() => res())); wk.once('exit', () => res()); })));
+  if (errors.length) throw errors[0];
 }
 
 /**
@@ -593,8 +607,19 @@ parentPort.postMessage('done');`;
  */
 export function makeCall(seed: number, index: number, api: Api): Call {
   const g = new Gen(seed, index);
-  if (g.chance(0.0005)) return workerThreads(g, api);
-  if (g.chance(0.3)) return g.pick(Object.values(API))(g, api);
-  const target = g.pick(Object.keys(api.binding).sort());
-  return (EXPORTS[target] ?? generic(target))(g, api);
+  if (g.chance(0.0002)) return workerThreads(g, api);
+  if (g.chance(0.25)) return pickWeighted(g, Object.keys(API), API_WEIGHT, (t) => API[t])(g, api);
+  return pickWeighted(g, Object.keys(api.binding).sort(), EXPORT_WEIGHT, (t) => EXPORTS[t] ?? generic(t))(g, api);
+}
+
+// Relative weights (default 1): a valid setNumThreads rebuilds the pool (milliseconds), the
+// operators build RxJS pipelines and modules; the trivial getters need few calls.
+const EXPORT_WEIGHT: Record<string, number> = { setNumThreads: 0.25, info: 0.3, getKernelPath: 0.3, kernelCounts: 0.3, resetKernelCounts: 0.3 };
+const API_WEIGHT: Record<string, number> = { 'api.operators': 0.5, 'api.misc': 0.5 };
+
+function pickWeighted(g: Gen, names: string[], weight: Record<string, number>, make: (t: string) => Maker): Maker {
+  const total = names.reduce((a, t) => a + (weight[t] ?? 1), 0);
+  let x = g.u32() * 2 ** -32 * total;
+  for (const t of names) if ((x -= weight[t] ?? 1) < 0) return make(t);
+  return make(names[names.length - 1]);
 }

@@ -35,6 +35,8 @@ export interface FuzzOptions {
   maxCrashes?: number;
   /** Progress lines on stderr. */
   progress?: boolean;
+  /** Extra environment for the children (the self-test sets KVSTREAM_FUZZ_SELFTEST_*). */
+  env?: Record<string, string>;
 }
 
 export interface Crash {
@@ -89,11 +91,11 @@ interface ChildResult {
 }
 
 /** Runs calls [from, to) in one child until it finishes or dies. */
-function runChild(seed: number, from: number, to: number, hangSec: number, onStats: (s: Stats) => void, onIndex: (i: number) => void): Promise<ChildResult> {
+function runChild(seed: number, from: number, to: number, hangSec: number, extraEnv: Record<string, string>, onStats: (s: Stats) => void, onIndex: (i: number) => void): Promise<ChildResult> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, ['--import', 'tsx', '--expose-gc', WORKER, 'run', String(seed), String(from), String(to)], {
       cwd: ROOT,
-      env: childEnv(),
+      env: childEnv(extraEnv),
       stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
     });
     let lastStarted = from - 1, done = false, stderr = '', lastProgress = Date.now(), hung = false;
@@ -108,25 +110,26 @@ function runChild(seed: number, from: number, to: number, hangSec: number, onSta
       }
     });
     const timer = setInterval(() => {
-      if (Date.now() - lastProgress > hangSec * 1000) {
+      // Starting node with tsx and the addon may take a while on a busy machine.
+      if (Date.now() - lastProgress > (lastStarted < from ? 60 + hangSec : hangSec) * 1000) {
         hung = true;
         child.kill('SIGKILL');
       }
     }, 500);
     child.on('close', (code, signal) => {
       clearInterval(timer);
-      const how = hung ? `hang (no progress for ${hangSec} s)` : signal ? signal : code === 0 ? 'exit 0' : `exit ${code}`;
-      resolve({ lastStarted, done: done && code === 0, how, stderr: stderr.trim().split('\n').slice(-6).join('\n') });
+      const how = hung ? `hang (no progress for ${hangSec} s)` : signal ? signal : code === 3 ? 'callback never called (exit 3)' : `exit ${code}`;
+      resolve({ lastStarted, done: done && code === 0, how, stderr: stderr.trim().split('\n').slice(-30).join('\n') });
     });
   });
 }
 
 /** Runs one call alone in a fresh child: its summary and outcome ('returned', 'threw ...', or how it died). */
-export function replay(seed: number, index: number, hangSec = 30): Promise<{ target?: string; args?: string; threads?: number; path?: string; outcome: string; crashed: boolean; stderr: string }> {
+export function replay(seed: number, index: number, hangSec = 30, extraEnv: Record<string, string> = {}): Promise<{ target?: string; args?: string; threads?: number; path?: string; outcome: string; crashed: boolean; stderr: string }> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, ['--import', 'tsx', '--expose-gc', WORKER, 'replay', String(seed), String(index)], {
       cwd: ROOT,
-      env: childEnv(),
+      env: childEnv(extraEnv),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '', err = '';
@@ -142,7 +145,7 @@ export function replay(seed: number, index: number, hangSec = 30): Promise<{ tar
       const outcome = !crashed
         ? tail.outcome === 'returned' ? 'returned' : `threw (${tail.kind}) ${tail.error}`
         : signal ? signal : `exit ${code}${signal === null && code === null ? ' (hang)' : ''}`;
-      resolve({ target: head.target as string | undefined, args: head.args as string | undefined, threads: head.threads as number | undefined, path: head.path as string | undefined, outcome, crashed, stderr: err.trim().split('\n').slice(-6).join('\n') });
+      resolve({ target: head.target as string | undefined, args: head.args as string | undefined, threads: head.threads as number | undefined, path: head.path as string | undefined, outcome, crashed, stderr: err.trim().split('\n').slice(-30).join('\n') });
     });
   });
 }
@@ -160,7 +163,7 @@ function loadWith(value: string): Promise<EnvCase> {
       let r: { outcome?: string; threads?: number; error?: string; kvstreamError?: boolean } = {};
       try { r = JSON.parse(out.trim().split('\n').pop() ?? '{}'); } catch { /* crashed before writing */ }
       if (signal || code !== 0 || !r.outcome) {
-        resolve({ value, outcome: `crash: ${signal ?? `exit ${code}`}${err ? ` (${err.trim().split('\n').slice(-2).join(' | ')})` : ''}`, crash: true, clear: false });
+        resolve({ value, outcome: `crash: ${signal ?? `exit ${code}`}${err ? ` (${stderrGist(err)})` : ''}`, crash: true, clear: false });
       } else if (r.outcome === 'loaded') {
         resolve({ value, outcome: `loaded, ${r.threads} threads`, crash: false, clear: true });
       } else {
@@ -176,6 +179,13 @@ async function envCases(values: string[]): Promise<EnvCase[]> {
   const lane = async () => { for (let i = next++; i < values.length; i = next++) out[i] = await loadWith(values[i]); };
   await Promise.all([lane(), lane()]);
   return out;
+}
+
+/** The telling lines of a child's stderr (the error, not the stack or Node's version line). */
+export function stderrGist(stderr: string): string {
+  const lines = stderr.split('\n').map((l) => l.trim()).filter(Boolean);
+  const telling = lines.filter((l) => /Error|error|terminate|Assertion|FATAL|what\(\)|Segmentation|Aborted|fuzz worker/.test(l) && !/^at /.test(l));
+  return (telling.length ? telling : lines.slice(-2)).slice(0, 3).join(' | ').slice(0, 400);
 }
 
 export const replayCommand = (seed: number, index: number) => `npm run fuzz -- --replay ${seed}:${index}`;
@@ -196,7 +206,7 @@ export async function fuzz(o: FuzzOptions): Promise<FuzzReport> {
   }
   const tLoop = performance.now();
   while (start < to) {
-    const r = await runChild(o.seed, start, to, hang, (s) => merge(stats, s), (i) => {
+    const r = await runChild(o.seed, start, to, hang, o.env ?? {}, (s) => merge(stats, s), (i) => {
       if (o.progress && Date.now() - lastPrint > 5000) {
         lastPrint = Date.now();
         const s = (performance.now() - tLoop) / 1000;
@@ -212,7 +222,7 @@ export async function fuzz(o: FuzzOptions): Promise<FuzzReport> {
       break; // the child dies before its first call: restarting would loop
     }
     if (crashes.length < 20) {
-      const rp = await replay(o.seed, index, hang);
+      const rp = await replay(o.seed, index, hang, o.env);
       crash.target = rp.target;
       crash.args = rp.args && `${rp.args} [threads ${rp.threads}${rp.path ? `, path ${rp.path}` : ''}]`;
       crash.replay = rp.crashed ? `crashes alone: ${rp.outcome}` : `does not crash alone (${rp.outcome})`;
@@ -220,7 +230,7 @@ export async function fuzz(o: FuzzOptions): Promise<FuzzReport> {
     crashes.push(crash);
     const key = `${crash.target} ${crash.how}`;
     if (o.crashLog && !seen.has(key)) {
-      appendFileSync(o.crashLog, `- \`${replayCommand(o.seed, index)}\` — ${crash.target}: ${crash.how}; ${crash.replay ?? ''}; args: ${(crash.args ?? '?').slice(0, 600)}${crash.stderr ? `; stderr: ${crash.stderr.split('\n').slice(-2).join(' | ').slice(0, 300)}` : ''}\n`);
+      appendFileSync(o.crashLog, `- \`${replayCommand(o.seed, index)}\` — ${crash.target}: ${crash.how}; ${crash.replay ?? ''}; args: ${(crash.args ?? '?').slice(0, 600)}${crash.stderr ? `; stderr: ${stderrGist(crash.stderr)}` : ''}\n`);
     }
     seen.add(key);
     if (o.progress) process.stderr.write(`  crash at call #${index}: ${crash.target} → ${crash.how}\n`);
@@ -249,7 +259,7 @@ export function formatReport(r: FuzzReport): string {
   for (const c of r.crashes) {
     out.push(`  crash at call #${c.index} (seed ${c.seed}, call ${c.index}): ${c.target ?? '?'}(${(c.args ?? '?').slice(0, 400)}) → ${c.how}`);
     if (c.replay) out.push(`    replay: ${c.replay}; ${replayCommand(c.seed, c.index)}`);
-    if (c.stderr) out.push(`    stderr: ${c.stderr.split('\n').slice(-2).join(' | ').slice(0, 300)}`);
+    if (c.stderr) out.push(`    stderr: ${stderrGist(c.stderr)}`);
   }
   const table = (name: string, t: Record<string, ErrorKind>) => {
     const rows = Object.entries(t).sort((a, b) => b[1].n - a[1].n);

@@ -17,14 +17,27 @@ export class FuzzTrap extends Error {
   }
 }
 
-/** Per-call random source: Philox stream `call` of `seed`, so call i is reproducible alone. */
+/**
+ * Per-call random source: sfc32 seeded with the first Philox block of stream `call` of `seed`
+ * (src/random.ts), so call i is reproducible alone and draws cost a few integer operations.
+ */
 export class Gen {
-  private readonly rng: Rng;
+  private a: number;
+  private b: number;
+  private c: number;
+  private d: number;
   constructor(seed: number, call: number) {
-    this.rng = new Rng(seed, call);
+    const r = new Rng(seed, call);
+    [this.a, this.b, this.c, this.d] = [r.nextUint32(), r.nextUint32(), r.nextUint32(), r.nextUint32()];
   }
   u32(): number {
-    return this.rng.nextUint32();
+    const t = (((this.a + this.b) | 0) + this.d) | 0;
+    this.d = (this.d + 1) | 0;
+    this.a = this.b ^ (this.b >>> 9);
+    this.b = (this.c + (this.c << 3)) | 0;
+    this.c = (this.c << 21) | (this.c >>> 11);
+    this.c = (this.c + t) | 0;
+    return t >>> 0;
   }
   /** Integer in [0, n). */
   int(n: number): number {
@@ -35,7 +48,7 @@ export class Gen {
     return lo + this.int(hi - lo + 1);
   }
   chance(p: number): boolean {
-    return this.rng.uniform() < p;
+    return this.u32() * 2 ** -32 < p;
   }
   pick<T>(a: readonly T[]): T {
     return a[this.int(a.length)];
@@ -51,6 +64,11 @@ export function fill(g: Gen, a: Float32Array): string {
   const n = a.length;
   const mode = g.int(8);
   if (mode === 0 || n === 0) return '';
+  if (n > 65536) {
+    // Large (valid) calls are about the kernel paths they reach; a constant keeps them cheap.
+    a.fill(mode === 6 ? NaN : 0.25);
+    return mode === 6 ? ' NaN' : ' 0.25';
+  }
   // A pattern of up to 64 values, tiled with the typed-array set (fast for any element kind).
   const pattern = new Float32Array(Math.min(n, 64));
   let x = g.u32() | 1;
@@ -240,8 +258,12 @@ export function scalar(g: Gen): V {
   }
 }
 
-/** A number where an integer size `valid` is expected: off by one, negative, fractional, NaN, huge, ... */
-export function badInt(g: Gen, valid: number): V {
+/**
+ * A number where an integer size `valid` is expected: off by one, negative, fractional, NaN, huge, ...
+ * `api`: for the public API, which allocates from sizes it accepts, leave out 2^31-1 (accepted,
+ * and e.g. a 2 x (2^31-1) weight matrix is 16 GB).
+ */
+export function badInt(g: Gen, valid: number, api = false): V {
   const pool: V[] = [
     { v: 0, d: '0' }, { v: -1, d: '-1' }, { v: -0, d: '-0' }, { v: valid + 0.5, d: `${valid + 0.5}` },
     { v: valid + 1, d: `${valid + 1}` }, { v: valid - 1, d: `${valid - 1}` }, { v: valid * 2, d: `${valid * 2}` },
@@ -250,7 +272,7 @@ export function badInt(g: Gen, valid: number): V {
     { v: 2 ** 53, d: '2^53' }, { v: 1e308, d: '1e308' }, { v: -(2 ** 31), d: '-2^31' }, { v: Number.MIN_VALUE, d: '5e-324' },
     { v: Number.EPSILON, d: 'EPSILON' }, { v: -(2 ** 63), d: '-2^63' },
   ];
-  return g.chance(0.8) ? g.pick(pool) : scalar(g);
+  return g.chance(0.8) ? g.pick(api ? pool.filter((x) => x.d !== '2^31-1') : pool) : scalar(g);
 }
 
 /** A float where a finite number is expected (scale, dropout p). */

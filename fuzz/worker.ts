@@ -18,7 +18,8 @@ export const EPOCH = 1000;
 const ENGINE = /Cannot read propert|is not a function|is not iterable|Cannot convert|Cannot destructure|is not a constructor|Cannot mix BigInt|Invalid typed array length|Array buffer allocation failed|Maximum call stack|Cannot create property|Cannot assign to read only|on a proxy that has been revoked|Cannot use 'in' operator|Reduce of empty array|not extensible|Cannot add property|Invalid array length|Cannot define property|Cannot set propert|detached ArrayBuffer|out of bounds|Invalid atomic access|offset is out of bounds|Start offset|Invalid typed array/;
 
 function hasTrap(e: unknown, depth = 0): boolean {
-  if (e instanceof FuzzTrap) return true;
+  // Our own trap, or the engine refusing to use a revoked Proxy we passed: the caller's object failed.
+  if (e instanceof FuzzTrap || (e instanceof TypeError && /on a proxy that has been revoked/.test(e.message))) return true;
   return depth < 5 && e instanceof Error && e.cause !== undefined && hasTrap(e.cause, depth + 1);
 }
 
@@ -84,6 +85,12 @@ function applyState(api: Api, st: { threads: number; path?: string }): void {
 const SELFTEST_CRASH = Number(process.env.KVSTREAM_FUZZ_SELFTEST_CRASH ?? -1);
 const SELFTEST_HANG = Number(process.env.KVSTREAM_FUZZ_SELFTEST_HANG ?? -1);
 
+/** applyState when the call changed the thread count or path (a pool rebuild costs milliseconds). */
+function restoreState(api: Api, st: { threads: number; path?: string }): void {
+  const i = api.binding.info() as { threads: number; path?: string };
+  if (i.threads !== st.threads || (st.path !== undefined && i.path !== st.path)) applyState(api, st);
+}
+
 async function runRange(seed: number, from: number, to: number): Promise<void> {
   const api = await loadApi();
   let stats = emptyStats();
@@ -94,9 +101,16 @@ async function runRange(seed: number, from: number, to: number): Promise<void> {
     stats = emptyStats();
     lastFlush = Date.now();
   };
+  // The loop empties only if a call awaits a callback the addon never calls.
+  process.on('beforeExit', () => {
+    process.stderr.write(`fuzz worker: the event loop emptied during call ${current}: a callback was never called\n`);
+    process.exit(3);
+  });
   let state = epochState(seed, from, api);
   applyState(api, state);
+  let current = from;
   for (let i = from; i < to; i++) {
+    current = i;
     if (i % EPOCH === 0) applyState(api, (state = epochState(seed, i, api)));
     writeSync(3, `${i}\n`);
     if (i === SELFTEST_CRASH) process.kill(process.pid, 'SIGSEGV');
@@ -121,26 +135,33 @@ async function runRange(seed: number, from: number, to: number): Promise<void> {
     stats.targets[call.target] = (stats.targets[call.target] ?? 0) + 1;
     stats.ms[call.target] = (stats.ms[call.target] ?? 0) + performance.now() - t0;
     stats.calls++;
-    if (call.state) applyState(api, state);
+    if (call.state) restoreState(api, state);
     if ((i & 1023) === 1023 && Date.now() - lastFlush > 500) flush();
   }
   flush();
   writeSync(3, 'D\n');
+  process.exit(0);
 }
 
 async function replay(seed: number, index: number): Promise<void> {
   const api = await loadApi();
   applyState(api, epochState(seed, index, api));
   const state = epochState(seed, index, api);
+  if (index === SELFTEST_CRASH) process.kill(process.pid, 'SIGSEGV');
   let call: Call;
   try {
     call = makeCall(seed, index, api);
   } catch (e) {
     writeSync(1, `${JSON.stringify({ target: 'makeCall', args: 'fuzzer error' })}\n${JSON.stringify({ outcome: 'threw', kind: 'fuzzer', error: `${className(e)}: ${message(e)}` })}\n`);
+    process.stderr.write(`${(e as Error).stack}\n`);
     return;
   }
   // Written before the call runs, so the parent has it even if the call kills the process.
   writeSync(1, `${JSON.stringify({ target: call.target, args: call.d, threads: state.threads, path: state.path })}\n`);
+  process.on('beforeExit', () => {
+    process.stderr.write(`fuzz worker: the event loop emptied during call ${index}: a callback was never called\n`);
+    process.exit(3);
+  });
   if (index === SELFTEST_CRASH) process.kill(process.pid, 'SIGSEGV');
   try {
     const r = call.run();
@@ -149,6 +170,7 @@ async function replay(seed: number, index: number): Promise<void> {
   } catch (e) {
     writeSync(1, `${JSON.stringify({ outcome: 'threw', kind: classify(e), error: `${className(e)}: ${message(e)}` })}\n`);
   }
+  process.exit(0);
 }
 
 async function load(): Promise<void> {
