@@ -198,3 +198,17 @@ test('encodeNpy refuses a dtype its typed array does not hold, non-canonical dty
   t.throws(() => encodeNpy({ dtype: '<u1' as Dtype, shape: [1], data: Uint8Array.of(1) }), { name: 'FixtureError', message: /cannot write dtype <u1/ });
   t.throws(() => encodeNpy({ dtype: '|b1', shape: [2], data: Uint8Array.of(1, 2) }), { name: 'FixtureError', message: '|b1 data must be 0 or 1, got 2 at flat index 1' });
 });
+
+test('an npz that Python streamed to a pipe (data descriptors, zip64 local headers) decodes', (t) => {
+  const bytes = execFileSync('python3', ['-c', `
+import numpy as np, sys, zipfile
+with zipfile.ZipFile(sys.stdout.buffer, 'w', compression=zipfile.ZIP_DEFLATED) as z:
+    for name, a in [('a', np.arange(6, dtype='>f8').reshape(2, 3)), ('m', np.array([True, False, True]))]:
+        with z.open(name + '.npy', 'w', force_zip64=True) as f:
+            np.lib.format.write_array(f, a)
+`]);
+  t.is(bytes.readUInt16LE(6) & 8, 8, 'the first entry uses a data descriptor');
+  const z = decodeNpz(bytes, 'piped.npz');
+  t.deepEqual(z.get('a'), { dtype: '>f8', shape: [2, 3], data: Float64Array.of(0, 1, 2, 3, 4, 5) });
+  t.deepEqual(z.get('m'), { dtype: '|b1', shape: [3], data: Uint8Array.of(1, 0, 1) });
+});
