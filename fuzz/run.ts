@@ -197,7 +197,7 @@ export async function fuzz(o: FuzzOptions): Promise<FuzzReport> {
   const crashes: Crash[] = [];
   const seen = new Set<string>();
   const t0 = performance.now();
-  let start = from, restarts = 0, lastPrint = Date.now();
+  let start = from, restarts = 0, lastPrint = Date.now(), reached = from - 1;
   const env = await envCases(o.envValues ?? []);
   for (const e of env) {
     if (!e.crash) continue;
@@ -213,6 +213,7 @@ export async function fuzz(o: FuzzOptions): Promise<FuzzReport> {
         process.stderr.write(`  ... call ${i} (${Math.round((i - from) / s)} calls/s, ${crashes.length} crashes)\n`);
       }
     });
+    reached = Math.max(reached, r.lastStarted);
     if (r.done) break;
     const index = r.lastStarted;
     const crash: Crash = { seed: o.seed, index, how: r.how, stderr: r.stderr };
@@ -239,7 +240,8 @@ export async function fuzz(o: FuzzOptions): Promise<FuzzReport> {
     start = index + 1;
   }
   const seconds = (performance.now() - tLoop) / 1000;
-  const made = stats.calls + crashes.length;
+  // Every index up to the last one started was made (a crash loses the error tallies of its child's last half second).
+  const made = reached - from + 1;
   return { seed: o.seed, from, calls: made, seconds: (performance.now() - t0) / 1000, callsPerSecond: Math.round(made / seconds), restarts, peakRssMB: stats.rssMB, stats, crashes, env };
 }
 

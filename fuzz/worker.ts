@@ -147,7 +147,6 @@ async function replay(seed: number, index: number): Promise<void> {
   const api = await loadApi();
   applyState(api, epochState(seed, index, api));
   const state = epochState(seed, index, api);
-  if (index === SELFTEST_CRASH) process.kill(process.pid, 'SIGSEGV');
   let call: Call;
   try {
     call = makeCall(seed, index, api);
@@ -158,11 +157,11 @@ async function replay(seed: number, index: number): Promise<void> {
   }
   // Written before the call runs, so the parent has it even if the call kills the process.
   writeSync(1, `${JSON.stringify({ target: call.target, args: call.d, threads: state.threads, path: state.path })}\n`);
+  if (index === SELFTEST_CRASH) process.kill(process.pid, 'SIGSEGV');
   process.on('beforeExit', () => {
     process.stderr.write(`fuzz worker: the event loop emptied during call ${index}: a callback was never called\n`);
     process.exit(3);
   });
-  if (index === SELFTEST_CRASH) process.kill(process.pid, 'SIGSEGV');
   try {
     const r = call.run();
     if (r instanceof Promise) await r;
