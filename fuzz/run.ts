@@ -197,7 +197,7 @@ export async function fuzz(o: FuzzOptions): Promise<FuzzReport> {
   const crashes: Crash[] = [];
   const seen = new Set<string>();
   const t0 = performance.now();
-  let start = from, restarts = 0, lastPrint = Date.now(), reached = from - 1;
+  let start = from, restarts = 0, lastPrint = Date.now(), reached = from - 1, startFailures = 0;
   const env = await envCases(o.envValues ?? []);
   for (const e of env) {
     if (!e.crash) continue;
@@ -218,10 +218,17 @@ export async function fuzz(o: FuzzOptions): Promise<FuzzReport> {
     const index = r.lastStarted;
     const crash: Crash = { seed: o.seed, index, how: r.how, stderr: r.stderr };
     if (index < start) {
+      // The child died before its first call: the addon may be being rebuilt; retry a few times.
+      if (++startFailures <= 3) {
+        if (o.progress) process.stderr.write(`  child failed to start (${r.how}: ${stderrGist(r.stderr)}); retrying in 20 s\n`);
+        await new Promise((res) => setTimeout(res, 20_000));
+        continue;
+      }
       crash.target = '(child start)';
       crashes.push(crash);
-      break; // the child dies before its first call: restarting would loop
+      break;
     }
+    startFailures = 0;
     if (crashes.length < 20) {
       const rp = await replay(o.seed, index, hang, o.env);
       crash.target = rp.target;
