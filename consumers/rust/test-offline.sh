@@ -42,7 +42,7 @@ directory = "$registry"
 offline = true
 CONFIG
 
-echo "rust: $("$cargo" --version), $("$RUSTC" --version)"
+echo "toolchain: $("$cargo" --version), $("$RUSTC" --version)"
 # Its own target dir: artifacts of another toolchain (rustup's) must not be mixed in.
 CARGO_HOME="$home" CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$here/target/debian}" \
   "$cargo" test --offline --manifest-path "$here/Cargo.toml" 2>&1 | tee "$log"

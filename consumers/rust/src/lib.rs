@@ -7,7 +7,8 @@
 //! use kvstream_fixtures::{load_fixture, Manifest};
 //!
 //! # fn main() -> Result<(), kvstream_fixtures::FixtureError> {
-//! # let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+//! # let dir = std::env::var_os("KVSTREAM_FIXTURES").map(std::path::PathBuf::from)
+//! #     .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures"));
 //! let manifest = Manifest::load(&dir)?;
 //! assert!(manifest.cases.len() >= 8);
 //! let fixture = load_fixture(&dir, "basic_self_attn_small")?;

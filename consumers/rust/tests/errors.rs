@@ -14,6 +14,10 @@ use zip::CompressionMethod;
 
 const CASE: &str = "basic_self_attn_small";
 
+/// (entry name, bytes) -> the entries to write instead.
+type Edit<'a> = &'a dyn Fn(&str, Vec<u8>) -> Vec<(String, Vec<u8>)>;
+type ManifestEdit = Box<dyn Fn(&mut Value)>;
+
 /// The committed manifest reduced to CASE, as JSON, and the case's .npz bytes.
 fn original() -> (Value, Vec<u8>) {
     let dir = fixtures_dir();
@@ -52,7 +56,7 @@ fn expect_err(r: Result<kvstream_fixtures::Fixture, FixtureError>, want: &str) -
 
 /// The .npz's entries, re-zipped with `method` (and zip64 headers when `zip64`), optionally
 /// edited by `edit` (entry name, bytes) -> replacement entries.
-fn rezip(npz: &[u8], method: CompressionMethod, zip64: bool, edit: &dyn Fn(&str, Vec<u8>) -> Vec<(String, Vec<u8>)>) -> Vec<u8> {
+fn rezip(npz: &[u8], method: CompressionMethod, zip64: bool, edit: Edit) -> Vec<u8> {
     let mut src = zip::ZipArchive::new(Cursor::new(npz)).unwrap();
     let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
     for i in 0..src.len() {
@@ -116,7 +120,7 @@ fn a_missing_file_is_an_io_error() {
 fn manifest_contract_violations() {
     let (m, npz) = original();
     let file = format!("{}.npz", CASE);
-    let edits: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+    let edits: Vec<(&str, ManifestEdit, &str)> = vec![
         ("format", Box::new(|m| m["format"] = "other".into()), "expected {\"format\": \"kvstream-fixtures\""),
         ("version", Box::new(|m| m["version"] = 2.into()), "version 2"),
         ("name-traversal", Box::new(|m| m["cases"][0]["name"] = "../etc".into()), "is not a case name"),
@@ -172,7 +176,6 @@ fn arrays_that_disagree_with_the_manifest() {
         }
         vec![(n.to_string(), d)]
     };
-    type Edit<'a> = &'a dyn Fn(&str, Vec<u8>) -> Vec<(String, Vec<u8>)>;
     let cases: Vec<(&str, Edit, &str)> = vec![
         ("dtype", &f64_lse, "array lse is <f8 [2, 4, 6], the manifest says <f4 [2, 4, 6]"),
         ("missing", &drop_lse, "array lse listed in the manifest is missing"),
