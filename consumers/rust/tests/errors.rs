@@ -202,3 +202,15 @@ fn errors_name_the_file() {
     let shown = e.to_string();
     assert!(shown.contains(&format!("{}.npz", CASE)) && Path::new(&shown[..shown.find(':').unwrap()]).ends_with(format!("{}.npz", CASE)), "{}", shown);
 }
+
+#[test]
+fn a_corrupt_entry_fails_its_crc_even_without_a_manifest() {
+    let (_, npz) = original();
+    let mut z = rezip(&npz, CompressionMethod::Stored, false, &|n, d| vec![(n.to_string(), d)]);
+    // Stored entries hold the NPY bytes as they are: flip a data byte of the first array.
+    let at = z.windows(6).position(|w| w == b"\x93NUMPY").unwrap() + 200;
+    z[at] ^= 0x01;
+    let e = kvstream_fixtures::read_npz(&z, Path::new("x.npz")).unwrap_err();
+    assert!(matches!(e, FixtureError::Zip { .. }) && e.to_string().contains("x.npz"), "{:?}", e);
+    assert!(e.to_string().to_lowercase().contains("checksum"), "{}", e);
+}
