@@ -12,6 +12,10 @@ cargo="${CARGO:-/usr/bin/cargo}"
 export RUSTC="${RUSTC:-/usr/bin/rustc}"
 export RUSTDOC="${RUSTDOC:-/usr/bin/rustdoc}"
 registry=/usr/share/cargo/registry
+# Tests run in the crate folder: make a relative fixture folder relative to the caller instead.
+if [ -n "${KVSTREAM_FIXTURES:-}" ] && [ -d "$KVSTREAM_FIXTURES" ]; then
+  export KVSTREAM_FIXTURES="$(cd "$KVSTREAM_FIXTURES" && pwd)"
+fi
 
 for tool in "$cargo" "$RUSTC" "$RUSTDOC"; do
   if [ ! -x "$tool" ]; then
