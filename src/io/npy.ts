@@ -28,6 +28,7 @@
  * u2 bit patterns, `interpret: 'bfloat16'`) convert exactly to float32 and float64. f32ToF16 and
  * f32ToBf16 encode with round-to-nearest-even.
  */
+import { Buffer } from 'node:buffer';
 import { FixtureError } from '../errors.ts';
 
 type Wide = 'f2' | 'f4' | 'f8' | 'i2' | 'i4' | 'i8' | 'u2' | 'u4' | 'u8';
@@ -128,15 +129,12 @@ export function dtypeOf(data: AnyNpyData): Dtype | Int64Dtype {
   return '|u1';
 }
 
-/** Swaps each `size`-byte item of `bytes` in place. */
+/** Swaps each `size`-byte (2, 4 or 8) item of `bytes` in place. */
 function byteswap(bytes: Uint8Array, size: number): void {
-  for (let i = 0; i + size <= bytes.length; i += size) {
-    for (let a = i, b = i + size - 1; a < b; a++, b--) {
-      const t = bytes[a];
-      bytes[a] = bytes[b];
-      bytes[b] = t;
-    }
-  }
+  const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (size === 2) b.swap16();
+  else if (size === 4) b.swap32();
+  else b.swap64();
 }
 
 /** The preamble and header of an NPY 1.0 file of `shape` and `dtype`; the data follows it. */
@@ -282,17 +280,24 @@ export function decodeNpy(bytes: Uint8Array, source: string, options: DecodeOpti
   return { dtype: h.dtype, shape: h.shape, data } as AnyNpyArray;
 }
 
-/** Element (i0, i1, ...) sits at sum(i_k · prod(shape[<k])) in Fortran order. */
+/**
+ * Element (i0, i1, ...) sits at sum(i_k · prod(shape[<k])) in Fortran order. Walks the C order,
+ * the last axis innermost, keeping the Fortran offset `f` of the row start up to date.
+ */
 function fortranToC<T extends AnyNpyData>(src: T, shape: number[]): T {
   const dst = new (src.constructor as new (n: number) => T)(src.length);
-  const n = shape.length;
-  const idx = new Array<number>(n).fill(0);
+  const last = shape.length - 1;
   const fStride = shape.map((_, k) => shape.slice(0, k).reduce((a, b) => a * b, 1));
-  for (let c = 0; c < dst.length; c++) {
-    let f = 0;
-    for (let k = 0; k < n; k++) f += idx[k] * fStride[k];
-    dst[c] = src[f];
-    for (let k = n - 1; k >= 0 && ++idx[k] === shape[k]; k--) idx[k] = 0;
+  const idx = new Array<number>(last).fill(0);
+  const rowLen = shape[last], rowStride = fStride[last];
+  for (let c = 0, f = 0; c < dst.length; ) {
+    for (let j = 0, ff = f; j < rowLen; j++, ff += rowStride) dst[c++] = src[ff];
+    for (let k = last - 1; k >= 0; k--) {
+      f += fStride[k];
+      if (++idx[k] < shape[k]) break;
+      f -= idx[k] * fStride[k];
+      idx[k] = 0;
+    }
   }
   return dst;
 }

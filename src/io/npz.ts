@@ -2,10 +2,11 @@
 // order, deflate level 6, and one fixed timestamp (1980-01-01 00:00, the zip epoch).
 // Read from the central directory (as numpy's zipfile does), every entry checked before it is
 // inflated: plain unique names, stored or deflated, no overlapping data, sizes within the limits;
-// a deflated entry is inflated in steps and stopped as soon as it outgrows the size its own NPY
-// header declares (dtype × shape), so a zip bomb costs at most what an honest file of that shape
-// would; then its length and CRC-32 are checked.
+// a deflated entry's NPY header is inflated first and its dtype × shape must give the size the
+// zip declares, and inflating stops at that size, so a zip bomb costs at most what an honest
+// file of that shape would; then its length and CRC-32 are checked.
 import { readFile } from 'node:fs/promises';
+import * as zlib from 'node:zlib';
 import { Inflate, zipSync } from 'fflate';
 import type { Zippable } from 'fflate';
 import { FixtureError } from '../errors.ts';
@@ -49,7 +50,10 @@ const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
   return c >>> 0;
 });
 
+/** zlib's CRC-32 (Node >= 20.15), else a table-driven one. */
 function crc32(bytes: Uint8Array): number {
+  const native = (zlib as { crc32?: (data: Uint8Array) => number }).crc32;
+  if (native) return native(bytes);
   let c = 0xffffffff;
   for (let i = 0; i < bytes.length; i++) c = CRC_TABLE[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
   return (c ^ 0xffffffff) >>> 0;
@@ -136,32 +140,47 @@ function dataStart(bytes: Uint8Array, en: Entry, cdOffset: number, fail: (proble
 }
 
 /**
- * Inflates a deflated entry, stopping once the output passes `en.size` or, after its first
- * bytes, the size its NPY header declares. Returns exactly `en.size` bytes.
+ * Inflates a deflated entry. First its NPY header alone, in small steps (fflate's streaming
+ * Inflate, stopped early): dtype × shape must give the size the zip declares. Then all of it
+ * with zlib, which stops at that size. A bomb thus costs at most what an honest file of its
+ * declared shape would. Returns exactly `en.size` bytes.
  */
 function inflateEntry(data: Uint8Array, en: Entry, where: string, fail: (problem: string) => never): Uint8Array {
   const chunks: Uint8Array[] = [];
-  let total = 0, checked = false;
-  const inflate = new Inflate((chunk) => {
+  let total = 0, all = false;
+  const head = new Inflate((chunk) => {
     total += chunk.length;
-    if (total > en.size) fail(`entry ${en.name}: inflates past the ${en.size} bytes the zip declares (zip bomb?)`);
     chunks.push(chunk);
-    if (!checked && (total >= MAX_HEADER_BYTES || total === en.size)) {
-      checked = true;
-      const h = parseNpyHeader(concat(chunks, total), where);
-      const declared = h.dataOffset + h.dataBytes;
-      if (declared !== en.size) fail(`entry ${en.name}: the zip declares ${en.size} bytes, its NPY header (${h.dtype}, shape ${pyTuple(h.shape)}) makes ${declared}`);
-    }
   });
-  const STEP = 16384; // a step inflates to at most ~1032× this before the size checks run
+  const want = Math.min(en.size, MAX_HEADER_BYTES);
+  const STEP = 4096; // a step inflates to at most ~4 MiB (deflate's ratio is under 1032:1)
   try {
-    for (let o = 0; o < data.length || o === 0; o += STEP) inflate.push(data.subarray(o, o + STEP), o + STEP >= data.length);
+    for (let o = 0; total < want; o += STEP) {
+      all = o + STEP >= data.length;
+      head.push(data.subarray(o, o + STEP), all);
+      if (all) break;
+    }
   } catch (e) {
-    if (e instanceof FixtureError) throw e;
     fail(`entry ${en.name}: corrupt deflate data (${(e as Error).message})`);
   }
-  if (total !== en.size) fail(`entry ${en.name}: inflates to ${total} bytes, the zip declares ${en.size} (truncated?)`);
-  return concat(chunks, total);
+  const tooBig = () => fail(`entry ${en.name}: inflates past the ${en.size} bytes the zip declares (zip bomb?)`);
+  const short = (n: number) => fail(`entry ${en.name}: inflates to ${n} bytes, the zip declares ${en.size} (truncated?)`);
+  if (total > en.size) tooBig();
+  if (total < want) short(total);
+  const first = concat(chunks, total);
+  const h = parseNpyHeader(first, where);
+  const declared = h.dataOffset + h.dataBytes;
+  if (declared !== en.size) fail(`entry ${en.name}: the zip declares ${en.size} bytes, its NPY header (${h.dtype}, shape ${pyTuple(h.shape)}) makes ${declared}`);
+  if (all && total === en.size) return first;
+  let out: Uint8Array;
+  try {
+    out = zlib.inflateRawSync(data, { maxOutputLength: en.size });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') tooBig();
+    return fail(`entry ${en.name}: corrupt deflate data (${(e as Error).message})`);
+  }
+  if (out.length !== en.size) short(out.length);
+  return out;
 }
 
 function concat(chunks: Uint8Array[], total: number): Uint8Array {

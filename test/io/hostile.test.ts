@@ -179,6 +179,14 @@ function zip(members: Member[], crcOf: (m: Member) => number = (m) => m.crc ?? c
 
 const A = encodeNpy({ shape: [4], data: Float32Array.of(1, 2, 3, 4) }); // 144 bytes
 const B = encodeNpy({ shape: [2], data: Int32Array.of(5, 6) });
+/** 256 Ki floats of incompressible noise (xorshift32 bits). */
+const noise = (() => {
+  const w = new Uint32Array(1 << 18);
+  let x = 1;
+  for (let k = 0; k < w.length; k++) (x ^= x << 13), (x ^= x >>> 17), (x ^= x << 5), (w[k] = x >>> 0);
+  const f = new Float32Array(w.buffer).map((v) => (Number.isFinite(v) ? v : 0));
+  return encodeNpy({ shape: [f.length], data: f });
+})();
 const plainName = `member names must be plain file names (no '/', '\\', leading '.' or control characters)`;
 
 const NPZ: [string, () => Uint8Array, string | RegExp][] = [
@@ -216,6 +224,17 @@ const NPZ: [string, () => Uint8Array, string | RegExp][] = [
     const d = deflateSync(encodeNpy({ shape: [256], data: Float32Array.from({ length: 256 }, Math.random) }));
     return zip([{ name: 'a.npy', data: d.subarray(0, d.length >> 1), method: 8, size: 128 + 1024, crc: 0 }]);
   }, /^entry a\.npy: corrupt deflate data \(unexpected EOF\)$|^entry a\.npy: inflates to \d+ bytes, the zip declares 1152 \(truncated\?\)$/],
+  ['zip bomb: header and zip agree, the deflate stream goes on', () => {
+    const npy16k = encodeNpy({ shape: [16384], data: new Float32Array(16384) });
+    const big = new Uint8Array(64 << 20);
+    big.set(npy16k);
+    return zip([{ name: 'a.npy', data: deflateRawSync(big, { level: 9 }), method: 8, size: npy16k.length, crc: crc32(npy16k) }]);
+  }, 'entry a.npy: inflates past the 65664 bytes the zip declares (zip bomb?)'],
+  ['truncated deflate stream of a large member', () => {
+    const d = deflateRawSync(noise);
+    return zip([{ name: 'a.npy', data: d.subarray(0, Math.floor(d.length * 0.6)), method: 8, size: noise.length, crc: crc32(noise) }]);
+  }, 'entry a.npy: corrupt deflate data (unexpected end of file)'],
+  ['deflate stream shorter than the declared size', () => zip([{ name: 'a.npy', data: deflateRawSync(noise.subarray(0, 100000)), method: 8, size: noise.length, crc: crc32(noise) }]), 'entry a.npy: inflates to 100000 bytes, the zip declares 1048704 (truncated?)'],
   ['truncated archive', () => zipSync({ 'a.npy': A }).subarray(0, 100), 'not a readable zip archive: no end of central directory record (truncated, or not a zip)'],
   ['archive cut before its last byte', () => { const z = zipSync({ 'a.npy': A }); return z.subarray(0, z.length - 1); }, 'not a readable zip archive: no end of central directory record (truncated, or not a zip)'],
   ['central directory past the end', () => { const z = zipSync({ 'a.npy': A }); new DataView(z.buffer).setUint32(z.length - 6, z.length, true); return z; }, /^not a readable zip archive: central directory \(\d+ bytes at \d+\) overlaps its end record \(truncated\?\)$/],

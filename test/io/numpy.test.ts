@@ -51,6 +51,8 @@ for s in ${JSON.stringify(DTYPES)}:
         with open(name + '_v%d.npy' % v[0], 'wb') as f:
             np.lib.format.write_array(f, np.asfortranarray(a) if v[0] == 2 else a, version=v)
 np.save('scalar.npy', np.float64(2.5))
+np.save('f4d.npy', np.asfortranarray(np.arange(120, dtype='>i2').reshape(2, 3, 4, 5)))
+np.save('f0.npy', np.asfortranarray(np.zeros((3, 0, 2), dtype='<f4')))
 np.save('empty.npy', np.zeros((0, 3), dtype='>i2'))
 np.save('vector.npy', np.arange(5, dtype='>u4'))
 arrays = {s.replace('<', 'le_').replace('>', 'be_').replace('|', 'na_'): base[s].reshape(4, 6).astype(s) for s in ${JSON.stringify(DTYPES)}}
@@ -92,7 +94,9 @@ for (const dtype of DTYPES) {
   });
 }
 
-test('np.save 0-d, empty and 1-D big-endian arrays', (t) => {
+test('np.save 0-d, empty and 1-D big-endian arrays; rank-4 and empty Fortran arrays', (t) => {
+  t.deepEqual(decodeNpy(readFileSync(join(dir, 'f4d.npy')), 'f4d.npy'), { dtype: '>i2', shape: [2, 3, 4, 5], data: Int16Array.from({ length: 120 }, (_, i) => i) });
+  t.deepEqual(decodeNpy(readFileSync(join(dir, 'f0.npy')), 'f0.npy'), { dtype: '<f4', shape: [3, 0, 2], data: new Float32Array(0) });
   t.deepEqual(decodeNpy(readFileSync(join(dir, 'scalar.npy')), 'scalar.npy'), { dtype: '<f8', shape: [], data: Float64Array.of(2.5) });
   t.deepEqual(decodeNpy(readFileSync(join(dir, 'empty.npy')), 'empty.npy'), { dtype: '>i2', shape: [0, 3], data: new Int16Array(0) });
   t.deepEqual(decodeNpy(readFileSync(join(dir, 'vector.npy')), 'vector.npy'), { dtype: '>u4', shape: [5], data: Uint32Array.of(0, 1, 2, 3, 4) });
