@@ -35,6 +35,8 @@ export interface FuzzOptions {
   maxCrashes?: number;
   /** Progress lines on stderr. */
   progress?: boolean;
+  /** Crashes to replay alone (each replay is a fresh process), default 20. */
+  replays?: number;
   /** Extra environment for the children (the self-test sets KVSTREAM_FUZZ_SELFTEST_*). */
   env?: Record<string, string>;
 }
@@ -133,9 +135,16 @@ export function replay(seed: number, index: number, hangSec = 30, extraEnv: Reco
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '', err = '';
-    child.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+    // Startup may be slow on a busy machine; the hang clock starts when the call is announced.
+    let timer = setTimeout(() => child.kill('SIGKILL'), (60 + hangSec) * 1000);
+    child.stdout!.on('data', (b: Buffer) => {
+      if (!out) {
+        clearTimeout(timer);
+        timer = setTimeout(() => child.kill('SIGKILL'), hangSec * 1000);
+      }
+      out += b.toString();
+    });
     child.stderr!.on('data', (b: Buffer) => (err = (err + b.toString()).slice(-4000)));
-    const timer = setTimeout(() => child.kill('SIGKILL'), hangSec * 1000);
     child.on('close', (code, signal) => {
       clearTimeout(timer);
       const lines = out.trim().split('\n').filter(Boolean).map((l) => { try { return JSON.parse(l) as Record<string, unknown>; } catch { return {}; } });
@@ -144,7 +153,7 @@ export function replay(seed: number, index: number, hangSec = 30, extraEnv: Reco
       const crashed = !tail || signal !== null || code !== 0;
       const outcome = !crashed
         ? tail.outcome === 'returned' ? 'returned' : `threw (${tail.kind}) ${tail.error}`
-        : signal ? signal : `exit ${code}${signal === null && code === null ? ' (hang)' : ''}`;
+        : signal === 'SIGKILL' ? `hang (no result in ${hangSec} s)` : signal ? signal : `exit ${code}`;
       resolve({ target: head.target as string | undefined, args: head.args as string | undefined, threads: head.threads as number | undefined, path: head.path as string | undefined, outcome, crashed, stderr: err.trim().split('\n').slice(-30).join('\n') });
     });
   });
@@ -198,12 +207,14 @@ export async function fuzz(o: FuzzOptions): Promise<FuzzReport> {
   const seen = new Set<string>();
   const t0 = performance.now();
   let start = from, restarts = 0, lastPrint = Date.now(), reached = from - 1, startFailures = 0;
-  const env = await envCases(o.envValues ?? []);
-  for (const e of env) {
-    if (!e.crash) continue;
-    const line = `- KVSTREAM_NUM_THREADS=${JSON.stringify(e.value)} at load: ${e.outcome} — repro: KVSTREAM_NUM_THREADS=${JSON.stringify(e.value)} node --import tsx -e "await import('./src/index.ts')"`;
-    if (o.crashLog) appendFileSync(o.crashLog, line + '\n');
-  }
+  // The load-time cases run beside the calls (two cores: the machine this targets).
+  const envDone = envCases(o.envValues ?? []).then((env) => {
+    for (const e of env) {
+      if (!e.crash || !o.crashLog) continue;
+      appendFileSync(o.crashLog, `- KVSTREAM_NUM_THREADS=${JSON.stringify(e.value)} at load: ${e.outcome} — repro: KVSTREAM_NUM_THREADS=${JSON.stringify(e.value)} node --import tsx -e "await import('./src/index.ts')"\n`);
+    }
+    return env;
+  });
   const tLoop = performance.now();
   while (start < to) {
     const r = await runChild(o.seed, start, to, hang, o.env ?? {}, (s) => merge(stats, s), (i) => {
@@ -229,7 +240,7 @@ export async function fuzz(o: FuzzOptions): Promise<FuzzReport> {
       break;
     }
     startFailures = 0;
-    if (crashes.length < 20) {
+    if (crashes.length < (o.replays ?? 20)) {
       const rp = await replay(o.seed, index, hang, o.env);
       crash.target = rp.target;
       crash.args = rp.args && `${rp.args} [threads ${rp.threads}${rp.path ? `, path ${rp.path}` : ''}]`;
@@ -247,6 +258,7 @@ export async function fuzz(o: FuzzOptions): Promise<FuzzReport> {
     start = index + 1;
   }
   const seconds = (performance.now() - tLoop) / 1000;
+  const env = await envDone;
   // Every index up to the last one started was made (a crash loses the error tallies of its child's last half second).
   const made = reached - from + 1;
   return { seed: o.seed, from, calls: made, seconds: (performance.now() - t0) / 1000, callsPerSecond: Math.round(made / seconds), restarts, peakRssMB: stats.rssMB, stats, crashes, env };
