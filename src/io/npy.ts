@@ -27,6 +27,9 @@
  * range) is always a FixtureError, never a silent wrap or infinity. f2 and bfloat16 (stored as
  * u2 bit patterns, `interpret: 'bfloat16'`) convert exactly to float32 and float64. f32ToF16 and
  * f32ToBf16 encode with round-to-nearest-even.
+ *
+ * Writing (encodeNpy) gives format 1.0, C order, any of the dtypes above ('>' ones swapped);
+ * <f4, <i4 and |u1 files are byte for byte what earlier versions wrote.
  */
 import { Buffer } from 'node:buffer';
 import { FixtureError } from '../errors.ts';

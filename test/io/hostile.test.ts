@@ -257,3 +257,10 @@ test('the hand-made zips are valid when nothing lies: stored and deflated member
   t.deepEqual(z.get('a')!.data, Float32Array.of(1, 2, 3, 4));
   t.deepEqual(z.get('b')!.data, Int32Array.of(5, 6));
 });
+
+test('the size limits can be lowered per call', (t) => {
+  const z = zipSync({ 'a.npy': A, 'b.npy': A });
+  t.throws(() => decodeNpz(z, 'l.npz', { maxEntryBytes: 143 }), { name: 'FixtureError', message: 'l.npz: entry a.npy inflates to 144 bytes, over the 143-byte limit' });
+  t.throws(() => decodeNpz(z, 'l.npz', { maxTotalBytes: 287 }), { name: 'FixtureError', message: 'l.npz: entries inflate to more than the 287-byte limit in all' });
+  t.is(decodeNpz(z, 'l.npz', { maxEntryBytes: 144, maxTotalBytes: 288 }).size, 2);
+});
