@@ -424,8 +424,12 @@ function apiState(g: Gen, api: Api): Call {
           d: `updateAsync(${k.d}, ${v.d}, ${off.d})${detachIt ? ' then detach k, v' : ''}`,
           run: async (st) => {
             const p = st.updateAsync(k.v as Kv.KvView, v.v as Kv.KvView, sOff);
-            if (detachIt) for (const t of [k.v, v.v]) { const data = (t as { data?: unknown } | null)?.data; if (ArrayBuffer.isView(data)) detach(data.buffer); }
-            await p;
+            try {
+              // Reading .data may hit one of our throwing Proxies: p is awaited all the same.
+              if (detachIt) for (const t of [k.v, v.v]) { const data = (t as { data?: unknown } | null)?.data; if (ArrayBuffer.isView(data)) detach(data.buffer); }
+            } finally {
+              await p;
+            }
           },
         });
         break;

@@ -120,7 +120,7 @@ function runChild(seed: number, from: number, to: number, hangSec: number, extra
     }, 500);
     child.on('close', (code, signal) => {
       clearInterval(timer);
-      const how = hung ? `hang (no progress for ${hangSec} s)` : signal ? signal : code === 3 ? 'callback never called (exit 3)' : `exit ${code}`;
+      const how = hung ? `hang (no progress for ${hangSec} s)` : signal ? signal : code === 3 ? 'callback never called (exit 3)' : code === 4 ? 'unhandled rejection (exit 4)' : `exit ${code}`;
       resolve({ lastStarted, done: done && code === 0, how, stderr: stderr.trim().split('\n').slice(-30).join('\n') });
     });
   });

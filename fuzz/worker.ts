@@ -101,6 +101,11 @@ async function runRange(seed: number, from: number, to: number): Promise<void> {
     stats = emptyStats();
     lastFlush = Date.now();
   };
+  // A promise that rejects with nobody awaiting it ends a default Node process: a crash too.
+  process.on('unhandledRejection', (e) => {
+    process.stderr.write(`fuzz worker: unhandled rejection during call ${current}: ${(e as Error)?.stack ?? String(e)}\n`);
+    process.exit(4);
+  });
   // The loop empties only if a call awaits a callback the addon never calls.
   process.on('beforeExit', () => {
     process.stderr.write(`fuzz worker: the event loop emptied during call ${current}: a callback was never called\n`);
