@@ -108,6 +108,12 @@ export const FLT_MIN = 2 ** -126;
 /** Cover for the neglected second-order terms (products of two relative bounds, each <= ~5e-3). */
 export const SECOND_ORDER = 1.01;
 
+/** Rescales one weight can see when S keys are folded in `calls` update calls (or merged states):
+ * a key block of 512 per call, the call itself, and a margin. */
+export function chunkedRescales(S: number, calls: number): number {
+  return Math.ceil(S / 512) + 2 * calls + 2;
+}
+
 /** γ_n = n·u / (1 - n·u): relative bound of an fp32 sum of n terms in any order. */
 export function gamma(n: number): number {
   return (n * U) / (1 - n * U);

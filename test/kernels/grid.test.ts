@@ -6,7 +6,6 @@
 // large cases; linear and the whole module are checked at shapes that take each GEMM entry. The
 // last test fails when a kernel counter (native/kernel_path.h) was never reached.
 import test from 'ava';
-import type { ExecutionContext } from 'ava';
 import { attention, OnlineSoftmaxState } from '../../src/attention.ts';
 import type { AttentionResult, KvView } from '../../src/attention.ts';
 import { MultiHeadAttention } from '../../src/mha.ts';
@@ -17,33 +16,23 @@ import type { Tensor } from '../../src/tensor.ts';
 import { assertWithin, checkWithin, unravel } from '../helpers/assert.ts';
 import { refAttentionBound, refKeepMask, refLinearBound, refModuleBound } from '../helpers/reference.ts';
 
-// The kernel-path API may be missing from an addon built before it: then only `auto` runs and
-// the forced-path and counter tests are skipped with a message.
-const HAS_PATHS = (() => {
-  try {
-    getKernelPath();
-    kernelCounts();
-    return true;
-  } catch {
-    return false;
-  }
-})();
 const TILE = info().tile;
-const PATHS: KernelPath[] = !HAS_PATHS ? ['auto'] : TILE ? ['tile', 'blas', 'rows', 'auto', 'deterministic'] : ['blas', 'rows', 'auto', 'deterministic'];
+// 'tile' only where the CPU has AVX-512F and KVSTREAM_TILE is not off (setKernelPath throws otherwise).
+const PATHS: KernelPath[] = TILE ? ['tile', 'blas', 'rows', 'auto', 'deterministic'] : ['blas', 'rows', 'auto', 'deterministic'];
 const THREADS = [1, 2];
-const restore = { threads: info().threads, path: HAS_PATHS ? getKernelPath() : ('auto' as KernelPath) };
+const restore = { threads: info().threads, path: getKernelPath() };
 
 /** Runs `fn` once per path and thread count; the label names both. */
 function onEveryPath(fn: (label: string) => void): void {
   try {
     for (const path of PATHS)
       for (const threads of THREADS) {
-        if (HAS_PATHS) setKernelPath(path);
+        setKernelPath(path);
         setNumThreads(threads);
         fn(`${path}, ${threads} thread${threads > 1 ? 's' : ''}`);
       }
   } finally {
-    if (HAS_PATHS) setKernelPath(restore.path);
+    setKernelPath(restore.path);
     setNumThreads(restore.threads);
   }
 }
@@ -268,6 +257,17 @@ test.serial('the attention design covers every axis value, the pinned shapes and
   const tileable = (c: Case) => c.dK % 16 === 0 && c.dV % 16 === 0;
   // Each query count with tile-able widths: every tq mod 6 (P·V tail) and tq/32 (softmax width).
   for (const T of AXES.T) t.true(CASES.some((c) => c.T === T && tileable(c)), `T ${T} with d_k, d_v multiples of 16`);
+  // What the tile kernel (native/tile.cc) sees on these cases, also where this CPU has no tile:
+  // query blocks of up to 128, softmax over ceil(tq/32)·2 vectors, P·V tails of tq mod 6 rows.
+  const widths = new Set<number>(), tails = new Set<number>();
+  for (const c of CASES.filter(tileable))
+    for (let t0 = 0; t0 < c.T; t0 += 128) {
+      const tq = Math.min(128, c.T - t0);
+      widths.add(Math.ceil(tq / 32) * 2);
+      if (tq % 6) tails.add(tq % 6);
+    }
+  t.deepEqual([...widths].sort(), [2, 4, 6, 8], 'softmax_columns widths');
+  t.deepEqual([...tails].sort(), [1, 2, 3, 4, 5], 'pv_tail row counts');
   t.true(CASES.some((c) => tileable(c) && c.T > 16 && c.fold === 'chunks' && c.parts.length > 1), 'T > 16 streamed with sOffset > 0 into the tile/BLAS path');
   t.true(CASES.some((c) => tileable(c) && c.T > 16 && c.S > 1024 && c.S % 512 !== 0), 'T > 16 over three key blocks, ragged');
   t.true(CASES.some((c) => c.p > 0 && c.mask === 'causal:neg'), 'dropout with rows that see nothing');
@@ -358,8 +358,7 @@ for (const [i, m] of MODULES.entries()) {
 // Reach: every kernel function the grid is meant to exercise was called at least once.
 const TILE_ONLY = (name: string) => name === 'attn.tile' || name.startsWith('tile.') || name.startsWith('linear.tile.');
 
-const reach = HAS_PATHS ? test.serial : test.serial.skip;
-reach('every kernel counter was reached by the grid (tile-only counters need info().tile)', (t: ExecutionContext) => {
+test.serial('every kernel counter was reached by the grid (tile-only counters need info().tile)', (t) => {
   const counts = kernelCounts();
   const names = Object.keys(counts);
   t.true(names.length > 0, 'kernelCounts() lists the counters');
@@ -370,10 +369,5 @@ reach('every kernel counter was reached by the grid (tile-only counters need inf
   t.log(Object.entries(counts).map(([n, x]) => `${n}=${x}`).join(' '));
 });
 
-if (!HAS_PATHS) test.skip('forced kernel paths: setKernelPath/kernelCounts are missing from this addon build, so the grid ran on the auto path only', () => {});
-
-// Counters count from load; another test file's process does not share them. Reset here so a
-// re-run in watch mode starts clean.
-test.before(() => {
-  if (HAS_PATHS) resetKernelCounts();
-});
+// Counters count from load, per process (each test file runs in its own).
+test.before(() => resetKernelCounts());

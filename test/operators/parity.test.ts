@@ -13,7 +13,7 @@ import { attendChunk, chunkSizes, concatTokens, prefillChunk, projectKv, sliceTo
 import { Rng } from '../../src/random.ts';
 import type { Tensor } from '../../src/tensor.ts';
 import { assertWithin, sumBounds } from '../helpers/assert.ts';
-import { refModuleBound } from '../helpers/reference.ts';
+import { chunkedRescales, refModuleBound } from '../helpers/reference.ts';
 
 /** lse parts [B,H,n_i] concatenated along their last axis. */
 function concatRows(parts: readonly Tensor[]): Tensor {
@@ -29,27 +29,26 @@ function concatRows(parts: readonly Tensor[]): Tensor {
   return { data: out, shape: [B, H, T] };
 }
 
-/** Rescales a chunked fold can apply to one weight: a key block per chunk, the chunk, a margin. */
-const rescalesFor = (S: number, chunks: number) => Math.ceil(S / 512) + 2 * chunks + 2;
-
 const B = 2;
-const MODULES: { name: string; config: MhaConfig }[] = [
-  { name: 'MQA, d_k < d_v', config: { dModel: 32, dKvIn: 24, dOut: 20, numHeads: 4, numKvHeads: 1, dK: 16, dV: 24 } },
-  { name: 'GQA 2, d_k > d_v, no bias', config: { dModel: 48, numHeads: 4, numKvHeads: 2, dK: 24, dV: 8, bias: false } },
+// T = 20 > 16 queries take the query-block (tile or BLAS) path, each chunk at sOffset > 0.
+const MODULES: { name: string; config: MhaConfig; T: number }[] = [
+  { name: 'MQA, d_k < d_v', config: { dModel: 32, dKvIn: 24, dOut: 20, numHeads: 4, numKvHeads: 1, dK: 16, dV: 24 }, T: 3 },
+  { name: 'GQA 2, d_k > d_v, no bias', config: { dModel: 48, numHeads: 4, numKvHeads: 2, dK: 24, dV: 8, bias: false }, T: 3 },
+  { name: 'MQA, d_k 32 > d_v 16, T 20', config: { dModel: 64, dKvIn: 40, numHeads: 4, numKvHeads: 1, dK: 32, dV: 16 }, T: 20 },
 ];
 
 // attendChunk: fixed queries xQ [B,T,dModel] over S keys streamed from absolute position sOffset.
 const ATTEND = [
   { name: 'plain', opts: {} },
-  { name: 'causal qOffset 20 (positive)', opts: { causal: true, qOffset: 20 } },
+  { name: 'causal qOffset 10 (positive)', opts: { causal: true, qOffset: 10 } },
   { name: 'causal qOffset 0, dropout', opts: { causal: true, qOffset: 0, dropout: { p: 0.3, seed: 2 ** 33 + 9 } } },
   { name: 'causal qOffset -2 (negative), dropout', opts: { causal: true, qOffset: -2, dropout: { p: 0.5, seed: 4 } } },
   { name: 'causal, stream at sOffset 5, dropout, async', opts: { causal: true, qOffset: 9, sOffset: 5, dropout: { p: 0.2, seed: 8 }, async: true } },
 ];
-const T = 3, S = 26;
+const S = 26;
 const CHUNKINGS: (number | number[])[] = [1, 4, [11, 1, 13, 1], S];
 
-for (const [mi, { name, config }] of MODULES.entries()) {
+for (const [mi, { name, config, T }] of MODULES.entries()) {
   const mha = MultiHeadAttention.random(config, 100 + mi);
   const rng = new Rng(200 + mi);
   const xQ = rng.normalTensor([B, T, mha.config.dModel]);
@@ -61,7 +60,7 @@ for (const [mi, { name, config }] of MODULES.entries()) {
       const base = { causal: o.causal ?? false, qOffset: o.qOffset ?? 0, sOffset: o.sOffset ?? 0, dropout: o.dropout };
       // One pass (keys from position 0 only; the sOffset case has no one-pass counterpart).
       const full = base.sOffset === 0 ? mha.forward(xQ, xKv, { causal: base.causal, qOffset: base.qOffset, dropout: base.dropout }) : undefined;
-      const fullRef = refModuleBound(mha, xQ, xKv, { ...base, rescales: rescalesFor(S, 1) });
+      const fullRef = refModuleBound(mha, xQ, xKv, { ...base, rescales: chunkedRescales(S, 1) });
       if (full) {
         assertWithin(t, full.output.data, fullRef.output, fullRef.outputBound, 'one pass: output', full.output.shape);
         assertWithin(t, full.lse.data, fullRef.lse, fullRef.lseBound, 'one pass: lse', full.lse.shape);
@@ -71,14 +70,14 @@ for (const [mi, { name, config }] of MODULES.entries()) {
         const n = chunkSizes(S, chunking).length;
         t.is(steps.length, n);
         for (const step of steps) {
-          const ref = refModuleBound(mha, xQ, sliceTokens(xKv, 0, step.end), { ...base, rescales: rescalesFor(step.end, n) });
+          const ref = refModuleBound(mha, xQ, sliceTokens(xKv, 0, step.end), { ...base, rescales: chunkedRescales(step.end, n) });
           const at = `chunks ${JSON.stringify(chunking)}, after ${step.end} keys`;
           assertWithin(t, step.output.data, ref.output, ref.outputBound, `${at}: output`, step.output.shape);
           assertWithin(t, step.lse.data, ref.lse, ref.lseBound, `${at}: lse`, step.lse.shape);
         }
         const last = steps[steps.length - 1];
         if (full) {
-          const ref = refModuleBound(mha, xQ, xKv, { ...base, rescales: rescalesFor(S, n) });
+          const ref = refModuleBound(mha, xQ, xKv, { ...base, rescales: chunkedRescales(S, n) });
           assertWithin(t, last.output.data, full.output.data, sumBounds(ref.outputBound, fullRef.outputBound), `chunks ${JSON.stringify(chunking)} vs one pass: output`, full.output.shape);
           assertWithin(t, last.lse.data, full.lse.data, sumBounds(ref.lseBound, fullRef.lseBound), `chunks ${JSON.stringify(chunking)} vs one pass: lse`, full.lse.shape);
         }
@@ -121,7 +120,7 @@ for (const [mi, { name, config }] of [
         const output = concatTokens(steps.map((s) => s.output)), lse = concatRows(steps.map((s) => s.lse));
         t.is(steps[steps.length - 1].cache.length, mode.P + N);
         const n = chunkSizes(N, chunking).length;
-        const ref = refModuleBound(mha, x, all, { causal: true, qOffset: mode.P, dropout: mode.dropout, rescales: rescalesFor(mode.P + N, n) });
+        const ref = refModuleBound(mha, x, all, { causal: true, qOffset: mode.P, dropout: mode.dropout, rescales: chunkedRescales(mode.P + N, n) });
         const label = `chunks ${JSON.stringify(chunking)}`;
         assertWithin(t, output.data, ref.output, ref.outputBound, `${label}: output`, output.shape);
         assertWithin(t, lse.data, ref.lse, ref.lseBound, `${label}: lse`, lse.shape);

@@ -7,13 +7,12 @@ import { appendKv, attendChunk, chunkSizes, concatTokens, prefillChunk, projectK
 import type { TokenChunk } from '../../src/operators/index.ts';
 import { Rng } from '../../src/random.ts';
 import { assertWithin, sumBounds } from '../helpers/assert.ts';
-import { refModuleBound, refProjectHeads } from '../helpers/reference.ts';
+import { chunkedRescales, refModuleBound, refProjectHeads } from '../helpers/reference.ts';
 
 // Chunked and one-pass results are fp32 results of different GEMM shapes and summation orders:
 // never compared bit for bit. Each is checked against the float64 module within the error bound
 // of test/helpers/reference.ts (projections, attention, output projection), and chunked vs one
-// pass within the sum of their two bounds. Rescales: a key block per chunk, the chunk, a margin.
-const rescalesFor = (S: number, chunks: number) => Math.ceil(S / 512) + 2 * chunks + 2;
+// pass within the sum of their two bounds.
 
 const mha = MultiHeadAttention.random({ dModel: 32, dKvIn: 24, numHeads: 4, numKvHeads: 2 }, 7);
 const rng = new Rng(8);
@@ -25,7 +24,7 @@ const full = mha.forward(xQ, xKv, { qOffset: 0 });
 const streamed = (chunking: number | number[]) =>
   splitTokens(xKv, chunking).pipe(projectKv(mha), appendKv(() => mha.newCache(B)), attendChunk(mha, xQ), toArray());
 
-const fullRef = refModuleBound(mha, xQ, xKv, { causal: false, qOffset: 0, rescales: rescalesFor(S, 1) });
+const fullRef = refModuleBound(mha, xQ, xKv, { causal: false, qOffset: 0, rescales: chunkedRescales(S, 1) });
 
 test('one pass is within the bound of the float64 module', (t) => {
   assertWithin(t, full.output.data, fullRef.output, fullRef.outputBound, 'output', full.output.shape);
@@ -38,11 +37,11 @@ for (const chunking of [1, 3, [10, 1, 17, 1], S]) {
     const last = steps[steps.length - 1];
     t.is(last.end, S);
     const n = chunkSizes(S, chunking).length;
-    const ref = refModuleBound(mha, xQ, xKv, { causal: false, qOffset: 0, rescales: rescalesFor(S, n) });
+    const ref = refModuleBound(mha, xQ, xKv, { causal: false, qOffset: 0, rescales: chunkedRescales(S, n) });
     assertWithin(t, last.output.data, full.output.data, sumBounds(ref.outputBound, fullRef.outputBound), 'final output vs one pass', full.output.shape);
     assertWithin(t, last.lse.data, full.lse.data, sumBounds(ref.lseBound, fullRef.lseBound), 'final lse vs one pass', full.lse.shape);
     for (const step of steps) {
-      const prefix = refModuleBound(mha, xQ, sliceTokens(xKv, 0, step.end), { causal: false, qOffset: 0, rescales: rescalesFor(step.end, n) });
+      const prefix = refModuleBound(mha, xQ, sliceTokens(xKv, 0, step.end), { causal: false, qOffset: 0, rescales: chunkedRescales(step.end, n) });
       assertWithin(t, step.output.data, prefix.output, prefix.outputBound, `partial output after ${step.end} keys`, step.output.shape);
       assertWithin(t, step.lse.data, prefix.lse, prefix.lseBound, `partial lse after ${step.end} keys`, step.lse.shape);
     }
@@ -62,11 +61,11 @@ test('chunked causal prefill equals one causal pass (chunks 1, 5, uneven, whole)
   const mhaSelf = MultiHeadAttention.random({ dModel: 32, numHeads: 4, numKvHeads: 1 }, 9);
   const x = new Rng(10).normalTensor([B, 23, 32]);
   const one = mhaSelf.forward(x, x, { causal: true });
-  const oneRef = refModuleBound(mhaSelf, x, x, { causal: true, qOffset: 0, rescales: rescalesFor(23, 1) });
+  const oneRef = refModuleBound(mhaSelf, x, x, { causal: true, qOffset: 0, rescales: chunkedRescales(23, 1) });
   assertWithin(t, one.output.data, oneRef.output, oneRef.outputBound, 'one causal pass', one.output.shape);
   for (const chunking of [1, 5, [7, 1, 15], 23]) {
     const steps = await lastValueFrom(splitTokens(x, chunking).pipe(prefillChunk(mhaSelf, () => mhaSelf.newCache(B)), toArray()));
-    const ref = refModuleBound(mhaSelf, x, x, { causal: true, qOffset: 0, rescales: rescalesFor(23, chunkSizes(23, chunking).length) });
+    const ref = refModuleBound(mhaSelf, x, x, { causal: true, qOffset: 0, rescales: chunkedRescales(23, chunkSizes(23, chunking).length) });
     const output = concatTokens(steps.map((s) => s.output));
     assertWithin(t, output.data, ref.output, ref.outputBound, `prefill output, chunks ${JSON.stringify(chunking)}`, output.shape);
     assertWithin(t, output.data, one.output.data, sumBounds(ref.outputBound, oneRef.outputBound), `prefill output vs one pass, chunks ${JSON.stringify(chunking)}`, output.shape);
