@@ -201,17 +201,18 @@ function attnUpdateAsync(g: Gen, api: Api): Call {
   const userCallback = vs.length === 9 && typeof vs[8].v === 'function' ? (vs[8].v as Fn) : undefined;
   const hasCallback = vs.length === 9 && (vs[8].d === 'callback' || userCallback !== undefined);
   // What the caller does while the fold runs on the worker thread.
-  const action = g.int(12);
+  const action = g.int(14);
   const target = g.int(6) + 2;
   const whileRunning = [
     '', '', '', '', '',
     `detaches argument ${target}`, 'detaches every buffer', 'shrinks resizable buffers', 'runs attnUpdate on the same arrays',
     'sets threads', 'starts a second attnUpdateAsync on the same arrays', 'fills the arrays with NaN',
+    'the callback runs attnUpdate', 'the callback sets threads',
   ][action];
   const threads = g.pick([1, 2, 3]);
   // Only buffers of 64 KiB and more are unmapped when freed (MALLOC_MMAP_THRESHOLD_); gc only then.
   const gc = ctx.args.slice(2, 8).some((a) => ArrayBuffer.isView(a) && a.byteLength >= 65536) ? api.gc : undefined;
-  if (action === 9) ctx.state = true;
+  if (action === 9 || action === 13) ctx.state = true;
   const fn = api.binding.attnUpdateAsync;
   return {
     target: 'attnUpdateAsync',
@@ -226,6 +227,9 @@ function attnUpdateAsync(g: Gen, api: Api): Call {
       const cb = (err?: unknown) => {
         if (err !== undefined && err !== null && !(err instanceof Error)) throw new TypeError(`attnUpdateAsync callback got a non-Error ${String(err)}`);
         userCallback?.(err);
+        // Re-entering the addon from the completion callback.
+        if (action === 12) try { smallUpdate(api.binding); } catch { /* counted by its own checks elsewhere */ }
+        if (action === 13) api.binding.setNumThreads(threads);
         if (--pending === 0) resolveAll();
       };
       const start = () => {

@@ -93,6 +93,8 @@ function restoreState(api: Api, st: { threads: number; path?: string }): void {
 
 async function runRange(seed: number, from: number, to: number): Promise<void> {
   const api = await loadApi();
+  // Most calls throw; short stacks keep that cheap (replay keeps full stacks).
+  Error.stackTraceLimit = 3;
   let stats = emptyStats();
   let lastFlush = Date.now();
   const flush = () => {
