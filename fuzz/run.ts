@@ -193,7 +193,7 @@ async function envCases(values: string[]): Promise<EnvCase[]> {
 /** The telling lines of a child's stderr (the error, not the stack or Node's version line). */
 export function stderrGist(stderr: string): string {
   const lines = stderr.split('\n').map((l) => l.trim()).filter(Boolean);
-  const telling = lines.filter((l) => /Error|error|terminate|Assertion|FATAL|what\(\)|Segmentation|Aborted|fuzz worker/.test(l) && !/^at /.test(l));
+  const telling = lines.filter((l) => /Error|error|Trap|unhandled|terminate|Assertion|FATAL|what\(\)|Segmentation|Aborted|fuzz worker/.test(l) && !/^at /.test(l));
   return (telling.length ? telling : lines.slice(-2)).slice(0, 3).join(' | ').slice(0, 400);
 }
 
