@@ -249,7 +249,7 @@ function attnUpdateAsync(g: Gen, api: Api): Call {
           case 5: { const a = args[target]; if (ArrayBuffer.isView(a)) detach(a.buffer); gc?.(); break; }
           case 6: for (const a of views) detach(a.buffer); gc?.(); break;
           case 7: for (const a of views) { const b = a.buffer as ArrayBuffer & { resizable?: boolean; resize?(n: number): void }; if (b.resizable) b.resize!(0); } gc?.(); break;
-          case 8: try { fn.call(null, ...args.slice(0, 8)); } catch { /* same checks as the async call */ } break;
+          case 8: try { api.binding.attnUpdate(...args.slice(0, 8)); } catch { /* same checks as the async call */ } break;
           case 9: api.binding.setNumThreads(threads); break;
           case 10: start(); break;
           case 11: for (const a of views) if (a.length) a.fill(NaN); break;
