@@ -588,6 +588,7 @@ function workerThreads(g: Gen, api: Api): Call {
     target: 'worker_threads',
     d: `${n} worker(s) running linear(64x64x${N}) while the main thread does${terminate ? ', terminated mid-run' : ''}`,
     run: () => runWorkerThreads(api, n, terminate, N),
+    state: true, // the workers set the (process-wide) thread count
   };
 }
 
