@@ -1,5 +1,6 @@
 // Random and adversarial argument values for the fuzzer. Every value comes with a short
 // description (`d`) for crash reports; nothing here calls the addon.
+import { types } from 'node:util';
 import vm from 'node:vm';
 import { Rng } from '../src/random.ts';
 
@@ -99,7 +100,7 @@ let RealmF32: Float32ArrayConstructor | undefined;
 
 /** Detaches `buf` (its memory goes to a clone that is dropped at once). */
 export function detach(buf: ArrayBufferLike): void {
-  if (buf instanceof ArrayBuffer && buf.byteLength >= 0) {
+  if (types.isArrayBuffer(buf)) {
     try {
       structuredClone(buf, { transfer: [buf] });
     } catch {
