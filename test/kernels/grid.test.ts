@@ -249,8 +249,8 @@ for (const [i, c] of CASES.entries()) {
 
 test.serial('the attention design covers every axis value, the pinned shapes and each tile query tail', (t) => {
   for (const a of AXIS_NAMES) {
-    const seen = new Set(CASES.map((c) => JSON.stringify(
-      a === 'dims' ? [c.dK, c.dV] : a === 'heads' ? [c.H, c.Hkv] : a === 'T' ? c.T : a === 'S' ? c.S : a === 'mask' ? c.mask : a === 'p' ? c.p : a === 'B' ? c.B : a === 'fold' ? c.fold : c.scale)));
+    const value = (c: Case) => (a === 'dims' ? [c.dK, c.dV] : a === 'heads' ? [c.H, c.Hkv] : c[a]);
+    const seen = new Set(CASES.map((c) => JSON.stringify(value(c))));
     const missing = (AXES[a] as readonly unknown[]).filter((x) => !seen.has(JSON.stringify(x)));
     t.deepEqual(missing, [], `axis ${a}: values never used`);
   }
