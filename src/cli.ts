@@ -83,9 +83,7 @@ function printReport(r: CaseReport): void {
 }
 
 async function verify(dir: string, rerun: boolean, json: boolean): Promise<number> {
-  const bar = progress(1);
   const reports = await verifyDir(dir, { rerun: rerun ? (name) => PIPELINES.get(baseName(name)) : undefined });
-  bar.end();
   const failed = reports.filter((r) => r.status === 'FAIL').length;
   if (json) {
     const finite = (_: string, v: unknown) => (typeof v === 'number' && !Number.isFinite(v) ? String(v) : v);

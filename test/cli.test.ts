@@ -60,9 +60,7 @@ test('verify reports each bad entry by name and class, checks the rest, exits 1'
   copy('basic_self_attn_small', 'bad_shape');
   copy('basic_self_attn_small', 'missing_array');
   copy('cross_attention', 'wrong_value');
-  // wrong_value: a stored output changed (and its sha256 updated): only recomputation sees it.
-  const wv = readFileSync(join(out, 'wrong_value.npz'));
-  writeFileSync(join(out, 'wrong_value.npz'), wv); // same bytes; the entry below lies about config
+  // wrong_value: intact file and sha256, but its entry states another scale: only recomputation sees it.
   const hostile = [
     { ...basic, name: 'Bad Name!', file: 'Bad Name!.npz' },
     { ...basic, name: 'escape', file: '../escape.npz' },
