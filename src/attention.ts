@@ -4,7 +4,7 @@
 import { ArgumentError, KvstreamError, NativeError, ShapeError } from './errors.ts';
 import { addon } from './native.ts';
 import type { NativeDims, NativeOpts } from './native.ts';
-import { expectDim, expectNumber, expectRank, expectSeed, expectShape, numel } from './tensor.ts';
+import { alloc, expectDim, expectDisjoint, expectFlag, expectNumber, expectObject, expectOptions, expectRank, expectSeed, expectShape, Scratch, show } from './tensor.ts';
 import type { Tensor } from './tensor.ts';
 
 /** Dropout on probabilities; the keep bits are Philox4x32-10 keyed by (seed, b, h, t_abs, s_abs). */
@@ -25,6 +25,27 @@ export interface AttentionOptions {
   dropout?: Dropout;
   /** Also return the probabilities [B,H,T,S] (and the dropout keep mask when dropout is on). */
   returnWeights?: boolean;
+  /**
+   * Write the results into these tensors instead of fresh ones (as torch's `out=`), and return
+   * them: output [B,H,T,d_v], lse [B,H,T]. Either may be given alone. They must not overlap
+   * q, k, v or each other. A loop that passes the same `out` allocates nothing large per call.
+   */
+  out?: AttentionOut;
+}
+
+/** Caller-owned result tensors; see AttentionOptions.out. */
+export interface AttentionOut {
+  /** [B,H,T,d_v] */
+  output?: Tensor;
+  /** [B,H,T] */
+  lse?: Tensor;
+}
+
+export interface FinalizeOptions {
+  /** Write the output over the accumulator (no copy); the state is spent until reset(). */
+  consume?: boolean;
+  /** Write output [B,H,T,d_v] and/or lse [B,H,T] into these tensors (not with consume). */
+  out?: AttentionOut;
 }
 
 export interface AttentionResult {
@@ -59,17 +80,45 @@ function nativeOpts(o: { scale: number; causal: boolean; qOffset: number; dropou
 /** Checked native options from user-facing ones (scale required, qOffset resolved by the caller). */
 export function attentionOptions(o: { scale: number; causal?: boolean; qOffset: number; dropout?: Dropout }, sOffset: number): NativeOpts {
   expectNumber('scale', o.scale, -3.4e38, 3.4e38);
-  return nativeOpts({ scale: o.scale, causal: o.causal ?? false, qOffset: expectOffset(o.qOffset), dropout: checkDropout(o.dropout) }, sOffset);
+  return nativeOpts({ scale: o.scale, causal: expectFlag('causal', o.causal) ?? false, qOffset: expectOffset(o.qOffset), dropout: checkDropout(o.dropout) }, sOffset);
+}
+
+/** The state's buffers when a caller supplies them (attention() folds straight into its output). */
+interface StateBuffers {
+  m: Float32Array;
+  l: Float32Array;
+  acc: Float32Array;
+  /** acc is freshly allocated (already zero). */
+  accZeroed: boolean;
+}
+
+// m and l of attention() calls: [B,H,T] floats reused across calls (1/d_v of the output).
+const scratch = new Scratch();
+const ROW_NAMES = ['B', 'H', 'T'];
+const OUT_NAMES = ['B', 'H', 'T', 'd_v'];
+
+/** Checks caller-supplied out tensors and returns their arrays (or fresh ones). */
+function outTensors(out: AttentionOut, B: number, H: number, T: number, dV: number, inputs: Record<string, Float32Array | null | undefined>) {
+  const output = out.output === undefined ? undefined : expectShape('out.output', out.output, OUT_NAMES, [B, H, T, dV]).data;
+  const lse = out.lse === undefined ? undefined : expectShape('out.lse', out.lse, ROW_NAMES, [B, H, T]).data;
+  if (output) expectDisjoint('out.output', output, inputs);
+  if (lse) expectDisjoint('out.lse', lse, { ...inputs, 'out.output': output });
+  return {
+    output: output ?? alloc('output', OUT_NAMES, [B, H, T, dV]).data,
+    lse: lse ?? alloc('lse', ROW_NAMES, [B, H, T]).data,
+    freshOutput: !output,
+  };
 }
 
 /** A query offset: any 32-bit signed integer (queries before key 0 are allowed; they see nothing). */
 function expectOffset(qOffset: number): number {
-  if (!Number.isInteger(qOffset) || Math.abs(qOffset) > 2 ** 31 - 1) throw new ArgumentError(`Expected qOffset to be a 32-bit integer, got ${qOffset}`);
+  if (!Number.isInteger(qOffset) || Math.abs(qOffset) > 2 ** 31 - 1) throw new ArgumentError(`Expected qOffset to be a 32-bit integer, got ${show(qOffset)}`);
   return qOffset;
 }
 
 function checkDropout(dropout: Dropout | undefined): Dropout | undefined {
   if (dropout === undefined) return undefined;
+  expectObject('dropout', dropout);
   expectNumber('dropout.p', dropout.p, 0, 1, true);
   expectSeed('dropout.seed', dropout.seed);
   return dropout.p > 0 ? dropout : undefined;
@@ -99,7 +148,6 @@ export class OnlineSoftmaxState {
   readonly dV: number;
   readonly scale: number;
   readonly causal: boolean;
-  readonly qOffset: number;
   readonly dropout?: Dropout;
   /** Running max [B,H,T]. */
   readonly m: Float32Array;
@@ -111,28 +159,66 @@ export class OnlineSoftmaxState {
   keysSeen = 0;
   /** An updateAsync is running: the buffers belong to the worker thread. */
   private busy = false;
+  private q_: Tensor;
+  private qOffset_: number;
+  /** Caller buffers not yet initialised (m, l; or all three). */
+  private unfilled: 'no' | 'ml' | 'all' = 'no';
 
-  constructor(readonly q: Tensor, options: StateOptions) {
+  /** `buffers` is internal (attention() folds into its output); callers leave it out. */
+  constructor(q: Tensor, options: StateOptions, buffers?: StateBuffers) {
     [this.B, this.H, this.T, this.dK] = expectRank('q', q, ['B', 'H', 'T', 'd_k']);
-    expectShape('q', q, ['B', 'H', 'T', 'd_k'], [this.B, this.H, this.T, this.dK]);
+    this.q_ = expectShape('q', q, ['B', 'H', 'T', 'd_k'], [this.B, this.H, this.T, this.dK]);
+    expectObject('options', options);
     this.dV = expectDim('dV', options.dV);
     this.scale = expectNumber('scale', options.scale ?? 1 / Math.sqrt(this.dK), -3.4e38, 3.4e38);
-    this.causal = options.causal ?? false;
+    this.causal = expectFlag('causal', options.causal) ?? false;
     this.dropout = checkDropout(options.dropout);
     if (options.qOffset === undefined && (this.causal || this.dropout)) {
       throw new ArgumentError('Expected qOffset (absolute position of query 0) for a streaming state with causal or dropout, got undefined');
     }
-    this.qOffset = expectOffset(options.qOffset ?? 0);
-    const rows = this.B * this.H * this.T;
-    this.m = new Float32Array(rows).fill(-Infinity);
-    this.l = new Float32Array(rows);
-    this.acc = new Float32Array(rows * this.dV);
+    this.qOffset_ = expectOffset(options.qOffset ?? 0);
+    if (buffers) {
+      // Filled by the first update, after its checks: a call that throws leaves them untouched.
+      [this.m, this.l, this.acc] = [buffers.m, buffers.l, buffers.acc];
+      this.unfilled = buffers.accZeroed ? 'ml' : 'all';
+    } else {
+      this.m = alloc('state m', ROW_NAMES, [this.B, this.H, this.T]).data.fill(-Infinity);
+      this.l = new Float32Array(this.m.length);
+      this.acc = alloc('state acc', ['B', 'H', 'T', 'd_v'], [this.B, this.H, this.T, this.dV]).data;
+    }
+  }
+
+  /** The queries [B,H,T,d_k] (replaced by reset(q)). */
+  get q(): Tensor {
+    return this.q_;
+  }
+
+  /** Absolute position of query 0 (changed by reset(q, { qOffset })). */
+  get qOffset(): number {
+    return this.qOffset_;
+  }
+
+  /**
+   * Empties the state for reuse without allocating: m = -inf, l = 0, acc = 0, keysSeen = 0.
+   * `q` (same shape [B,H,T,d_k]) replaces the queries, `options.qOffset` their position (a
+   * decode loop: one state, reset per step).
+   */
+  reset(q?: Tensor, options: { qOffset?: number } = {}): this {
+    this.expectIdle();
+    expectOptions('reset options', options);
+    if (q !== undefined) this.q_ = expectShape('q', q, ['B', 'H', 'T', 'd_k'], [this.B, this.H, this.T, this.dK]);
+    if (options.qOffset !== undefined) this.qOffset_ = expectOffset(options.qOffset);
+    this.m.fill(-Infinity);
+    this.l.fill(0);
+    this.acc.fill(0);
+    this.keysSeen = 0;
+    return this;
   }
 
   /** Folds in keys k [B,H_kv,S,d_k] and values v [B,H_kv,S,d_v] at absolute positions [sOffset, sOffset + S). */
   update(k: KvView, v: KvView, sOffset = this.keysSeen): this {
     const dims = this.updateDims(k, v, sOffset);
-    addon.attnUpdate(dims, nativeOpts(this, sOffset), this.q.data, k.data, v.data, this.m, this.l, this.acc);
+    addon.attnUpdate(dims, nativeOpts(this, sOffset), this.q_.data, k.data, v.data, this.m, this.l, this.acc);
     this.keysSeen += dims.S;
     return this;
   }
@@ -146,7 +232,7 @@ export class OnlineSoftmaxState {
     this.busy = true;
     try {
       await new Promise<void>((resolve, reject) => {
-        addon.attnUpdateAsync(dims, nativeOpts(this, sOffset), this.q.data, k.data, v.data, this.m, this.l, this.acc, (err) =>
+        addon.attnUpdateAsync(dims, nativeOpts(this, sOffset), this.q_.data, k.data, v.data, this.m, this.l, this.acc, (err) =>
           err ? reject(new NativeError(err.message, { cause: err })) : resolve(),
         );
       });
@@ -167,6 +253,12 @@ export class OnlineSoftmaxState {
     expectDim('sOffset', sOffset, 0);
     const dims: NativeDims = { B: this.B, H: this.H, Hkv, T: this.T, S, sCap: k.capacity ?? S, dK: this.dK, dV: this.dV };
     if ((v.capacity ?? S) !== dims.sCap) throw new ShapeError(`Expected v capacity ${dims.sCap} (as k), got ${v.capacity ?? S}`);
+    if (this.unfilled !== 'no') {
+      this.m.fill(-Infinity);
+      this.l.fill(0);
+      if (this.unfilled === 'all') this.acc.fill(0);
+      this.unfilled = 'no';
+    }
     return dims;
   }
 
@@ -177,6 +269,8 @@ export class OnlineSoftmaxState {
   /** Absorbs a state over a disjoint set of keys for the same queries (the log-sum-exp rule). */
   merge(other: OnlineSoftmaxState): this {
     this.expectIdle();
+    if (!(other instanceof OnlineSoftmaxState)) throw new ArgumentError(`Expected other to be an OnlineSoftmaxState, got ${show(other)}`);
+    if (other === this) throw new ArgumentError('Expected other to be a state over disjoint keys, got this same state (merge a clone() instead)');
     other.expectIdle();
     const same = other.B === this.B && other.H === this.H && other.T === this.T && other.dV === this.dV;
     if (!same) {
@@ -190,7 +284,7 @@ export class OnlineSoftmaxState {
   /** A copy that can go on independently (for branching or partial results). */
   clone(): OnlineSoftmaxState {
     this.expectIdle();
-    const c = new OnlineSoftmaxState(this.q, { dV: this.dV, scale: this.scale, causal: this.causal, qOffset: this.qOffset, dropout: this.dropout });
+    const c = new OnlineSoftmaxState(this.q_, { dV: this.dV, scale: this.scale, causal: this.causal, qOffset: this.qOffset, dropout: this.dropout });
     c.m.set(this.m);
     c.l.set(this.l);
     c.acc.set(this.acc);
@@ -200,14 +294,24 @@ export class OnlineSoftmaxState {
 
   /**
    * output [B,H,T,d_v] = acc / l and lse [B,H,T] = m + log l; rows that saw no key give 0 and -inf.
-   * `consume` writes the output over the accumulator (no copy); the state is then spent.
+   * The state is left as it was (more updates may follow), except with `consume`: the output is
+   * written over the accumulator (no copy) and the state is spent until reset(). `out` gives the
+   * tensors to write into (returned as they are). `finalize(true)` is `finalize({ consume: true })`.
    */
-  finalize(consume = false): { output: Tensor; lse: Tensor } {
+  finalize(options: boolean | FinalizeOptions = false): { output: Tensor; lse: Tensor } {
     this.expectIdle();
-    const out = consume ? this.acc : new Float32Array(this.acc.length);
-    const lse = new Float32Array(this.m.length);
-    addon.attnFinalize(this.m.length, this.dV, this.m, this.l, this.acc, out, lse);
-    return { output: { data: out, shape: [this.B, this.H, this.T, this.dV] }, lse: { data: lse, shape: [this.B, this.H, this.T] } };
+    const o = typeof options === 'boolean' ? { consume: options } : expectOptions('finalize options', options);
+    const consume = expectFlag('consume', o.consume) ?? false;
+    const out = expectOptions('out', o.out);
+    if (consume && out.output !== undefined) throw new ArgumentError('Expected either consume or out.output, got both');
+    const shape = [this.B, this.H, this.T, this.dV], rows = [this.B, this.H, this.T];
+    const state = { m: this.m, l: this.l, acc: this.acc };
+    const output = out.output ?? (consume ? { data: this.acc, shape } : alloc('output', OUT_NAMES, shape));
+    if (out.output !== undefined) expectDisjoint('out.output', expectShape('out.output', out.output, OUT_NAMES, shape).data, state);
+    const lse = out.lse ?? alloc('lse', ROW_NAMES, rows);
+    if (out.lse !== undefined) expectDisjoint('out.lse', expectShape('out.lse', out.lse, ROW_NAMES, rows).data, { ...state, 'out.output': output.data });
+    addon.attnFinalize(this.m.length, this.dV, this.m, this.l, this.acc, output.data, lse.data);
+    return { output, lse };
   }
 }
 
@@ -217,17 +321,24 @@ export class OnlineSoftmaxState {
  * (+ weights [B,H,T,S] and mask [B,H,T,S] when asked).
  */
 export function attention(q: Tensor, k: KvView, v: KvView, options: AttentionOptions = {}): AttentionResult {
-  const [, , T] = expectRank('q', q, ['B', 'H', 'T', 'd_k']);
+  const o = expectOptions('options', options);
+  const [B, H, T] = expectRank('q', q, ['B', 'H', 'T', 'd_k']);
   const [, Hkv, S, dK] = expectRank('k', k, ['B', 'H_kv', 'S', 'd_k']);
   const [, , , dV] = expectRank('v', v, ['B', 'H_kv', 'S', 'd_v']);
-  const qOffset = options.qOffset ?? S - T;
-  const state = new OnlineSoftmaxState(q, { dV, scale: options.scale, causal: options.causal, qOffset, dropout: options.dropout });
+  const returnWeights = expectFlag('returnWeights', o.returnWeights);
+  const qOffset = o.qOffset ?? S - T;
+  const outs = outTensors(expectOptions('out', o.out), B, H, T, dV, { q: q.data, k: k.data, v: v.data });
+  // The state folds straight into the output array (finalize then divides it in place).
+  const m = scratch.get('m', ROW_NAMES, [B, H, T]), l = scratch.get('l', ROW_NAMES, [B, H, T]);
+  const state = new OnlineSoftmaxState(q, { dV, scale: o.scale, causal: o.causal, qOffset, dropout: o.dropout }, { m, l, acc: outs.output, accZeroed: outs.freshOutput });
   if (state.dK !== dK) throw new ShapeError(`Expected k shape [B,H_kv,S,d_k] with d_k=${state.dK} (as q), got d_k=${dK}`);
-  const { output, lse } = state.update(k, v, 0).finalize(true);
-  if (!options.returnWeights) return { output, lse };
+  state.update(k, v, 0); // checks k and v, then fills m, l (and a caller's output) before the kernel
+  addon.attnFinalize(m.length, dV, m, l, outs.output, outs.output, outs.lse);
+  const output = o.out?.output ?? { data: outs.output, shape: [B, H, T, dV] };
+  const lse = o.out?.lse ?? { data: outs.lse, shape: [B, H, T] };
+  if (!returnWeights) return { output, lse };
 
-  const [B, H] = q.shape;
-  const weights = new Float32Array(numel([B, H, T, S]));
+  const weights = alloc('weights', ['B', 'H', 'T', 'S'], [B, H, T, S]).data;
   const mask = state.dropout ? new Uint8Array(weights.length) : null;
   const dims: NativeDims = { B, H, Hkv, T, S, sCap: k.capacity ?? S, dK, dV };
   addon.attnProbs(dims, nativeOpts(state, 0), q.data, k.data, lse.data, weights, mask);

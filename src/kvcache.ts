@@ -3,7 +3,7 @@
 // valid and every append fills the half-open range [S, S + n).
 import type { KvView } from './attention.ts';
 import { ShapeError } from './errors.ts';
-import { expectDim, expectRank, expectShape } from './tensor.ts';
+import { expectAllocatable, expectDim, MAX_TENSOR_BYTES, expectObject, expectRank, expectShape } from './tensor.ts';
 import type { Tensor } from './tensor.ts';
 
 export interface KvCacheConfig {
@@ -11,7 +11,10 @@ export interface KvCacheConfig {
   numKvHeads: number;
   dK: number;
   dV: number;
-  /** Positions to reserve up front (default 16); storage doubles when full. */
+  /**
+   * Positions to reserve up front (default 16); storage doubles when full. Each of the K and V
+   * storages [B,H_kv,capacity,d] must fit MAX_TENSOR_BYTES (2 GiB), here and when growing.
+   */
   capacity?: number;
 }
 
@@ -26,13 +29,14 @@ export class KvCache {
   private len = 0;
 
   constructor(config: KvCacheConfig) {
+    expectObject('config', config);
     this.batch = expectDim('batch', config.batch);
     this.numKvHeads = expectDim('numKvHeads', config.numKvHeads);
     this.dK = expectDim('dK', config.dK);
     this.dV = expectDim('dV', config.dV);
     this.cap = expectDim('capacity', config.capacity ?? 16);
-    this.kData = new Float32Array(this.batch * this.numKvHeads * this.cap * this.dK);
-    this.vData = new Float32Array(this.batch * this.numKvHeads * this.cap * this.dV);
+    this.kData = new Float32Array(this.storageSize('k', this.cap, this.dK));
+    this.vData = new Float32Array(this.storageSize('v', this.cap, this.dV));
   }
 
   /** Valid positions S. */
@@ -51,7 +55,7 @@ export class KvCache {
     expectShape('k', k, ['B', 'H_kv', 'n', 'd_k'], [this.batch, this.numKvHeads, n, this.dK]);
     expectShape('v', v, ['B', 'H_kv', 'n', 'd_v'], [this.batch, this.numKvHeads, n, this.dV]);
     const start = this.len, end = start + n;
-    if (end > this.cap) this.grow(Math.max(end, 2 * this.cap));
+    if (end > this.cap) this.grow(end);
     copyRows(k.data, n, this.kData, this.cap, start, this.batch * this.numKvHeads, this.dK);
     copyRows(v.data, n, this.vData, this.cap, start, this.batch * this.numKvHeads, this.dV);
     this.len = end;
@@ -91,10 +95,17 @@ export class KvCache {
     this.len = 0;
   }
 
-  private grow(capacity: number): void {
+  private storageSize(name: string, capacity: number, d: number): number {
+    return expectAllocatable(`${name} cache storage`, ['B', 'H_kv', 'capacity', name === 'k' ? 'd_k' : 'd_v'], [this.batch, this.numKvHeads, capacity, d]);
+  }
+
+  /** Storage for at least `needed` positions: double the capacity, capped at the size limit. */
+  private grow(needed: number): void {
     const heads = this.batch * this.numKvHeads;
-    const k = new Float32Array(heads * capacity * this.dK);
-    const v = new Float32Array(heads * capacity * this.dV);
+    const maxCap = Math.floor(MAX_TENSOR_BYTES / 4 / (heads * Math.max(this.dK, this.dV)));
+    const capacity = Math.max(needed, Math.min(2 * this.cap, maxCap)); // over maxCap only when needed is: then storageSize throws
+    const k = new Float32Array(this.storageSize('k', capacity, this.dK));
+    const v = new Float32Array(this.storageSize('v', capacity, this.dV));
     copyRows(this.kData, this.len, k, capacity, 0, heads, this.dK, this.cap);
     copyRows(this.vData, this.len, v, capacity, 0, heads, this.dV, this.cap);
     this.kData = k;

@@ -1,12 +1,12 @@
 // Multi-head attention module (DESIGN.md): projections, grouped KV heads, d_k != d_v, an optional
 // KV cache, output projection. Activations are [B,T,width]; per-head tensors are [B,H,T,d].
 import { attention, attentionOptions } from './attention.ts';
-import type { AttentionResult, Dropout } from './attention.ts';
-import { ShapeError } from './errors.ts';
+import type { AttentionOut, AttentionResult, Dropout } from './attention.ts';
+import { ArgumentError, ShapeError } from './errors.ts';
 import { KvCache } from './kvcache.ts';
 import { addon } from './native.ts';
 import { Rng } from './random.ts';
-import { expectDim, expectNumber, expectRank, expectShape } from './tensor.ts';
+import { alloc, expectAllocatable, expectDim, expectDisjoint, expectFlag, expectNumber, expectObject, expectOptions, expectRank, expectShape, Scratch, show } from './tensor.ts';
 import type { Tensor } from './tensor.ts';
 
 export interface MhaConfig {
@@ -44,6 +44,14 @@ export interface ForwardOptions {
   cache?: KvCache;
   dropout?: Dropout;
   returnWeights?: boolean;
+  /**
+   * Write output [B,T,d_out] and/or lse [B,H,T] into these tensors (returned as they are)
+   * instead of fresh ones; they must not overlap x_q or x_kv. With them a loop of forward()
+   * calls allocates nothing large: the per-head q, k, v and attention output live in buffers
+   * the module keeps and reuses (so one module must not run two forward() calls at once, which
+   * synchronous calls cannot).
+   */
+  out?: AttentionOut;
 }
 
 export interface ForwardResult {
@@ -59,6 +67,7 @@ export interface ForwardResult {
 }
 
 export function resolveConfig(config: MhaConfig): ResolvedMhaConfig {
+  expectObject('config', config);
   const dModel = expectDim('dModel', config.dModel);
   const numHeads = expectDim('numHeads', config.numHeads);
   const numKvHeads = expectDim('numKvHeads', config.numKvHeads ?? numHeads);
@@ -69,7 +78,7 @@ export function resolveConfig(config: MhaConfig): ResolvedMhaConfig {
     throw new ShapeError(`Expected dModel divisible by numHeads=${numHeads} (or an explicit dK), got dModel=${dModel}`);
   }
   const dK = expectDim('dK', config.dK ?? dModel / numHeads);
-  return {
+  const c: ResolvedMhaConfig = {
     dModel,
     dKvIn: expectDim('dKvIn', config.dKvIn ?? dModel),
     dOut: expectDim('dOut', config.dOut ?? dModel),
@@ -77,9 +86,12 @@ export function resolveConfig(config: MhaConfig): ResolvedMhaConfig {
     numKvHeads,
     dK,
     dV: expectDim('dV', config.dV ?? dK),
-    bias: config.bias ?? true,
+    bias: expectFlag('bias', config.bias) ?? true,
     scale: expectNumber('scale', config.scale ?? 1 / Math.sqrt(dK), -3.4e38, 3.4e38),
   };
+  // Every weight within MAX_TENSOR_BYTES, before anything is allocated or drawn.
+  for (const [name, shape] of Object.entries(weightShapes(c))) if (shape) expectAllocatable(name, shape.length === 2 ? ['rows', 'cols'] : ['cols'], shape);
+  return c;
 }
 
 /** Weight shapes of a config, in the order `MultiHeadAttention.random` draws them. */
@@ -94,9 +106,12 @@ export function weightShapes(c: ResolvedMhaConfig): Record<keyof MhaWeights, num
 export class MultiHeadAttention {
   readonly config: ResolvedMhaConfig;
   readonly weights: MhaWeights;
+  /** Per-head q, k, v and attention output of forward(), reused across calls. */
+  private readonly scratch = new Scratch();
 
   constructor(config: MhaConfig, weights: MhaWeights) {
     this.config = resolveConfig(config);
+    expectObject('weights', weights);
     const shapes = weightShapes(this.config);
     for (const [name, shape] of Object.entries(shapes) as [keyof MhaWeights, number[] | null][]) {
       const w = weights[name];
@@ -129,11 +144,15 @@ export class MultiHeadAttention {
     return new KvCache({ batch, numKvHeads: this.config.numKvHeads, dK: this.config.dK, dV: this.config.dV, capacity });
   }
 
-  /** xQ [B,T,d_model] -> q [B,H,T,d_k] */
-  projectQ(xQ: Tensor): Tensor {
+  /** xQ [B,T,d_model] -> q [B,H,T,d_k] (written into `out` when given). */
+  projectQ(xQ: Tensor, out?: Tensor): Tensor {
     const [B, T] = expectRank('x_q', xQ, ['B', 'T', 'd_model']);
     expectShape('x_q', xQ, ['B', 'T', 'd_model'], [B, T, this.config.dModel]);
-    return project(xQ, this.weights.wQ, this.weights.bQ, B, T, this.config.numHeads, this.config.dK);
+    const { numHeads: H, dK } = this.config;
+    const q = out === undefined ? alloc('q', ['B', 'H', 'T', 'd_k'], [B, H, T, dK]) : expectShape('out', out, ['B', 'H', 'T', 'd_k'], [B, H, T, dK]);
+    if (out !== undefined) expectDisjoint('out', q.data, { x_q: xQ.data });
+    project(xQ, this.weights.wQ, this.weights.bQ, q.data, B, T, H, dK);
+    return q;
   }
 
   /** xKv [B,S,d_kv_in] -> k [B,H_kv,S,d_k], v [B,H_kv,S,d_v] */
@@ -141,20 +160,43 @@ export class MultiHeadAttention {
     const [B, S] = expectRank('x_kv', xKv, ['B', 'S', 'd_kv_in']);
     expectShape('x_kv', xKv, ['B', 'S', 'd_kv_in'], [B, S, this.config.dKvIn]);
     const { numKvHeads: Hkv, dK, dV } = this.config;
-    return {
-      k: project(xKv, this.weights.wK, this.weights.bK, B, S, Hkv, dK),
-      v: project(xKv, this.weights.wV, this.weights.bV, B, S, Hkv, dV),
-    };
+    const k = alloc('k', ['B', 'H_kv', 'S', 'd_k'], [B, Hkv, S, dK]), v = alloc('v', ['B', 'H_kv', 'S', 'd_v'], [B, Hkv, S, dV]);
+    project(xKv, this.weights.wK, this.weights.bK, k.data, B, S, Hkv, dK);
+    project(xKv, this.weights.wV, this.weights.bV, v.data, B, S, Hkv, dV);
+    return { k, v };
   }
 
-  /** Per-head output o [B,H,T,d_v] -> concat_h · w_o + b_o, [B,T,d_out] */
-  projectOut(o: Tensor): Tensor {
+  /** Per-head output o [B,H,T,d_v] -> concat_h · w_o + b_o, [B,T,d_out] (written into `out` when given). */
+  projectOut(o: Tensor, out?: Tensor): Tensor {
     const [B, , T] = expectRank('o', o, ['B', 'H', 'T', 'd_v']);
     const { numHeads: H, dV, dOut } = this.config;
     expectShape('o', o, ['B', 'H', 'T', 'd_v'], [B, H, T, dV]);
-    const y = new Float32Array(B * T * dOut);
-    addon.mergeProject(o.data, this.weights.wO.data, this.weights.bO?.data ?? null, y, B, H, T, dV, dOut);
-    return { data: y, shape: [B, T, dOut] };
+    const y = out === undefined ? alloc('output', ['B', 'T', 'd_out'], [B, T, dOut]) : expectShape('out', out, ['B', 'T', 'd_out'], [B, T, dOut]);
+    if (out !== undefined) expectDisjoint('out', y.data, { o: o.data });
+    addon.mergeProject(o.data, this.weights.wO.data, this.weights.bO?.data ?? null, y.data, B, H, T, dV, dOut);
+    return y;
+  }
+
+  /** projectKv into the module's reused buffers (forward() only: valid until the next call). */
+  private projectKvInto(xKv: Tensor): { k: Tensor; v: Tensor } {
+    const [B, S] = expectRank('x_kv', xKv, ['B', 'S', 'd_kv_in']);
+    expectShape('x_kv', xKv, ['B', 'S', 'd_kv_in'], [B, S, this.config.dKvIn]);
+    const { numKvHeads: Hkv, dK, dV } = this.config;
+    const k = { data: this.scratch.get('k', ['B', 'H_kv', 'S', 'd_k'], [B, Hkv, S, dK]), shape: [B, Hkv, S, dK] };
+    const v = { data: this.scratch.get('v', ['B', 'H_kv', 'S', 'd_v'], [B, Hkv, S, dV]), shape: [B, Hkv, S, dV] };
+    project(xKv, this.weights.wK, this.weights.bK, k.data, B, S, Hkv, dK);
+    project(xKv, this.weights.wV, this.weights.bV, v.data, B, S, Hkv, dV);
+    return { k, v };
+  }
+
+  /** Caller's out tensors (checked) or fresh ones: output [B,T,d_out], lse [B,H,T]. */
+  private outputs(out: AttentionOut, B: number, T: number, inputs: Record<string, Float32Array | null>): { output: Tensor; lse: Tensor } {
+    const { numHeads: H, dOut } = this.config;
+    const output = out.output === undefined ? alloc('output', ['B', 'T', 'd_out'], [B, T, dOut]) : expectShape('out.output', out.output, ['B', 'T', 'd_out'], [B, T, dOut]);
+    const lse = out.lse === undefined ? alloc('lse', ['B', 'H', 'T'], [B, H, T]) : expectShape('out.lse', out.lse, ['B', 'H', 'T'], [B, H, T]);
+    if (out.output !== undefined) expectDisjoint('out.output', output.data, inputs);
+    if (out.lse !== undefined) expectDisjoint('out.lse', lse.data, { ...inputs, 'out.output': output.data });
+    return { output, lse };
   }
 
   /** forward() without a cache or weights: the whole module in one native call. */
@@ -166,13 +208,12 @@ export class MultiHeadAttention {
     expectShape('x_kv', xKv, ['B', 'S', 'd_kv_in'], [B, S, c.dKvIn]);
     const opts = attentionOptions({ scale: c.scale, causal: options.causal, qOffset: options.qOffset ?? S - T, dropout: options.dropout }, 0);
     const w = this.weights;
-    const y = new Float32Array(B * T * c.dOut);
-    const lse = new Float32Array(B * c.numHeads * T);
+    const { output, lse } = this.outputs(expectOptions('out', options.out), B, T, { x_q: xQ.data, x_kv: xKv.data });
     addon.mhaForward(
       { B, T, S, dModel: c.dModel, dKvIn: c.dKvIn, dOut: c.dOut, H: c.numHeads, Hkv: c.numKvHeads, dK: c.dK, dV: c.dV }, opts,
-      xQ.data, xKv.data, w.wQ.data, w.bQ?.data ?? null, w.wK.data, w.bK?.data ?? null, w.wV.data, w.bV?.data ?? null, w.wO.data, w.bO?.data ?? null, y, lse,
+      xQ.data, xKv.data, w.wQ.data, w.bQ?.data ?? null, w.wK.data, w.bK?.data ?? null, w.wV.data, w.bV?.data ?? null, w.wO.data, w.bO?.data ?? null, output.data, lse.data,
     );
-    return { output: { data: y, shape: [B, T, c.dOut] }, lse: { data: lse, shape: [B, c.numHeads, T] } };
+    return { output, lse };
   }
 
   /**
@@ -181,25 +222,31 @@ export class MultiHeadAttention {
    * to all S = S_past + S_new cached positions.
    */
   forward(xQ: Tensor, xKv: Tensor | null, options: ForwardOptions = {}): ForwardResult {
+    expectOptions('options', options);
     const { cache } = options;
-    if (!cache && !options.returnWeights && xKv) return this.fused(xQ, xKv, options);
-    const q = this.projectQ(xQ);
+    if (cache !== undefined && !(cache instanceof KvCache)) throw new ArgumentError(`Expected options.cache to be a KvCache or undefined, got ${show(cache)}`);
+    if (!cache && !expectFlag('returnWeights', options.returnWeights) && xKv) return this.fused(xQ, xKv, options);
+    const [B, T] = expectRank('x_q', xQ, ['B', 'T', 'd_model']);
+    const { numHeads: H, numKvHeads: Hkv, dK, dV } = this.config;
+    const q = this.projectQ(xQ, { data: this.scratch.get('q', ['B', 'H', 'T', 'd_k'], [B, H, T, dK]), shape: [B, H, T, dK] });
     let k, v;
     if (cache) {
       if (cache.batch !== q.shape[0] || cache.numKvHeads !== this.config.numKvHeads || cache.dK !== this.config.dK || cache.dV !== this.config.dV) {
         throw new ShapeError(`Expected cache [B,H_kv,d_k,d_v]=[${q.shape[0]},${this.config.numKvHeads},${this.config.dK},${this.config.dV}], got [${cache.batch},${cache.numKvHeads},${cache.dK},${cache.dV}]`);
       }
       if (xKv) {
-        const kv = this.projectKv(xKv);
+        const kv = this.projectKvInto(xKv);
         cache.append(kv.k, kv.v);
       }
       [k, v] = [cache.keys(), cache.values()];
     } else {
       if (!xKv) throw new ShapeError('Expected x_kv shape [B,S,d_kv_in] (or a cache), got null');
-      ({ k, v } = this.projectKv(xKv));
+      ({ k, v } = this.projectKvInto(xKv));
     }
-    const r = attention(q, k, v, { scale: this.config.scale, causal: options.causal, qOffset: options.qOffset, dropout: options.dropout, returnWeights: options.returnWeights });
-    const result: ForwardResult = { output: this.projectOut(r.output), lse: r.lse };
+    const outs = this.outputs(expectOptions('out', options.out), B, T, { x_q: xQ.data, x_kv: xKv?.data ?? null });
+    const o = { data: this.scratch.get('o', ['B', 'H', 'T', 'd_v'], [B, H, T, dV]), shape: [B, H, T, dV] };
+    const r = attention(q, k, v, { scale: this.config.scale, causal: options.causal, qOffset: options.qOffset, dropout: options.dropout, returnWeights: options.returnWeights, out: { output: o, lse: outs.lse } });
+    const result: ForwardResult = { output: this.projectOut(o, outs.output), lse: r.lse };
     if (r.weights) result.weights = r.weights;
     if (r.mask) result.mask = r.mask;
     if (cache) result.cache = cache;
@@ -207,9 +254,7 @@ export class MultiHeadAttention {
   }
 }
 
-/** x [B,T,in] · w [in,heads·d] + b -> [B,heads,T,d] */
-function project(x: Tensor, w: Tensor, b: Tensor | undefined, B: number, T: number, heads: number, d: number): Tensor {
-  const out = new Float32Array(B * heads * T * d);
+/** x [B,T,in] · w [in,heads·d] + b -> out [B,heads,T,d] */
+function project(x: Tensor, w: Tensor, b: Tensor | undefined, out: Float32Array, B: number, T: number, heads: number, d: number): void {
   addon.projectHeads(x.data, w.data, b?.data ?? null, out, B, T, x.shape[2], heads, d);
-  return { data: out, shape: [B, heads, T, d] };
 }

@@ -14,6 +14,7 @@ export function numel(shape: readonly number[]): number {
 
 /** A tensor over `data` (not copied); throws when the length does not match the shape. */
 export function tensor(data: Float32Array, shape: readonly number[], name = 'tensor'): Tensor {
+  if (!Array.isArray(shape)) throw new ShapeError(`Expected ${name} shape to be an array of dimensions, got ${show(shape)}`);
   shape.forEach((d, i) => expectDim(`${name}.shape[${i}]`, d, 0));
   const t = { data, shape: [...shape] };
   expectShape(name, t, shape.map((_, i) => `d${i}`), shape);
@@ -21,7 +22,83 @@ export function tensor(data: Float32Array, shape: readonly number[], name = 'ten
 }
 
 export function zeros(shape: readonly number[]): Tensor {
-  return { data: new Float32Array(numel(shape)), shape: [...shape] };
+  if (!Array.isArray(shape)) throw new ShapeError(`Expected zeros shape to be an array of dimensions, got ${show(shape)}`);
+  shape.forEach((d, i) => expectDim(`zeros shape[${i}]`, d, 0));
+  return alloc('zeros', shape.map((_, i) => `d${i}`), shape);
+}
+
+/**
+ * Largest tensor kvstream allocates: 2^31 bytes (2^29 floats), as the addon's scratch limit
+ * (SCRATCH_LIMIT_BYTES in native/kernel_path.h). Bigger requests throw an ArgumentError naming
+ * the size instead of allocating (and zero-filling) gigabytes.
+ */
+export const MAX_TENSOR_BYTES = 2 ** 31;
+
+/** Throws unless a tensor of `dims` (named `names`) fits MAX_TENSOR_BYTES; returns its float count. */
+export function expectAllocatable(name: string, names: readonly string[], dims: readonly number[]): number {
+  const n = numel(dims);
+  if (n * 4 > MAX_TENSOR_BYTES) {
+    throw new ArgumentError(`Expected ${name} [${names.join(',')}]=[${dims.join(',')}] to fit the ${MAX_TENSOR_BYTES / 2 ** 30} GiB tensor limit (${MAX_TENSOR_BYTES / 4} floats), got ${n} floats (${n * 4} bytes)`);
+  }
+  return n;
+}
+
+/** A zeroed tensor of `dims`, after the size check. */
+export function alloc(name: string, names: readonly string[], dims: readonly number[]): Tensor {
+  return { data: new Float32Array(expectAllocatable(name, names, dims)), shape: [...dims] };
+}
+
+/**
+ * Buffers reused across calls (module scratch): `get(key, n)` gives a Float32Array of exactly
+ * n floats, the same view while n stays the same; storage only grows. Contents are whatever
+ * the last user left. Not for anything handed to a caller.
+ */
+export class Scratch {
+  private readonly slots = new Map<string, { buf: Float32Array; view: Float32Array }>();
+
+  get(key: string, names: readonly string[], dims: readonly number[]): Float32Array {
+    const n = expectAllocatable(key, names, dims);
+    let slot = this.slots.get(key);
+    if (!slot || slot.buf.length < n) {
+      const buf = new Float32Array(n);
+      slot = { buf, view: buf };
+      this.slots.set(key, slot);
+    }
+    if (slot.view.length !== n) slot.view = slot.buf.subarray(0, n);
+    return slot.view;
+  }
+}
+
+/** An options argument: undefined (-> {}) or an object; anything else throws naming it. */
+export function expectOptions<T extends object>(name: string, value: T | undefined): T {
+  if (value === undefined) return {} as T;
+  if (typeof value !== 'object' || value === null) throw new ArgumentError(`Expected ${name} to be an object or undefined, got ${show(value)}`);
+  return value;
+}
+
+/** A required object argument (a config). */
+export function expectObject<T extends object>(name: string, value: T): T {
+  if (typeof value !== 'object' || value === null) throw new ArgumentError(`Expected ${name} to be an object, got ${show(value)}`);
+  return value;
+}
+
+/** An optional boolean flag. */
+export function expectFlag(name: string, value: unknown): boolean | undefined {
+  if (value !== undefined && typeof value !== 'boolean') throw new ArgumentError(`Expected ${name} to be true, false or undefined, got ${show(value)}`);
+  return value as boolean | undefined;
+}
+
+/**
+ * An `out` tensor must not share memory with an input the same call reads (the kernels would
+ * read what they already overwrote).
+ */
+export function expectDisjoint(outName: string, out: Float32Array, inputs: Record<string, Float32Array | null | undefined>): void {
+  const lo = out.byteOffset, hi = lo + out.byteLength;
+  for (const [name, x] of Object.entries(inputs)) {
+    if (x && x.buffer === out.buffer && x.byteOffset < hi && lo < x.byteOffset + x.byteLength) {
+      throw new ArgumentError(`Expected ${outName} not to overlap ${name}, got bytes [${lo}, ${hi}) of the same ArrayBuffer as ${name} [${x.byteOffset}, ${x.byteOffset + x.byteLength})`);
+    }
+  }
 }
 
 /** `value` must be an integer >= min (dimensions, lengths, offsets). */
@@ -65,7 +142,7 @@ export function expectShape(name: string, t: unknown, names: readonly string[], 
   if (!(data instanceof Float32Array)) throw new ShapeError(`Expected ${want} as a Float32Array, got ${show(data)}`);
   if (!Array.isArray(shape)) throw new ShapeError(`Expected ${want}, got shape ${show(shape)}`);
   const same = shape.length === dims.length && shape.every((d, i) => d === dims[i]);
-  if (!same) throw new ShapeError(`Expected ${want}, got shape [${shape.join(',')}] (${data.length} floats)`);
+  if (!same) throw new ShapeError(`Expected ${want}, got shape [${shape.map(show).join(',')}] (${data.length} floats)`);
   // A cache view stores `capacity` >= S positions per head in its third axis.
   const storage = capacity === undefined ? want : `${name} storage [${names.map((n, i) => (i === 2 ? `${n}_cap` : n)).join(',')}]=[${stored.join(',')}] (${numel(stored)} floats)`;
   throw new ShapeError(`Expected ${storage}, got ${data.length}`);
@@ -75,16 +152,23 @@ export function expectShape(name: string, t: unknown, names: readonly string[], 
 export function expectRank(name: string, t: unknown, names: readonly string[]): number[] {
   const shape = (t as { shape?: unknown } | null)?.shape;
   if (!Array.isArray(shape) || shape.length !== names.length) {
-    throw new ShapeError(`Expected ${name} rank ${names.length} [${names.join(',')}], got ${Array.isArray(shape) ? `shape [${shape.join(',')}]` : show(t)}`);
+    throw new ShapeError(`Expected ${name} rank ${names.length} [${names.join(',')}], got ${Array.isArray(shape) ? `shape [${shape.map(show).join(',')}]` : show(t)}`);
   }
   shape.forEach((d, i) => expectDim(`${name} dim ${names[i]}`, d));
   return shape as number[];
 }
 
-function show(value: unknown): string {
-  if (value === null || value === undefined) return String(value);
-  if (ArrayBuffer.isView(value)) return `${value.constructor.name}(${(value as unknown as ArrayLike<unknown>).length})`;
-  if (Array.isArray(value)) return `Array(${value.length})`;
-  if (typeof value === 'object') return value.constructor?.name ?? 'object';
-  return typeof value === 'string' ? JSON.stringify(value) : String(value);
+/** A short description of any value for messages; never throws (Symbols, Proxies, odd getters). */
+export function show(value: unknown): string {
+  try {
+    if (value === null || value === undefined) return String(value);
+    if (ArrayBuffer.isView(value)) return `${value.constructor.name}(${(value as unknown as ArrayLike<unknown>).length})`;
+    if (Array.isArray(value)) return `Array(${value.length})`;
+    if (typeof value === 'object') return value.constructor?.name ?? 'object';
+    if (typeof value === 'function') return 'function';
+    if (typeof value === 'bigint') return `${value}n`;
+    return typeof value === 'string' ? JSON.stringify(value.slice(0, 40)) : String(value);
+  } catch {
+    return typeof value;
+  }
 }

@@ -3,6 +3,7 @@ import type { OperatorFunction } from 'rxjs';
 import { OnlineSoftmaxState } from '../attention.ts';
 import type { Dropout } from '../attention.ts';
 import type { MultiHeadAttention } from '../mha.ts';
+import { alloc, expectFlag, expectOptions } from '../tensor.ts';
 import type { Tensor } from '../tensor.ts';
 import type { KvChunk } from './chunks.ts';
 
@@ -32,11 +33,14 @@ export interface PartialOutput {
  * Streamed memory: fixed queries xQ [B,T,d_model] attend over key/value chunks as they arrive.
  * Each chunk is folded into an online-softmax state (one per subscription) and the exact
  * attention over all keys so far is emitted with the chunk. Memory is one state, however long
- * the stream.
+ * the stream. Each emitted output and lse is a fresh tensor the subscriber may keep; the per-head
+ * output before the projection lives in one buffer per subscription, reused for every chunk.
  */
 export function attendChunk<C extends KvChunk>(mha: MultiHeadAttention, xQ: Tensor, options: AttendOptions = {}): OperatorFunction<C, C & PartialOutput> {
   return (source) =>
     defer(() => {
+      expectOptions('options', options);
+      const async = expectFlag('async', options.async);
       let state: OnlineSoftmaxState | undefined = new OnlineSoftmaxState(mha.projectQ(xQ), {
         dV: mha.config.dV,
         scale: mha.config.scale,
@@ -45,12 +49,15 @@ export function attendChunk<C extends KvChunk>(mha: MultiHeadAttention, xQ: Tens
         dropout: options.dropout,
       });
       const sOffset = options.sOffset ?? 0;
+      const { B, H, T, dV } = state;
+      const o = alloc('o', ['B', 'H', 'T', 'd_v'], [B, H, T, dV]); // reused: projectOut reads it at once
       const emit = (chunk: C) => {
-        const { output, lse } = state!.clone().finalize();
-        return { ...chunk, output: mha.projectOut(output), lse };
+        // finalize leaves the state as it was: no copy of it per chunk.
+        const { lse } = state!.finalize({ out: { output: o } });
+        return { ...chunk, output: mha.projectOut(o), lse };
       };
       return source.pipe(
-        options.async
+        async
           ? concatMap(async (chunk: C) => {
               await state!.updateAsync(chunk.k, chunk.v, sOffset + chunk.start);
               return emit(chunk);

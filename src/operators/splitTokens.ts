@@ -1,8 +1,7 @@
 import { defer, from, map } from 'rxjs';
 import type { Observable } from 'rxjs';
-import { expectRank } from '../tensor.ts';
 import type { Tensor } from '../tensor.ts';
-import { chunkSizes, sliceTokens } from './chunks.ts';
+import { chunkSizes, expectTokens, sliceTokens } from './chunks.ts';
 import type { TokenChunk } from './chunks.ts';
 
 /**
@@ -11,7 +10,7 @@ import type { TokenChunk } from './chunks.ts';
  */
 export function splitTokens(x: Tensor, chunking: number | readonly number[]): Observable<TokenChunk> {
   return defer(() => {
-    const [, S] = expectRank('x', x, ['B', 'S', 'd']);
+    const [, S] = expectTokens('x', x);
     const sizes = chunkSizes(S, chunking);
     const starts = sizes.map((_, i) => sizes.slice(0, i).reduce((a, b) => a + b, 0));
     return from(sizes).pipe(map((n, index) => ({ index, start: starts[index], end: starts[index] + n, x: sliceTokens(x, starts[index], starts[index] + n) })));
