@@ -4,7 +4,7 @@ import { parseArgs } from 'node:util';
 import { lastValueFrom } from 'rxjs';
 import { KvstreamError } from './errors.ts';
 import { BUILTIN_CASES } from './fixtures/cases.ts';
-import { hasDeterministicKernels, withDeterministicKernels } from './fixtures/kernels.ts';
+import { withDeterministicKernels } from './fixtures/kernels.ts';
 import { baseName, buildCase, resolveOverrides } from './fixtures/recipes.ts';
 import type { PipelineSpec } from './fixtures/recipes.ts';
 import { verifyDir } from './fixtures/verify.ts';
@@ -53,7 +53,6 @@ function progress(total: number) {
 async function generate(names: string[], out: string, seed?: number, chunk?: number): Promise<number> {
   const unknown = names.filter((n) => !PIPELINES.has(n));
   if (unknown.length) throw new UsageError(`Unknown pipeline${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')}. Known: ${[...PIPELINES.keys()].join(', ')}`);
-  if (!hasDeterministicKernels()) console.error('warning: this addon has no deterministic kernel path: the bytes written may differ on another CPU');
   const bar = progress(names.length);
   await withDeterministicKernels(async () => {
     for (const [i, name] of names.entries()) {
