@@ -1,0 +1,131 @@
+// What the stream sources read from, and the one pull loop they share.
+// A source is pulled one item at a time: a Node Readable or any async iterable (for await), a
+// sync iterable, or a highland stream (its own pull(), so highland's back-pressure holds).
+import _ from 'highland';
+import { Observable } from 'rxjs';
+import type { Subscriber, Subscription } from 'rxjs';
+import { ArgumentError } from '../errors.ts';
+import { show } from '../tensor.ts';
+
+/** The part of a highland stream the sources use (`_(...)` streams fit; no highland types needed). */
+export interface HighlandLike<T> {
+  pull(f: (err: Error | null | undefined, x: T) => void): void;
+  destroy(): void;
+}
+
+/** Anything the stream sources read: a Node Readable, an async or sync iterable, a highland stream. */
+export type StreamSource<T> = AsyncIterable<T> | Iterable<T> | HighlandLike<T>;
+
+/** Pacing for asynchronous consumers, as fromNpy's: one more item per value `demand` emits. */
+export interface PullOptions {
+  /**
+   * With it, the first chunk is produced on subscribe and one more per value `demand` emits
+   * (toReadable/toAsyncIterable drive one). Without it, chunk i+1 is produced once next(chunk i)
+   * has returned.
+   */
+  demand?: Observable<unknown>;
+}
+
+/** One item at a time from a source; `close` ends it early (destroys a Readable or highland stream). */
+export interface Puller<T> {
+  next(): Promise<IteratorResult<T, undefined>>;
+  close(): Promise<void>;
+}
+
+/** A puller over `source`; `name` is the argument's name in the error for anything else. */
+export function puller<T>(name: string, source: StreamSource<T>): Puller<T> {
+  if (_.isStream(source)) {
+    const hs = source as HighlandLike<T>;
+    return {
+      next: () => new Promise((resolve, reject) => {
+        hs.pull((err, x) => {
+          if (err) reject(err);
+          else resolve(x === (_.nil as unknown) ? { done: true, value: undefined } : { done: false, value: x });
+        });
+      }),
+      close: async () => hs.destroy(),
+    };
+  }
+  const s = source as Partial<AsyncIterable<T> & Iterable<T>> | null;
+  const asyncIt = s?.[Symbol.asyncIterator], syncIt = s?.[Symbol.iterator];
+  const it: AsyncIterator<T> | Iterator<T> | undefined =
+    typeof asyncIt === 'function' ? asyncIt.call(s) : typeof syncIt === 'function' ? syncIt.call(s) : undefined;
+  if (!it) throw new ArgumentError(`Expected ${name} to be a Node Readable, an async or sync iterable, or a highland stream, got ${show(source)}`);
+  return {
+    next: async () => (await it.next()) as IteratorResult<T, undefined>,
+    close: async () => void (await it.return?.()),
+  };
+}
+
+/**
+ * A cold source: each subscription calls `open` for a fresh producer, then `produce()` once per
+ * chunk (resolving undefined at the end) — once per credit: one on subscribe, then one per
+ * `demand` value, or one per returned next() without `demand`. `close` runs once on completion,
+ * error or unsubscribe (a produce() still in flight is then ignored). Errors go to
+ * subscriber.error after close, through `wrap`.
+ */
+export function pullSource<C, P extends { produce(): Promise<C | undefined>; close(): Promise<void> }>(
+  open: () => P,
+  options: PullOptions,
+  wrap: (e: unknown) => unknown = (e) => e,
+): Observable<C> {
+  return new Observable<C>((subscriber: Subscriber<C>) => {
+    let producer: P | undefined;
+    let credit = 1; // chunks the consumer may receive before its next demand
+    let waiting = false; // a produce is owed once credit arrives
+    let busy = false; // a produce() is in flight
+    let closed = false;
+    let demandSub: Subscription | undefined;
+
+    const close = (): Promise<void> => {
+      if (closed) return Promise.resolve();
+      closed = true;
+      demandSub?.unsubscribe();
+      return producer ? producer.close() : Promise.resolve();
+    };
+    const fail = (e: unknown) => {
+      if (closed) return; // a produce cut short by unsubscribe is nobody's error
+      const err = wrap(e);
+      close().then(() => subscriber.error(err), () => subscriber.error(err));
+    };
+    const pull = () => {
+      if (closed || busy) return;
+      if (credit === 0) {
+        waiting = true;
+        return;
+      }
+      credit--;
+      busy = true;
+      (async () => {
+        producer ??= open();
+        return producer.produce();
+      })().then((chunk) => {
+        busy = false;
+        if (closed) return;
+        if (chunk === undefined) {
+          close().then(() => subscriber.complete(), (e: unknown) => subscriber.error(wrap(e)));
+          return;
+        }
+        subscriber.next(chunk);
+        if (!options.demand) credit++;
+        pull();
+      }, (e: unknown) => {
+        busy = false;
+        fail(e);
+      });
+    };
+    if (options.demand) {
+      demandSub = options.demand.subscribe(() => {
+        credit++;
+        if (waiting) {
+          waiting = false;
+          pull();
+        }
+      });
+    }
+    pull();
+    return () => {
+      void close().catch(() => {});
+    };
+  });
+}

@@ -1,0 +1,13 @@
+import type { Observable } from 'rxjs';
+import { toReadable } from './toReadable.ts';
+import type { ToReadableOptions } from './toReadable.ts';
+
+/**
+ * Sink: the Observable's values as an async iterable (`for await`), through toReadable in object
+ * mode: pass the source's `demand` Subject to pace it by the loop. Leaving the loop early
+ * (break, return, throw) unsubscribes, which closes the source; an error of the Observable is
+ * thrown by the loop.
+ */
+export function toAsyncIterable<T>(source: Observable<T>, options: Omit<ToReadableOptions, 'bytes'> = {}): AsyncIterableIterator<T> {
+  return toReadable(source, options)[Symbol.asyncIterator]() as AsyncIterableIterator<T>;
+}
