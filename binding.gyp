@@ -11,6 +11,7 @@
         "native/exact.cc",
         "native/gemm.cc",
         "native/kernel_path.cc",
+        "native/kvstore.cc",
         "native/threads.cc",
         "native/tile.cc",
         "native/vmath.cc"

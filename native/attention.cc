@@ -24,9 +24,9 @@ constexpr float NEG_INF = -std::numeric_limits<float>::infinity();
 // SK 256..1024 measured with T = S = 2048), smaller ones repack K and V more often.
 constexpr int64_t TQ = 128, SK = 512;
 
-// Per-thread scratch, reused across calls.
+// Per-thread scratch, reused across calls: scores, keep mask, converted key and value blocks.
 struct Scratch {
-  std::vector<float> scores;
+  std::vector<float> scores, k_rows, v_rows;
   std::vector<uint8_t> keep;
 };
 thread_local Scratch tls;
@@ -89,16 +89,19 @@ constexpr int64_t ROWS_MAX = 128;
 
 }  // namespace
 
-void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, const float* k, const float* v,
-                 float* m, float* l, float* acc) {
+void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, const KvStore& kv, float* m, float* l,
+                 float* acc) {
   const KernelPath path = kernel_path();
-  if (path == KernelPath::Deterministic) return exact_attn_update(dims, opts, q, k, v, m, l, acc);
+  if (path == KernelPath::Deterministic) return exact_attn_update(dims, opts, q, kv, m, l, acc);
   const int64_t B = dims.B, H = dims.H, T = dims.T, S = dims.S, d_k = dims.d_k, d_v = dims.d_v;
   if (S == 0 || T == 0) return;
   const int64_t group = H / dims.H_kv;
   const double flops = 2.0 * B * H * T * S * (d_k + d_v);
   const bool rows_path = path == KernelPath::Rows || (path == KernelPath::Auto && T <= FEW_ROWS);
-  const bool tile_path = !rows_path && path != KernelPath::Blas && tile_supported(d_k, d_v);
+  // The tile streams fp32 storage in place; other storage takes the block-converting paths.
+  const bool tile_path = !rows_path && path != KernelPath::Blas && kv.dtype == KvDtype::F32 && tile_supported(d_k, d_v);
+  // Converted blocks stay in L1 on the memory-bound row path (64 keys x d <= 256 floats: 64 KiB).
+  const int64_t rows_block = kv.dtype == KvDtype::F32 ? SK : 64;
 
   if (rows_path) {
     // The T rows of each of a kv head's `group` query heads are contiguous in q, m, l and acc:
@@ -109,8 +112,6 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
       const int64_t b = bh_kv / dims.H_kv, h0 = (bh_kv % dims.H_kv) * group;
       const int64_t row0 = (b * H + h0) * T + r0;
       const float* q_r = q + row0 * d_k;
-      const float* k_bh = k + bh_kv * dims.s_cap * d_k;
-      const float* v_bh = v + bh_kv * dims.s_cap * d_v;
       float *m_r = m + row0, *l_r = l + row0, *acc_r = acc + row0 * d_v;
       auto pos = [&](int64_t r) { return std::pair<int64_t, int64_t>(opts.q_offset + (r0 + r) % T, h0 + (r0 + r) / T); };
       tls.scores.resize(ROWS_MAX * SK);
@@ -118,17 +119,19 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
       float* scores = tls.scores.data();
       count(R == 1 ? attn_rows_sgemv : R <= FEW_ROWS ? attn_rows_dot : attn_rows_sgemm);
       const int64_t t_abs_last = opts.q_offset + T - 1;  // bounds every row's query position
-      for (int64_t s0 = 0; s0 < S; s0 += SK) {
+      for (int64_t s0 = 0; s0 < S; s0 += rows_block) {
         const int64_t s_abs0 = opts.s_offset + s0;
-        const int64_t sk = visible(opts.causal, t_abs_last, s_abs0, std::min(SK, S - s0));
+        const int64_t sk = visible(opts.causal, t_abs_last, s_abs0, std::min(rows_block, S - s0));
         if (sk == 0) break;
-        if (R == 1) sgemv(false, (int)sk, (int)d_k, opts.scale, k_bh + s0 * d_k, (int)d_k, q_r, 0.0f, scores);
-        else if (R <= FEW_ROWS) dot_rows(q_r, R, k_bh + s0 * d_k, sk, d_k, opts.scale, scores);
-        else sgemm(false, true, (int)R, (int)sk, (int)d_k, opts.scale, q_r, (int)d_k, k_bh + s0 * d_k, (int)d_k, 0.0f, scores, (int)sk);
+        const float* kb = kv_rows(kv, false, bh_kv, dims.s_cap, d_k, s0, sk, tls.k_rows);
+        if (R == 1) sgemv(false, (int)sk, (int)d_k, opts.scale, kb, (int)d_k, q_r, 0.0f, scores);
+        else if (R <= FEW_ROWS) dot_rows(q_r, R, kb, sk, d_k, opts.scale, scores);
+        else sgemm(false, true, (int)R, (int)sk, (int)d_k, opts.scale, q_r, (int)d_k, kb, (int)d_k, 0.0f, scores, (int)sk);
         softmax_block(opts, b, scores, R, sk, s_abs0, pos, m_r, l_r, acc_r, d_v);
-        if (R == 1) sgemv(true, (int)sk, (int)d_v, 1.0f, v_bh + s0 * d_v, (int)d_v, scores, 1.0f, acc_r);
-        else if (R <= FEW_ROWS) accumulate_pv(scores, R, v_bh + s0 * d_v, sk, d_v, acc_r);
-        else sgemm(false, false, (int)R, (int)d_v, (int)sk, 1.0f, scores, (int)sk, v_bh + s0 * d_v, (int)d_v, 1.0f, acc_r, (int)d_v);
+        const float* vb = kv_rows(kv, true, bh_kv, dims.s_cap, d_v, s0, sk, tls.v_rows);
+        if (R == 1) sgemv(true, (int)sk, (int)d_v, 1.0f, vb, (int)d_v, scores, 1.0f, acc_r);
+        else if (R <= FEW_ROWS) accumulate_pv(scores, R, vb, sk, d_v, acc_r);
+        else sgemm(false, false, (int)R, (int)d_v, (int)sk, 1.0f, scores, (int)sk, vb, (int)d_v, 1.0f, acc_r, (int)d_v);
       }
     }, flops);
     return;
@@ -142,6 +145,8 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
       const int64_t qb = task % q_blocks, bh = task / q_blocks, h = bh % H, b = bh / H;
       const int64_t t0 = qb * TILE_TQ, tq = std::min(TILE_TQ, T - t0);
       const int64_t bh_kv = b * dims.H_kv + h / group;
+      const float* k = static_cast<const float*>(kv.k);
+      const float* v = static_cast<const float*>(kv.v);
       tile_update(opts, b, h, q + (bh * T + t0) * d_k, tq, opts.q_offset + t0, k + bh_kv * dims.s_cap * d_k,
                   v + bh_kv * dims.s_cap * d_v, S, d_k, d_v, m + bh * T + t0, l + bh * T + t0, acc + (bh * T + t0) * d_v);
     }, flops);
@@ -156,8 +161,6 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
     const int64_t t0 = qb * TQ, tq = std::min(TQ, T - t0);
     const int64_t bh_kv = b * dims.H_kv + h / group;
     const float* q_bht = q + (bh * T + t0) * d_k;
-    const float* k_bh = k + bh_kv * dims.s_cap * d_k;
-    const float* v_bh = v + bh_kv * dims.s_cap * d_v;
     float* m_bht = m + bh * T + t0;
     float* l_bht = l + bh * T + t0;
     float* acc_bht = acc + (bh * T + t0) * d_v;
@@ -174,12 +177,12 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
       const int64_t sk = visible(opts.causal, t_abs_last, s_abs0, std::min(SK, S - s0));
       if (sk == 0) break;
       // scores [tq, sk] = scale · q_bht · k_blockᵀ
-      sgemm(false, true, (int)tq, (int)sk, (int)d_k, opts.scale, q_bht, (int)d_k, k_bh + s0 * d_k, (int)d_k, 0.0f,
-            scores, (int)sk);
+      const float* kb = kv_rows(kv, false, bh_kv, dims.s_cap, d_k, s0, sk, tls.k_rows);
+      sgemm(false, true, (int)tq, (int)sk, (int)d_k, opts.scale, q_bht, (int)d_k, kb, (int)d_k, 0.0f, scores, (int)sk);
       softmax_block(opts, b, scores, tq, sk, s_abs0, pos, m_bht, l_bht, acc_bht, d_v);
       // acc [tq, d_v] += P [tq, sk] · v_block [sk, d_v]
-      sgemm(false, false, (int)tq, (int)d_v, (int)sk, 1.0f, scores, (int)sk, v_bh + s0 * d_v, (int)d_v, 1.0f,
-            acc_bht, (int)d_v);
+      const float* vb = kv_rows(kv, true, bh_kv, dims.s_cap, d_v, s0, sk, tls.v_rows);
+      sgemm(false, false, (int)tq, (int)d_v, (int)sk, 1.0f, scores, (int)sk, vb, (int)d_v, 1.0f, acc_bht, (int)d_v);
     }
   }, flops);
 }
@@ -212,9 +215,9 @@ void attn_finalize(int64_t rows, int64_t d_v, const float* m, const float* l, co
   }
 }
 
-void attn_probs(const AttnDims& dims, const AttnOpts& opts, const float* q, const float* k, const float* lse,
+void attn_probs(const AttnDims& dims, const AttnOpts& opts, const float* q, const KvStore& kv, const float* lse,
                 float* probs, uint8_t* keep) {
-  if (kernel_path() == KernelPath::Deterministic) return exact_attn_probs(dims, opts, q, k, lse, probs, keep);
+  if (kernel_path() == KernelPath::Deterministic) return exact_attn_probs(dims, opts, q, kv, lse, probs, keep);
   count(kvs::probs);
   const int64_t H = dims.H, T = dims.T, S = dims.S, d_k = dims.d_k;
   const int64_t group = H / dims.H_kv;
@@ -222,8 +225,8 @@ void attn_probs(const AttnDims& dims, const AttnOpts& opts, const float* q, cons
   const float keep_scale = dropout ? 1.0f / (1.0f - opts.dropout_p) : 1.0f;
   parallel_for(dims.B * H, [&](int64_t bh) {
     const int64_t h = bh % H, b = bh / H;
-    const float* k_bh = k + (b * dims.H_kv + h / group) * dims.s_cap * d_k;
-    thread_local std::vector<float> row_scores;
+    thread_local std::vector<float> row_scores, k_rows;
+    const float* k_bh = probs ? kv_rows(kv, false, b * dims.H_kv + h / group, dims.s_cap, d_k, 0, S, k_rows) : nullptr;
     thread_local std::vector<uint8_t> row_keep;
     resize_scratch(row_scores, probs ? T * S : 0, "attn_probs scores");
     resize_scratch(row_keep, S, "attn_probs keep");

@@ -11,6 +11,8 @@
 #pragma once
 #include <cstdint>
 
+#include "kvstore.h"
+
 namespace kvs {
 
 struct AttnDims {
@@ -29,9 +31,13 @@ struct AttnOpts {
 // Empty state: m = -inf, l = 0, acc = 0.
 void attn_state_init(int64_t rows, int64_t d_v, float* m, float* l, float* acc);
 
-// Folds keys [0, S) of k/v (absolute positions s_offset + s) into the state.
-void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, const float* k, const float* v,
-                 float* m, float* l, float* acc);
+// Folds keys [0, S) of the cache storage kv (absolute positions s_offset + s) into the state.
+void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, const KvStore& kv, float* m, float* l,
+                 float* acc);
+inline void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, const float* k, const float* v,
+                        float* m, float* l, float* acc) {
+  attn_update(dims, opts, q, kv_f32(k, v), m, l, acc);
+}
 
 // State 1 <- state 1 ∪ state 2 (disjoint key sets): the log-sum-exp rule. rows = B*H*T.
 void attn_merge(int64_t rows, int64_t d_v, float* m1, float* l1, float* acc1, const float* m2, const float* l2,
@@ -43,7 +49,7 @@ void attn_finalize(int64_t rows, int64_t d_v, const float* m, const float* l, co
 
 // Probabilities after dropout, probs [B, H, T, S], and the keep mask [B, H, T, S] (1 = kept;
 // all ones without dropout), from the final lse of a full pass. Either output may be null.
-void attn_probs(const AttnDims& dims, const AttnOpts& opts, const float* q, const float* k, const float* lse,
+void attn_probs(const AttnDims& dims, const AttnOpts& opts, const float* q, const KvStore& kv, const float* lse,
                 float* probs, uint8_t* keep);
 
 // y [M, N] = x [M, K] · w [K, N] + b [N] (b may be null).

@@ -57,6 +57,13 @@ struct Checker {
     failed = true;
   }
 
+  bool count_in(int lo, int hi) {  // exactly lo or exactly hi
+    if (info.Length() != lo && info.Length() != hi)
+      type_error("expected " + std::to_string(lo) + " or " + std::to_string(hi) + " arguments, got " +
+                 std::to_string(info.Length()));
+    return !failed;
+  }
+
   bool count(int n) {
     if (info.Length() != n)
       type_error("expected " + std::to_string(n) + " arguments, got " + std::to_string(info.Length()));
@@ -138,6 +145,36 @@ struct Checker {
     return *contents;
   }
 
+  // A cache storage array of kv_dtype: Float32Array (f32), Uint16Array (f16, bf16 bits) or
+  // Int8Array (i8), of exactly `len` elements.
+  const void* storage(int i, const char* name, int64_t len, const Shape& shape, kvs::KvDtype dtype) {
+    if (failed) return nullptr;
+    if (dtype == kvs::KvDtype::F32) return f32(i, name, len, shape);
+    v8::Local<v8::Value> val = info[i];
+    const bool i8 = dtype == kvs::KvDtype::I8;
+    if (i8 ? !val->IsInt8Array() : !val->IsUint16Array()) {
+      type_error(std::string(name) + " must be " + (i8 ? "an Int8Array" : "a Uint16Array") + " for kvDtype '" +
+                 dtype_name(dtype) + "', got " + describe(val));
+      return nullptr;
+    }
+    auto arr = val.As<v8::TypedArray>();
+    if ((int64_t)arr->Length() != len) {
+      range_error("expected " + std::string(name) + " " + shape.str() + " (" + std::to_string(len) + " elements), got " +
+                  std::to_string(arr->Length()));
+      return nullptr;
+    }
+    return static_cast<const char*>(arr->Buffer()->Data()) + arr->ByteOffset();
+  }
+
+  static const char* dtype_name(kvs::KvDtype d) {
+    switch (d) {
+      case kvs::KvDtype::F16: return "f16";
+      case kvs::KvDtype::BF16: return "bf16";
+      case kvs::KvDtype::I8: return "i8";
+      default: return "f32";
+    }
+  }
+
   uint8_t* u8(int i, const char* name, int64_t len, const Shape& shape) {
     if (failed) return nullptr;
     v8::Local<v8::Value> val = info[i];
@@ -176,7 +213,11 @@ struct Checker {
   static std::string describe(v8::Local<v8::Value> val) {
     if (val->IsUndefined()) return "undefined";
     if (val->IsNull()) return "null";
+    if (val->IsFloat32Array()) return "Float32Array";
     if (val->IsFloat64Array()) return "Float64Array";
+    if (val->IsUint16Array()) return "Uint16Array";
+    if (val->IsInt8Array()) return "Int8Array";
+    if (val->IsUint8Array()) return "Uint8Array";
     if (val->IsTypedArray()) return "a typed array of another type";
     if (val->IsArray()) return "Array";
     if (val->IsNumber()) return "number " + num(Nan::To<double>(val).FromJust());
@@ -210,10 +251,26 @@ kvs::AttnDims read_dims(Checker& c, int i) {
   return d;
 }
 
-kvs::AttnOpts read_opts(Checker& c, int i) {
+// opts.kvDtype: the cache storage type, 'f32' (or absent), 'f16', 'bf16' or 'i8' (kvstore.h).
+kvs::KvDtype read_kv_dtype(Checker& c, v8::Local<v8::Object> obj) {
+  v8::Local<v8::Value> val = c.field(obj, "opts", "kvDtype");
+  if (c.failed || val->IsUndefined()) return kvs::KvDtype::F32;
+  if (!val->IsString()) {
+    c.type_error("opts.kvDtype must be a string, got " + Checker::describe(val));
+    return kvs::KvDtype::F32;
+  }
+  const std::string name = *Nan::Utf8String(val);
+  for (kvs::KvDtype d : {kvs::KvDtype::F32, kvs::KvDtype::F16, kvs::KvDtype::BF16, kvs::KvDtype::I8})
+    if (name == Checker::dtype_name(d)) return d;
+  c.range_error("opts.kvDtype must be one of 'f32', 'f16', 'bf16', 'i8', got '" + name.substr(0, 64) + "'");
+  return kvs::KvDtype::F32;
+}
+
+kvs::AttnOpts read_opts(Checker& c, int i, kvs::KvDtype* kv_dtype = nullptr) {
   kvs::AttnOpts o{};
   v8::Local<v8::Object> obj = c.object(i, "opts");
   if (c.failed) return o;
+  if (kv_dtype) *kv_dtype = read_kv_dtype(c, obj);
   o.scale = (float)c.number(c.field(obj, "opts", "scale"), "opts.scale", -3.4e38, 3.4e38, false);
   v8::Local<v8::Value> causal = c.field(obj, "opts", "causal");
   if (!c.failed && !causal->IsBoolean()) c.type_error("opts.causal must be a boolean, got " + Checker::describe(causal));
@@ -263,13 +320,37 @@ void guarded(Checker& c, F&& f) {
 struct UpdateArgs {
   kvs::AttnDims d;
   kvs::AttnOpts o;
-  const float *q, *k, *v;
+  const float* q;
+  kvs::KvStore kv;
   float *m, *l, *acc;
 };
 
-bool read_update_args(Checker& c, UpdateArgs& a) {
+// Whether arguments i and i + 1 were passed (i < 0: the call has no scale slots).
+bool info_has(Checker& c, int i) { return i >= 0 && c.info.Length() >= i + 2; }
+
+// The key and value scales of int8 storage at info[i], info[i + 1] (null otherwise; both are
+// refused when given for other storage, so a caller cannot believe they were applied).
+bool read_scales(Checker& c, int i, const kvs::AttnDims& d, kvs::KvStore& kv) {
+  const bool given = info_has(c, i) && !(c.info[i]->IsNullOrUndefined() && c.info[i + 1]->IsNullOrUndefined());
+  if (kv.dtype != kvs::KvDtype::I8) {
+    if (given) c.type_error("kScale and vScale must be null unless opts.kvDtype is 'i8'");
+    return !c.failed;
+  }
+  if (!info_has(c, i)) {
+    c.type_error("int8 storage (opts.kvDtype 'i8') needs kScale and vScale arguments");
+    return false;
+  }
+  const int64_t gk = kvs::q8_groups(d.d_k), gv = kvs::q8_groups(d.d_v);
+  const int64_t nk = c.product({d.B, d.H_kv, d.s_cap, gk}, "kScale"), nv = c.product({d.B, d.H_kv, d.s_cap, gv}, "vScale");
+  kv.k_scale = c.f32(i, "kScale", nk, shape("[B,H_kv,S_cap,ceil(d_k/32)]", {d.B, d.H_kv, d.s_cap, gk}));
+  kv.v_scale = c.f32(i + 1, "vScale", nv, shape("[B,H_kv,S_cap,ceil(d_v/32)]", {d.B, d.H_kv, d.s_cap, gv}));
+  return !c.failed;
+}
+
+bool read_update_args(Checker& c, UpdateArgs& a, int scales_at) {
   a.d = read_dims(c, 0);
-  a.o = read_opts(c, 1);
+  a.kv = kvs::KvStore{};
+  a.o = read_opts(c, 1, &a.kv.dtype);
   if (c.failed) return false;
   const kvs::AttnDims& d = a.d;
   const int64_t nq = c.product({d.B, d.H, d.T, d.d_k}, "q");
@@ -278,20 +359,21 @@ bool read_update_args(Checker& c, UpdateArgs& a) {
   const int64_t nr = c.product({d.B, d.H, d.T}, "m");
   const int64_t na = c.product({d.B, d.H, d.T, d.d_v}, "acc");
   a.q = c.f32(2, "q", nq, shape("[B,H,T,d_k]", {d.B, d.H, d.T, d.d_k}));
-  a.k = c.f32(3, "k", nk, shape("[B,H_kv,S_cap,d_k]", {d.B, d.H_kv, d.s_cap, d.d_k}));
-  a.v = c.f32(4, "v", nv, shape("[B,H_kv,S_cap,d_v]", {d.B, d.H_kv, d.s_cap, d.d_v}));
+  a.kv.k = c.storage(3, "k", nk, shape("[B,H_kv,S_cap,d_k]", {d.B, d.H_kv, d.s_cap, d.d_k}), a.kv.dtype);
+  a.kv.v = c.storage(4, "v", nv, shape("[B,H_kv,S_cap,d_v]", {d.B, d.H_kv, d.s_cap, d.d_v}), a.kv.dtype);
   a.m = c.f32(5, "m", nr, shape("[B,H,T]", {d.B, d.H, d.T}));
   a.l = c.f32(6, "l", nr, shape("[B,H,T]", {d.B, d.H, d.T}));
   a.acc = c.f32(7, "acc", na, shape("[B,H,T,d_v]", {d.B, d.H, d.T, d.d_v}));
-  return !c.failed;
+  return !c.failed && read_scales(c, scales_at, d, a.kv);
 }
 
-// attnUpdate(dims, opts, q, k, v, m, l, acc): folds keys [0, S) into the state in place.
+// attnUpdate(dims, opts, q, k, v, m, l, acc[, kScale, vScale]): folds keys [0, S) into the state
+// in place; k and v are cache storage of opts.kvDtype (scales for int8).
 NAN_METHOD(AttnUpdate) {
   Checker c{"attnUpdate", info};
   UpdateArgs a;
-  if (!c.count(8) || !read_update_args(c, a)) return;
-  guarded(c, [&] { kvs::attn_update(a.d, a.o, a.q, a.k, a.v, a.m, a.l, a.acc); });
+  if (!c.count_in(8, 10) || !read_update_args(c, a, 8)) return;
+  guarded(c, [&] { kvs::attn_update(a.d, a.o, a.q, a.kv, a.m, a.l, a.acc); });
 }
 
 // Runs attn_update on a libuv worker thread. It holds the six arrays' backing stores, so their
@@ -299,13 +381,13 @@ NAN_METHOD(AttnUpdate) {
 // buffers are refused up front (another thread could shrink or race on them).
 class UpdateWorker : public Nan::AsyncWorker {
  public:
-  UpdateWorker(Nan::Callback* callback, const UpdateArgs& a, std::shared_ptr<v8::BackingStore> (&stores)[6])
+  UpdateWorker(Nan::Callback* callback, const UpdateArgs& a, std::shared_ptr<v8::BackingStore> (&stores)[8])
       : Nan::AsyncWorker(callback, "kvstream:attnUpdateAsync"), a_(a) {
-    for (int i = 0; i < 6; ++i) stores_[i] = std::move(stores[i]);
+    for (int i = 0; i < 8; ++i) stores_[i] = std::move(stores[i]);
   }
   void Execute() override {
     try {
-      kvs::attn_update(a_.d, a_.o, a_.q, a_.k, a_.v, a_.m, a_.l, a_.acc);
+      kvs::attn_update(a_.d, a_.o, a_.q, a_.kv, a_.m, a_.l, a_.acc);
     } catch (...) {
       bool range;
       SetErrorMessage(("attnUpdateAsync: " + kernel_error(std::current_exception(), &range)).c_str());
@@ -314,7 +396,7 @@ class UpdateWorker : public Nan::AsyncWorker {
 
  private:
   UpdateArgs a_;
-  std::shared_ptr<v8::BackingStore> stores_[6];
+  std::shared_ptr<v8::BackingStore> stores_[8];
 };
 
 // The backing store of the typed array info[i] (already checked), or null after a TypeError for
@@ -331,19 +413,21 @@ std::shared_ptr<v8::BackingStore> pinned_store(Checker& c, int i, const char* na
   return store;
 }
 
-// attnUpdateAsync(dims, opts, q, k, v, m, l, acc, callback(err)): attnUpdate off the event loop.
-// Arguments are checked (and bad ones thrown) synchronously.
+// attnUpdateAsync(dims, opts, q, k, v, m, l, acc[, kScale, vScale], callback(err)): attnUpdate
+// off the event loop. Arguments are checked (and bad ones thrown) synchronously.
 NAN_METHOD(AttnUpdateAsync) {
   Checker c{"attnUpdateAsync", info};
   UpdateArgs a;
-  if (!c.count(9)) return;
-  if (!info[8]->IsFunction()) return c.type_error("callback must be a function, got " + Checker::describe(info[8]));
-  if (!read_update_args(c, a)) return;
-  const char* names[] = {"q", "k", "v", "m", "l", "acc"};
-  std::shared_ptr<v8::BackingStore> stores[6];
-  for (int i = 0; i < 6; ++i) stores[i] = pinned_store(c, 2 + i, names[i]);
+  if (!c.count_in(9, 11)) return;
+  const int cb = info.Length() - 1;
+  if (!info[cb]->IsFunction()) return c.type_error("callback must be a function, got " + Checker::describe(info[cb]));
+  if (!read_update_args(c, a, cb == 10 ? 8 : -1)) return;
+  const char* names[] = {"q", "k", "v", "m", "l", "acc", "kScale", "vScale"};
+  std::shared_ptr<v8::BackingStore> stores[8];
+  for (int i = 0; i < 8; ++i)
+    if (i < 6 || a.kv.dtype == kvs::KvDtype::I8) stores[i] = pinned_store(c, 2 + i, names[i]);
   if (c.failed) return;
-  Nan::AsyncQueueWorker(new UpdateWorker(new Nan::Callback(info[8].As<v8::Function>()), a, stores));
+  Nan::AsyncQueueWorker(new UpdateWorker(new Nan::Callback(info[cb].As<v8::Function>()), a, stores));
 }
 
 // attnMerge(rows, dV, m1, l1, acc1, m2, l2, acc2): state 1 <- state 1 ∪ state 2.
@@ -383,24 +467,34 @@ NAN_METHOD(AttnFinalize) {
   guarded(c, [&] { kvs::attn_finalize(rows, d_v, m, l, acc, out, lse); });
 }
 
-// attnProbs(dims, opts, q, k, lse, probs | null, keep | null)
+// attnProbs(dims, opts, q, k, lse, probs | null, keep | null[, kScale]): k is cache storage of
+// opts.kvDtype.
 NAN_METHOD(AttnProbs) {
   Checker c{"attnProbs", info};
-  if (!c.count(7)) return;
+  if (!c.count_in(7, 8)) return;
   const kvs::AttnDims d = read_dims(c, 0);
-  const kvs::AttnOpts o = read_opts(c, 1);
+  kvs::KvStore kv{};
+  const kvs::AttnOpts o = read_opts(c, 1, &kv.dtype);
   if (c.failed) return;
   const int64_t nq = c.product({d.B, d.H, d.T, d.d_k}, "q");
   const int64_t nk = c.product({d.B, d.H_kv, d.s_cap, d.d_k}, "k");
   const int64_t nr = c.product({d.B, d.H, d.T}, "lse");
   const int64_t np = c.product({d.B, d.H, d.T, d.S}, "probs");
   const float* q = c.f32(2, "q", nq, shape("[B,H,T,d_k]", {d.B, d.H, d.T, d.d_k}));
-  const float* k = c.f32(3, "k", nk, shape("[B,H_kv,S_cap,d_k]", {d.B, d.H_kv, d.s_cap, d.d_k}));
+  kv.k = c.storage(3, "k", nk, shape("[B,H_kv,S_cap,d_k]", {d.B, d.H_kv, d.s_cap, d.d_k}), kv.dtype);
   const float* lse = c.f32(4, "lse", nr, shape("[B,H,T]", {d.B, d.H, d.T}));
   float* probs = c.f32(5, "probs", np, shape("[B,H,T,S]", {d.B, d.H, d.T, d.S}), true);
   uint8_t* keep = c.u8(6, "keep", np, shape("[B,H,T,S]", {d.B, d.H, d.T, d.S}));
+  if (kv.dtype == kvs::KvDtype::I8) {
+    const int64_t g = kvs::q8_groups(d.d_k);
+    const int64_t ns = c.product({d.B, d.H_kv, d.s_cap, g}, "kScale");
+    if (!c.failed && info.Length() < 8) return c.type_error("int8 storage (opts.kvDtype 'i8') needs a kScale argument");
+    kv.k_scale = c.f32(7, "kScale", ns, shape("[B,H_kv,S_cap,ceil(d_k/32)]", {d.B, d.H_kv, d.s_cap, g}));
+  } else if (!c.failed && info.Length() == 8 && !info[7]->IsNullOrUndefined()) {
+    c.type_error("kScale must be null unless opts.kvDtype is 'i8'");
+  }
   if (c.failed) return;
-  guarded(c, [&] { kvs::attn_probs(d, o, q, k, lse, probs, keep); });
+  guarded(c, [&] { kvs::attn_probs(d, o, q, kv, lse, probs, keep); });
 }
 
 // mhaForward(dims, opts, xQ, xKv, wQ, bQ, wK, bK, wV, bV, wO, bO, y, lse): the whole module,

@@ -68,8 +68,8 @@ double exact_log(double x) {
   return (e * LN2_HI + log_f) + e * LN2_LO;
 }
 
-void exact_attn_update(const AttnDims& d, const AttnOpts& o, const float* q, const float* k, const float* v, float* m,
-                       float* l, float* acc) {
+void exact_attn_update(const AttnDims& d, const AttnOpts& o, const float* q, const KvStore& kv, float* m, float* l,
+                       float* acc) {
   count(attn_deterministic);
   if (d.S == 0 || d.T == 0) return;
   const int64_t group = d.H / d.H_kv;
@@ -78,10 +78,12 @@ void exact_attn_update(const AttnDims& d, const AttnOpts& o, const float* q, con
   // One task per (b, h); each row is computed alone, so the thread count cannot change a bit.
   parallel_for(d.B * d.H, [&](int64_t bh) {
     const int64_t b = bh / d.H, h = bh % d.H;
-    const float* k_bh = k + (b * d.H_kv + h / group) * d.s_cap * d.d_k;
-    const float* v_bh = v + (b * d.H_kv + h / group) * d.s_cap * d.d_v;
     thread_local std::vector<double> sc, a;
     thread_local std::vector<uint8_t> keep;
+    thread_local std::vector<float> k_rows, v_rows;
+    // The head's keys as fp32 (exact widening for half and int8 storage).
+    const float* k_bh = kv_rows(kv, false, b * d.H_kv + h / group, d.s_cap, d.d_k, 0, d.S, k_rows);
+    const float* v_bh = kv_rows(kv, true, b * d.H_kv + h / group, d.s_cap, d.d_v, 0, d.S, v_rows);
     resize_scratch(sc, d.S, "deterministic scores");
     resize_scratch(a, d.d_v, "deterministic acc");
     resize_scratch(keep, d.S, "deterministic keep");
@@ -140,7 +142,7 @@ void exact_attn_finalize(int64_t rows, int64_t d_v, const float* m, const float*
   }
 }
 
-void exact_attn_probs(const AttnDims& d, const AttnOpts& o, const float* q, const float* k, const float* lse,
+void exact_attn_probs(const AttnDims& d, const AttnOpts& o, const float* q, const KvStore& kv, const float* lse,
                       float* probs, uint8_t* keep) {
   count(probs_deterministic);
   const int64_t group = d.H / d.H_kv;
@@ -148,8 +150,9 @@ void exact_attn_probs(const AttnDims& d, const AttnOpts& o, const float* q, cons
   const double keep_scale = dropout ? 1.0 / (1.0 - (double)o.dropout_p) : 1.0;
   parallel_for(d.B * d.H, [&](int64_t bh) {
     const int64_t b = bh / d.H, h = bh % d.H;
-    const float* k_bh = k + (b * d.H_kv + h / group) * d.s_cap * d.d_k;
     thread_local std::vector<uint8_t> row_keep;
+    thread_local std::vector<float> k_rows;
+    const float* k_bh = kv_rows(kv, false, b * d.H_kv + h / group, d.s_cap, d.d_k, 0, d.S, k_rows);
     resize_scratch(row_keep, d.S, "deterministic keep");
     for (int64_t t = 0; t < d.T; ++t) {
       const int64_t r = bh * d.T + t, t_abs = o.q_offset + t;

@@ -14,13 +14,13 @@ namespace kvs {
 double exact_exp(double x);
 double exact_log(double x);
 
-void exact_attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, const float* k, const float* v,
-                       float* m, float* l, float* acc);
+void exact_attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, const KvStore& kv, float* m,
+                       float* l, float* acc);
 void exact_attn_merge(int64_t rows, int64_t d_v, float* m1, float* l1, float* acc1, const float* m2, const float* l2,
                       const float* acc2);
 void exact_attn_finalize(int64_t rows, int64_t d_v, const float* m, const float* l, const float* acc, float* out,
                          float* lse);
-void exact_attn_probs(const AttnDims& dims, const AttnOpts& opts, const float* q, const float* k, const float* lse,
+void exact_attn_probs(const AttnDims& dims, const AttnOpts& opts, const float* q, const KvStore& kv, const float* lse,
                       float* probs, uint8_t* keep);
 void exact_linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w, const float* b, float* y);
 

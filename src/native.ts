@@ -15,9 +15,21 @@ export interface MhaNativeDims {
   B: number; T: number; S: number; dModel: number; dKvIn: number; dOut: number; H: number; Hkv: number; dK: number; dV: number;
 }
 
+/**
+ * A KV cache's storage type (native/kvstore.h): k and v are Float32Array for 'f32', Uint16Array
+ * bit patterns for 'f16' and 'bf16', Int8Array for 'i8' with fp32 scales [B,H_kv,S_cap,ceil(d/32)]
+ * (element = value · scale of its row and group of 32 channels).
+ */
+export type KvDtype = 'f32' | 'f16' | 'bf16' | 'i8';
+
+/** Cache storage arrays for a KvDtype. */
+export type KvStorage = Float32Array | Uint16Array | Int8Array;
+
 /** Attention options as the binding reads them. */
 export interface NativeOpts {
   scale: number; causal: boolean; qOffset: number; sOffset: number; dropoutP: number; seed: number;
+  /** Storage type of k and v (default 'f32'). */
+  kvDtype?: KvDtype;
 }
 
 export interface NativeInfo {
@@ -51,11 +63,14 @@ export const MAX_THREADS = 256;
 
 export interface Binding {
   /** State (m, l [B,H,T]; acc [B,H,T,dV]) absorbs keys [0,S) of k [B,Hkv,sCap,dK], v [B,Hkv,sCap,dV]; q [B,H,T,dK]. */
-  attnUpdate(dims: NativeDims, opts: NativeOpts, q: Float32Array, k: Float32Array, v: Float32Array,
-    m: Float32Array, l: Float32Array, acc: Float32Array): void;
+  attnUpdate(dims: NativeDims, opts: NativeOpts, q: Float32Array, k: KvStorage, v: KvStorage,
+    m: Float32Array, l: Float32Array, acc: Float32Array, kScale?: Float32Array | null, vScale?: Float32Array | null): void;
   /** attnUpdate on a libuv worker thread; the arrays are pinned until `done` runs. */
-  attnUpdateAsync(dims: NativeDims, opts: NativeOpts, q: Float32Array, k: Float32Array, v: Float32Array,
+  attnUpdateAsync(dims: NativeDims, opts: NativeOpts, q: Float32Array, k: KvStorage, v: KvStorage,
     m: Float32Array, l: Float32Array, acc: Float32Array, done: (err?: Error) => void): void;
+  attnUpdateAsync(dims: NativeDims, opts: NativeOpts, q: Float32Array, k: KvStorage, v: KvStorage,
+    m: Float32Array, l: Float32Array, acc: Float32Array, kScale: Float32Array | null, vScale: Float32Array | null,
+    done: (err?: Error) => void): void;
   /** State 1 (m1, l1 [rows]; acc1 [rows,dV]) absorbs state 2 over a disjoint key set. */
   attnMerge(rows: number, dV: number, m1: Float32Array, l1: Float32Array, acc1: Float32Array,
     m2: Float32Array, l2: Float32Array, acc2: Float32Array): void;
@@ -63,8 +78,8 @@ export interface Binding {
   attnFinalize(rows: number, dV: number, m: Float32Array, l: Float32Array, acc: Float32Array,
     out: Float32Array, lse: Float32Array): void;
   /** probs [B,H,T,S] after dropout and keep [B,H,T,S] from the final lse [B,H,T]; either may be null. */
-  attnProbs(dims: NativeDims, opts: NativeOpts, q: Float32Array, k: Float32Array, lse: Float32Array,
-    probs: Float32Array | null, keep: Uint8Array | null): void;
+  attnProbs(dims: NativeDims, opts: NativeOpts, q: Float32Array, k: KvStorage, lse: Float32Array,
+    probs: Float32Array | null, keep: Uint8Array | null, kScale?: Float32Array | null): void;
   /** The whole module without a cache: xQ [B,T,dModel], xKv [B,S,dKvIn] -> y [B,T,dOut], lse [B,H,T]. */
   mhaForward(dims: MhaNativeDims, opts: NativeOpts, xQ: Float32Array, xKv: Float32Array,
     wQ: Float32Array, bQ: Float32Array | null, wK: Float32Array, bK: Float32Array | null,

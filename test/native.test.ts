@@ -5,8 +5,12 @@ import test from 'ava';
 import { spawnSync } from 'node:child_process';
 import { Worker } from 'node:worker_threads';
 import { MultiHeadAttention } from '../src/mha.ts';
-import { ADDON_PATH, binding, info, setNumThreads, threadsFromEnv } from '../src/native.ts';
+import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../src/io/npy.ts';
+import { ADDON_PATH, binding, getKernelPath, info, setKernelPath, setNumThreads, threadsFromEnv } from '../src/native.ts';
+import type { KvDtype } from '../src/native.ts';
 import { Rng } from '../src/random.ts';
+import { assertWithin } from './helpers/assert.ts';
+import { refAttentionBound, refKeepMask } from './helpers/reference.ts';
 
 const dims = { B: 1, H: 2, Hkv: 1, T: 3, S: 5, sCap: 5, dK: 4, dV: 4 };
 const opts = { scale: 0.5, causal: false, qOffset: 0, sOffset: 0, dropoutP: 0, seed: 0 };
@@ -162,4 +166,78 @@ test.serial('kernels run from several worker_threads and the main thread at once
   } finally {
     setNumThreads(before);
   }
+});
+
+// ---------------------------------------------------------------------------------------------
+// Cache storage dtypes: the kernels read fp16, bf16 and int8 (q8: one scale per row and 32
+// channels) storage directly. Against the float64 reference over the dequantized cache, any
+// path must stay within the fp32 bound: the storage error itself is the caller's choice.
+
+/** x [rows, d] -> int8 values and scales [rows, ceil(d/32)]: symmetric, round half away from zero. */
+function quantizeQ8(x: Float32Array, d: number): { q: Int8Array; scale: Float32Array; deq: Float32Array } {
+  const rows = x.length / d, groups = Math.ceil(d / 32);
+  const q = new Int8Array(x.length), scale = new Float32Array(rows * groups), deq = new Float32Array(x.length);
+  for (let r = 0; r < rows; r++)
+    for (let g = 0; g < groups; g++) {
+      let max = 0;
+      for (let c = g * 32; c < Math.min(d, g * 32 + 32); c++) max = Math.max(max, Math.abs(x[r * d + c]!));
+      const s = Math.fround(max / 127);
+      scale[r * groups + g] = s;
+      for (let c = g * 32; c < Math.min(d, g * 32 + 32); c++) {
+        q[r * d + c] = s === 0 ? 0 : Math.sign(x[r * d + c]!) * Math.round(Math.abs(x[r * d + c]!) / s);
+        deq[r * d + c] = Math.fround(q[r * d + c]! * s);  // what the kernel computes: one fp32 product
+      }
+    }
+  return { q, scale, deq };
+}
+
+test.serial('the kernels read fp16, bf16 and int8 cache storage on every path, within the fp32 bound of the dequantized cache', (t) => {
+  const rng = new Rng(21);
+  const cases = [
+    { B: 1, H: 4, Hkv: 2, T: 1, S: 300, dK: 40, dV: 24, causal: false, p: 0 },  // decode, rows path
+    { B: 2, H: 2, Hkv: 1, T: 5, S: 130, dK: 64, dV: 64, causal: true, p: 0.2 },  // stacked rows, dropout
+    { B: 1, H: 2, Hkv: 2, T: 40, S: 600, dK: 32, dV: 48, causal: true, p: 0 },  // query blocks, two key blocks
+  ];
+  const before = getKernelPath();
+  try {
+    for (const c of cases) {
+      const dims = { ...c, sCap: c.S };
+      const q = rng.normalTensor([c.B, c.H, c.T, c.dK]).data;
+      const k = rng.normalTensor([c.B, c.Hkv, c.S, c.dK]).data, v = rng.normalTensor([c.B, c.Hkv, c.S, c.dV]).data;
+      const kq = quantizeQ8(k, c.dK), vq = quantizeQ8(v, c.dV);
+      const stores = {
+        f16: { k: f32ToF16(k), v: f32ToF16(v), kd: f16ToF32(f32ToF16(k)), vd: f16ToF32(f32ToF16(v)), extra: [] as Float32Array[] },
+        bf16: { k: f32ToBf16(k), v: f32ToBf16(v), kd: bf16ToF32(f32ToBf16(k)), vd: bf16ToF32(f32ToBf16(v)), extra: [] as Float32Array[] },
+        i8: { k: kq.q, v: vq.q, kd: kq.deq, vd: vq.deq, extra: [kq.scale, vq.scale] },
+      };
+      const opts = { scale: 1 / Math.sqrt(c.dK), causal: c.causal, qOffset: c.S - c.T, sOffset: 0, dropoutP: c.p, seed: 4 };
+      const keep = c.p > 0 ? refKeepMask(c, c.p, 4, opts.qOffset) : undefined;
+      for (const [dtype, s] of Object.entries(stores)) {
+        const ref = refAttentionBound(q, s.kd, s.vd, c, { scale: opts.scale, causal: c.causal, qOffset: opts.qOffset, keep, p: c.p, rescales: Math.ceil(c.S / 64) + 4 });
+        for (const path of ['auto', 'blas', 'rows', 'deterministic'] as const) {
+          setKernelPath(path);
+          const rows = c.B * c.H * c.T;
+          const m = f(rows).fill(-Infinity), l = f(rows), acc = f(rows * c.dV), out = f(rows * c.dV), lse = f(rows);
+          binding.attnUpdate(dims, { ...opts, kvDtype: dtype as KvDtype }, q, s.k, s.v, m, l, acc, ...(s.extra.length ? s.extra : [null, null]) as [Float32Array, Float32Array]);
+          binding.attnFinalize(rows, c.dV, m, l, acc, out, lse);
+          const label = `${dtype} ${path} T${c.T} S${c.S}`;
+          assertWithin(t, out, ref.out, ref.outBound, `${label} output`, [c.B, c.H, c.T, c.dV]);
+          assertWithin(t, lse, ref.lse, ref.lseBound, `${label} lse`, [c.B, c.H, c.T]);
+        }
+      }
+    }
+  } finally {
+    setKernelPath(before);
+  }
+});
+
+test('storage arrays are checked against opts.kvDtype, and int8 needs its scales', (t) => {
+  const [q, , , m, l, acc] = args();
+  const h = (n: number) => new Uint16Array(n), i8 = (n: number) => new Int8Array(n);
+  t.throws(() => binding.attnUpdate(dims, { ...opts, kvDtype: 'f16' } as never, q, f(20), h(20), m, l, acc), { instanceOf: TypeError, message: "attnUpdate: k must be a Uint16Array for kvDtype 'f16', got Float32Array" });
+  t.throws(() => binding.attnUpdate(dims, { ...opts, kvDtype: 'i8' } as never, q, i8(20), i8(20), m, l, acc), { instanceOf: TypeError, message: "attnUpdate: int8 storage (opts.kvDtype 'i8') needs kScale and vScale arguments" });
+  t.throws(() => binding.attnUpdate(dims, { ...opts, kvDtype: 'i8' } as never, q, i8(20), i8(20), m, l, acc, f(5), f(4)), { instanceOf: RangeError, message: 'attnUpdate: expected vScale [B,H_kv,S_cap,ceil(d_v/32)]=[1,1,5,1] (5 floats), got 4' });
+  t.throws(() => binding.attnUpdate(dims, { ...opts, kvDtype: 'bf16' } as never, q, h(20), h(20), m, l, acc, f(5), f(5)), { instanceOf: TypeError, message: "attnUpdate: kScale and vScale must be null unless opts.kvDtype is 'i8'" });
+  t.throws(() => binding.attnUpdate(dims, { ...opts, kvDtype: 'fp8' } as never, q, h(20), h(20), m, l, acc), { instanceOf: RangeError, message: "attnUpdate: opts.kvDtype must be one of 'f32', 'f16', 'bf16', 'i8', got 'fp8'" });
+  t.throws(() => binding.attnUpdate(dims, opts, q, f(20), f(20), m, l, acc, null as never), { instanceOf: TypeError, message: 'attnUpdate: expected 8 or 10 arguments, got 9' });
 });

@@ -1,0 +1,86 @@
+#include "kvstore.h"
+
+#include <cstring>
+
+#include "kernel_path.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define KVS_X86 1
+#endif
+
+namespace kvs {
+
+float f16_to_f32(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+  uint32_t bits;
+  if (exp == 0x1f) bits = sign | 0x7f800000u | (man << 13);  // inf, nan
+  else if (exp != 0) bits = sign | ((exp + 112) << 23) | (man << 13);
+  else if (man == 0) bits = sign;
+  else {  // subnormal: normalise
+    int e = -1;
+    uint32_t m = man;
+    do {
+      ++e;
+      m <<= 1;
+    } while (!(m & 0x400));
+    bits = sign | ((uint32_t)(112 - e) << 23) | ((m & 0x3ff) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+namespace {
+
+#ifdef KVS_X86
+// 8 values per F16C conversion; the tail goes through the scalar path.
+__attribute__((target("avx,f16c"))) void f16_rows_f16c(const uint16_t* src, int64_t n, float* dst) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(src + i))));
+  for (; i < n; ++i) dst[i] = f16_to_f32(src[i]);
+}
+const bool HAS_F16C = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+#endif
+
+void f16_rows(const uint16_t* src, int64_t n, float* dst) {
+#ifdef KVS_X86
+  if (HAS_F16C) return f16_rows_f16c(src, n, dst);
+#endif
+  for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(src[i]);
+}
+
+// bf16 is the top half of an fp32: a shift (the compiler vectorises it).
+void bf16_rows(const uint16_t* src, int64_t n, float* dst) {
+  uint32_t* out = reinterpret_cast<uint32_t*>(dst);
+  for (int64_t i = 0; i < n; ++i) out[i] = (uint32_t)src[i] << 16;
+}
+
+void i8_rows(const int8_t* src, const float* scale, int64_t rows, int64_t d, float* dst) {
+  const int64_t g = q8_groups(d);
+  for (int64_t s = 0; s < rows; ++s)
+    for (int64_t c = 0; c < d; ++c) dst[s * d + c] = (float)src[s * d + c] * scale[s * g + c / Q8_GROUP];
+}
+
+}  // namespace
+
+const float* kv_rows(const KvStore& kv, bool is_v, int64_t bh_kv, int64_t s_cap, int64_t d, int64_t s0, int64_t n,
+                     std::vector<float>& scratch) {
+  const int64_t first = (bh_kv * s_cap + s0) * d;  // element offset of row s0
+  const void* base = is_v ? kv.v : kv.k;
+  if (kv.dtype == KvDtype::F32) return static_cast<const float*>(base) + first;
+  resize_scratch(scratch, n * d, "kv block");
+  float* out = scratch.data();
+  switch (kv.dtype) {
+    case KvDtype::F16: f16_rows(static_cast<const uint16_t*>(base) + first, n * d, out); break;
+    case KvDtype::BF16: bf16_rows(static_cast<const uint16_t*>(base) + first, n * d, out); break;
+    default: {
+      const float* scale = (is_v ? kv.v_scale : kv.k_scale) + (bh_kv * s_cap + s0) * q8_groups(d);
+      i8_rows(static_cast<const int8_t*>(base) + first, scale, n, d, out);
+    }
+  }
+  return out;
+}
+
+}  // namespace kvs

@@ -1,0 +1,39 @@
+// A KV cache's storage as the kernels read it: fp32, fp16, bf16 or int8 with scales. Kernels
+// never expand a whole cache: they convert one block of rows at a time into per-thread scratch
+// (fp32 storage is read in place).
+//
+// Layout: k [B, H_kv, s_cap, d_k], v [B, H_kv, s_cap, d_v] in `dtype`;
+// int8: k_scale [B, H_kv, s_cap, ceil(d_k / Q8_GROUP)], v_scale likewise with d_v: element d of
+// row s is k[s, d] · k_scale[s, d / Q8_GROUP] (symmetric, one scale per row and 32 channels: the
+// q8_0 scheme of llama.cpp's caches).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace kvs {
+
+enum class KvDtype : int { F32, F16, BF16, I8 };
+constexpr int64_t Q8_GROUP = 32;
+
+inline int64_t q8_groups(int64_t d) { return (d + Q8_GROUP - 1) / Q8_GROUP; }
+
+struct KvStore {
+  KvDtype dtype;
+  const void* k;
+  const void* v;
+  const float* k_scale;  // int8 only
+  const float* v_scale;  // int8 only
+};
+
+inline KvStore kv_f32(const float* k, const float* v) { return {KvDtype::F32, k, v, nullptr, nullptr}; }
+
+// Rows [s0, s0 + n) of kv head bh_kv (b·H_kv + h_kv) of k (is_v false, width d = d_k) or v, as
+// fp32 [n, d]: a pointer into the cache for fp32, else `scratch` filled by exact conversion
+// (fp16 and bf16 widen exactly; int8 is one fp32 product per element).
+const float* kv_rows(const KvStore& kv, bool is_v, int64_t bh_kv, int64_t s_cap, int64_t d, int64_t s0, int64_t n,
+                     std::vector<float>& scratch);
+
+// One fp16 value (IEEE binary16 bits) as fp32, exactly.
+float f16_to_f32(uint16_t h);
+
+}  // namespace kvs
