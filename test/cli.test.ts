@@ -60,6 +60,7 @@ test('verify reports each bad entry by name and class, checks the rest, exits 1'
   copy('basic_self_attn_small', 'bad_shape');
   copy('basic_self_attn_small', 'missing_array');
   copy('cross_attention', 'wrong_value');
+  copy('basic_self_attn_small', 'bad_config');
   // wrong_value: intact file and sha256, but its entry states another scale: only recomputation sees it.
   const hostile = [
     { ...basic, name: 'Bad Name!', file: 'Bad Name!.npz' },
@@ -69,6 +70,8 @@ test('verify reports each bad entry by name and class, checks the rest, exits 1'
     { ...basic, name: 'bad_shape', file: 'bad_shape.npz', arrays: { ...basic.arrays, output: { shape: [2, 6, 31], dtype: '<f4' } } },
     { ...basic, name: 'missing_array', file: 'missing_array.npz', arrays: { ...basic.arrays, lse_extra: { shape: [1], dtype: '<f4' } } },
     { ...cross, name: 'wrong_value', file: 'wrong_value.npz', config: { ...cross.config, scale: cross.config.scale * 1.5 } },
+    { ...basic, name: 'bad_config', file: 'bad_config.npz', config: { ...basic.config, num_heads: '4' } },
+    null,
   ];
   writeFileSync(join(out, 'manifest.json'), JSON.stringify({ ...m, cases: [...hostile, basic, cross, good] }));
   const v = await cli(['verify', out]);
@@ -81,14 +84,16 @@ test('verify reports each bad entry by name and class, checks the rest, exits 1'
   t.regex(line('bad_shape'), /ArrayMismatchError: .*array output is <f4 \[2,6,32\], the manifest says <f4 \[2,6,31\]/);
   t.regex(line('missing_array'), /ArrayMismatchError: .*array lse_extra listed in the manifest is missing/);
   t.regex(line('wrong_value'), /ToleranceError: output \(one-pass\): error \S+ at \[\d+,\d+,\d+\] is \S+× its bound/);
+  t.regex(line('bad_config'), /ManifestEntryError: case bad_config: expected config\.num_heads to be an integer >= 1, got "4"/);
+  t.regex(line('null'), /ManifestEntryError: expected a case object, got null/);
   for (const name of ['basic_self_attn_small', 'cross_attention', 'with_caching']) t.regex(line(name), /^PASS/, name);
-  t.regex(v.stdout, /3 passed, 7 failed\n$/);
+  t.regex(v.stdout, /3 passed, 9 failed\n$/);
   const json = await cli(['verify', out, '--json']);
   t.is(json.code, 1);
   const report = JSON.parse(json.stdout);
-  t.is(report.failed, 7);
+  t.is(report.failed, 9);
   t.deepEqual(report.cases.map((c: { error?: { class: string } }) => c.error?.class ?? 'PASS'), [
-    'ManifestEntryError', 'ManifestEntryError', 'FixtureFileError', 'ChecksumError', 'ArrayMismatchError', 'ArrayMismatchError', 'ToleranceError', 'PASS', 'PASS', 'PASS',
+    'ManifestEntryError', 'ManifestEntryError', 'FixtureFileError', 'ChecksumError', 'ArrayMismatchError', 'ArrayMismatchError', 'ToleranceError', 'ManifestEntryError', 'ManifestEntryError', 'PASS', 'PASS', 'PASS',
   ]);
   const failing = report.cases[6].checks.find((c: { array: string; mode: string }) => c.array === 'output' && c.mode === 'one-pass');
   t.false(failing.pass);
