@@ -1,5 +1,6 @@
 #include "kvstore.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "kernel_path.h"
@@ -57,10 +58,15 @@ void bf16_rows(const uint16_t* src, int64_t n, float* dst) {
   for (int64_t i = 0; i < n; ++i) out[i] = (uint32_t)src[i] << 16;
 }
 
+// Group by group, so the inner loop has one scale and vectorises.
 void i8_rows(const int8_t* src, const float* scale, int64_t rows, int64_t d, float* dst) {
   const int64_t g = q8_groups(d);
   for (int64_t s = 0; s < rows; ++s)
-    for (int64_t c = 0; c < d; ++c) dst[s * d + c] = (float)src[s * d + c] * scale[s * g + c / Q8_GROUP];
+    for (int64_t j = 0; j < g; ++j) {
+      const float sc = scale[s * g + j];
+      const int64_t c0 = s * d + j * Q8_GROUP, n = std::min(Q8_GROUP, d - j * Q8_GROUP);
+      for (int64_t c = 0; c < n; ++c) dst[c0 + c] = (float)src[c0 + c] * sc;
+    }
 }
 
 }  // namespace
