@@ -5,8 +5,8 @@
 import { types } from 'node:util';
 import { lastValueFrom, toArray } from 'rxjs';
 import type * as Kv from '../src/index.ts';
-import { badF32, badInt, badNumber, badU8, detach, f32, FuzzTrap, Gen, object, scalar, u8 } from './values.ts';
-import type { V } from './values.ts';
+import { badF32, badInt, badNumber, badU8, detach, f32, FuzzTrap, Gen, object, scalar, storage, u8 } from './values.ts';
+import type { KvDtype, V } from './values.ts';
 
 export type Fn = (...a: unknown[]) => unknown;
 
@@ -51,8 +51,10 @@ const f32Slot = (name: string, n: number, nullable = false): Slot => ({
 });
 const u8Slot = (name: string, n: number): Slot => ({ name, ok: (g) => (g.chance(0.4) ? { v: null, d: 'null' } : u8(g, n)), bad: (g) => badU8(g, n) });
 
-function objSlot(name: string, fields: Record<string, number | boolean>, ctx: Ctx, badField: (g: Gen, k: string, v: number | boolean) => V): Slot {
-  const okFields = (): Record<string, V> => Object.fromEntries(Object.entries(fields).map(([k, v]) => [k, { v, d: String(v) }]));
+type Field = number | boolean | string;
+
+function objSlot(name: string, fields: Record<string, Field>, ctx: Ctx, badField: (g: Gen, k: string, v: Field) => V): Slot {
+  const okFields = (): Record<string, V> => Object.fromEntries(Object.entries(fields).map(([k, v]) => [k, { v, d: typeof v === 'string' ? `'${v}'` : String(v) }]));
   return {
     name,
     ok: () => {
@@ -142,9 +144,10 @@ function attnSizes(g: Gen, size: 'small' | 'medium' | 'large'): AttnSizes {
   return { B: 1, H: Hkv * g.pick([1, 2, 4]) , Hkv, T: g.pick([1, 3, 16, 17, 35, 64, 135]), S, sCap: S + g.int(3), dK, dV: g.chance(0.8) ? dK : g.pick([64, 80, 128]) };
 }
 
-function optsFields(g: Gen, s: { S: number; T: number; dK: number }, sOffset = true): Record<string, number | boolean> {
+function optsFields(g: Gen, s: { S: number; T: number; dK: number }, sOffset = true, dtype?: KvDtype): Record<string, Field> {
   const dropoutP = g.chance(0.7) ? 0 : g.pick([0.1, 0.5, 0.9, 0.999]);
   return {
+    ...(dtype === undefined || (dtype === 'f32' && g.chance(0.5)) ? {} : { kvDtype: dtype }),
     scale: g.chance(0.8) ? 1 / Math.sqrt(s.dK) : g.pick([0, -1, 100, 1e-30, 3.4e38]),
     causal: g.chance(0.5),
     qOffset: g.chance(0.7) ? s.S - s.T : g.pick([-5, 0, 3, s.S, 2 ** 31 - 1, -(2 ** 31 - 1)]),
@@ -154,23 +157,58 @@ function optsFields(g: Gen, s: { S: number; T: number; dK: number }, sOffset = t
   };
 }
 
-const badDimField = (g: Gen, _k: string, v: number | boolean) => badInt(g, v as number);
-const badOptField = (g: Gen, k: string, v: number | boolean): V => {
+const badDimField = (g: Gen, _k: string, v: Field) => badInt(g, v as number);
+const badOptField = (g: Gen, k: string, v: Field): V => {
+  if (k === 'kvDtype') return g.pick<V>([{ v: 'F16', d: "'F16'" }, { v: 'fp16', d: "'fp16'" }, { v: 'int8', d: "'int8'" }, { v: '', d: "''" }, { v: 'f32', d: "'f32'" }, { v: 'i8', d: "'i8'" }, { v: 'f16', d: "'f16'" }, { v: 'bf16', d: "'bf16'" }, scalar(g)]);
   if (k === 'causal') return g.pick<V>([{ v: 1, d: '1' }, { v: 'true', d: "'true'" }, { v: null, d: 'null' }, { v: undefined, d: 'undefined' }, { v: new Boolean(false), d: 'new Boolean(false)' }, { v: {}, d: '{}' }]);
   return k === 'scale' || k === 'dropoutP' ? badNumber(g) : badInt(g, v as number);
 };
 
 const numel = (...d: number[]) => d.reduce((a, b) => a * b, 1);
 
+/** Cache storage k or v of `dtype` (Float32Array, Uint16Array bits, Int8Array). */
+function storageSlot(name: string, dtype: KvDtype, n: number): Slot {
+  if (dtype === 'f32') return f32Slot(name, n);
+  return {
+    name,
+    ok: (g) => storage(g, dtype, n),
+    bad: (g) => g.pick<(g2: Gen) => V>([
+      (g2) => storage(g2, dtype === 'i8' ? 'f16' : 'i8', n),
+      () => ({ v: new Int16Array(n), d: `i16(${n})` }),
+      () => ({ v: new Uint8Array(n), d: `u8(${n})` }),
+      (g2) => storage(g2, dtype, n + 1),
+      (g2) => (n > 0 ? storage(g2, dtype, n - 1) : storage(g2, dtype, 1)),
+      (g2) => badF32(g2, n),
+    ])(g),
+  };
+}
+
+/**
+ * dims, opts, q, k (and v, m, l, acc), then the int8 scales: kScale and vScale (only kScale
+ * when !withV) [B,H_kv,S_cap,ceil(d/32)] for kvDtype 'i8'; for other storage usually no scale
+ * arguments, sometimes nulls or arrays (refused).
+ */
 function attnSlots(g: Gen, s: AttnSizes, ctx: Ctx, withV: boolean): Slot[] {
+  const dtype: KvDtype = g.chance(0.7) ? 'f32' : g.pick(['f16', 'bf16', 'i8'] as const);
   const dims = objSlot('dims', { ...s }, ctx, badDimField);
-  const opts = objSlot('opts', optsFields(g, s), ctx, badOptField);
-  const slots = [dims, opts, f32Slot('q', numel(s.B, s.H, s.T, s.dK)), f32Slot('k', numel(s.B, s.Hkv, s.sCap, s.dK))];
+  const opts = objSlot('opts', optsFields(g, s, true, dtype), ctx, badOptField);
+  const slots = [dims, opts, f32Slot('q', numel(s.B, s.H, s.T, s.dK)), storageSlot('k', dtype, numel(s.B, s.Hkv, s.sCap, s.dK))];
   if (withV) {
     const rows = numel(s.B, s.H, s.T);
-    slots.push(f32Slot('v', numel(s.B, s.Hkv, s.sCap, s.dV)), f32Slot('m', rows), f32Slot('l', rows), f32Slot('acc', rows * s.dV));
+    slots.push(storageSlot('v', dtype, numel(s.B, s.Hkv, s.sCap, s.dV)), f32Slot('m', rows), f32Slot('l', rows), f32Slot('acc', rows * s.dV));
   }
   return slots;
+}
+
+/** The scale arguments after the arrays (see attnSlots); `attnProbs` takes kScale only. */
+function scaleSlots(g: Gen, s: AttnSizes, opts: Slot, both: boolean): Slot[] {
+  const dtype = (opts.ok(g).v as { kvDtype?: string }).kvDtype;
+  const groups = (d: number) => Math.ceil(d / 32);
+  const kS = f32Slot('kScale', numel(s.B, s.Hkv, s.sCap, groups(s.dK))), vS = f32Slot('vScale', numel(s.B, s.Hkv, s.sCap, groups(s.dV)));
+  if (dtype === 'i8') return g.chance(0.97) ? (both ? [kS, vS] : [kS]) : [];
+  if (g.chance(0.85)) return [];
+  const nul: Slot = { name: 'null', ok: () => ({ v: null, d: 'null' }), bad: () => ({ v: undefined, d: 'undefined' }) };
+  return g.chance(0.6) ? (both ? [nul, nul] : [nul]) : both ? [kS, vS] : [kS];
 }
 
 // ---- addon exports ------------------------------------------------------------------------
@@ -189,17 +227,23 @@ function simple(target: string, slots: (g: Gen, ctx: Ctx) => Slot[], after?: (g:
 
 const sizeOf = (g: Gen): 'small' | 'large' => (g.chance(0.005) ? 'large' : 'small');
 
-const attnUpdate = simple('attnUpdate', (g, ctx) => attnSlots(g, attnSizes(g, sizeOf(g)), ctx, true));
+const attnUpdate = simple('attnUpdate', (g, ctx) => {
+  const s = attnSizes(g, sizeOf(g));
+  const slots = attnSlots(g, s, ctx, true);
+  return [...slots, ...scaleSlots(g, s, slots[1], true)];
+});
 
 function attnUpdateAsync(g: Gen, api: Api): Call {
   const ctx: Ctx = { api, args: [], state: false };
   const s = attnSizes(g, g.chance(0.03) ? 'medium' : 'small');
   const slots = attnSlots(g, s, ctx, true);
+  slots.push(...scaleSlots(g, s, slots[1], true));
   slots.push({ name: 'callback', ok: () => ({ v: null, d: 'callback' }), bad: (g2) => scalar(g2) });
+  const cbAt = slots.length - 1;
   const vs = buildArgs(g, slots, ctx);
   // Any function in the callback position is wrapped, so the call knows when the fold is done.
-  const userCallback = vs.length === 9 && typeof vs[8].v === 'function' ? (vs[8].v as Fn) : undefined;
-  const hasCallback = vs.length === 9 && (vs[8].d === 'callback' || userCallback !== undefined);
+  const userCallback = vs.length === slots.length && typeof vs[cbAt].v === 'function' ? (vs[cbAt].v as Fn) : undefined;
+  const hasCallback = vs.length === slots.length && (vs[cbAt].d === 'callback' || userCallback !== undefined);
   // What the caller does while the fold runs on the worker thread.
   const action = g.int(14);
   const target = g.int(6) + 2;
@@ -211,7 +255,7 @@ function attnUpdateAsync(g: Gen, api: Api): Call {
   ][action];
   const threads = g.pick([1, 2, 3]);
   // Only buffers of 64 KiB and more are unmapped when freed (MALLOC_MMAP_THRESHOLD_); gc only then.
-  const gc = ctx.args.slice(2, 8).some((a) => ArrayBuffer.isView(a) && a.byteLength >= 65536) ? api.gc : undefined;
+  const gc = ctx.args.slice(2, cbAt).some((a) => ArrayBuffer.isView(a) && a.byteLength >= 65536) ? api.gc : undefined;
   if (action === 9 || action === 13) ctx.state = true;
   const fn = api.binding.attnUpdateAsync;
   return {
@@ -220,7 +264,7 @@ function attnUpdateAsync(g: Gen, api: Api): Call {
     state: ctx.state,
     run: async () => {
       const args = ctx.args;
-      const views = args.slice(2, 8).filter((a): a is Float32Array => ArrayBuffer.isView(a));
+      const views = args.slice(2, cbAt).filter((a): a is Float32Array => ArrayBuffer.isView(a));
       let pending = 0;
       let resolveAll!: () => void;
       const done = new Promise<void>((r) => (resolveAll = r));
@@ -234,7 +278,7 @@ function attnUpdateAsync(g: Gen, api: Api): Call {
       };
       const start = () => {
         const a = [...args];
-        if (hasCallback) a[8] = cb;
+        if (hasCallback) a[cbAt] = cb;
         pending++;
         try {
           fn(...a);
@@ -249,7 +293,7 @@ function attnUpdateAsync(g: Gen, api: Api): Call {
           case 5: { const a = args[target]; if (ArrayBuffer.isView(a)) detach(a.buffer); gc?.(); break; }
           case 6: for (const a of views) detach(a.buffer); gc?.(); break;
           case 7: for (const a of views) { const b = a.buffer as ArrayBuffer & { resizable?: boolean; resize?(n: number): void }; if (b.resizable) b.resize!(0); } gc?.(); break;
-          case 8: try { api.binding.attnUpdate(...args.slice(0, 8)); } catch { /* same checks as the async call */ } break;
+          case 8: try { api.binding.attnUpdate(...args.slice(0, cbAt)); } catch { /* same checks as the async call */ } break;
           case 9: api.binding.setNumThreads(threads); break;
           case 10: start(); break;
           case 11: for (const a of views) if (a.length) a.fill(NaN); break;
@@ -273,7 +317,7 @@ const attnProbs = simple('attnProbs', (g, ctx) => {
   const s = attnSizes(g, sizeOf(g));
   const slots = attnSlots(g, s, ctx, false);
   const np = numel(s.B, s.H, s.T, s.S);
-  return [...slots, f32Slot('lse', numel(s.B, s.H, s.T)), f32Slot('probs', np, true), u8Slot('keep', np)];
+  return [...slots, f32Slot('lse', numel(s.B, s.H, s.T)), f32Slot('probs', np, true), u8Slot('keep', np), ...scaleSlots(g, s, slots[1], false)];
 });
 
 function gemmSizes(g: Gen): [number, number, number] {

@@ -203,6 +203,29 @@ export function badF32(g: Gen, n: number): V {
 /** Float16Array when the engine has it, else Uint16Array: another 2-byte element type. */
 const Float16ArrayOr = ((globalThis as Record<string, unknown>).Float16Array ?? Uint16Array) as unknown as new (n: number) => ArrayBufferView;
 
+/** Cache storage element types by opts.kvDtype (f32 storage is f32()). */
+export const STORAGE = { f16: Uint16Array, bf16: Uint16Array, i8: Int8Array } as const;
+export type KvDtype = 'f32' | keyof typeof STORAGE;
+
+/** A Uint16Array (f16/bf16 bits) or Int8Array (int8) of n elements with random bits, in an accepted form. */
+export function storage(g: Gen, dtype: keyof typeof STORAGE, n: number): V {
+  const C = STORAGE[dtype];
+  const kind = g.chance(0.85) ? 'plain' : g.pick(['sub', 'sab', 'rab-track', 'detached']);
+  let a: Uint16Array | Int8Array;
+  if (kind === 'sub') a = new C(n + 3).subarray(3);
+  else if (kind === 'sab') a = new C(new SharedArrayBuffer(n * C.BYTES_PER_ELEMENT) as unknown as ArrayBuffer);
+  else if (kind === 'rab-track') a = new C(newRab(n * C.BYTES_PER_ELEMENT, n * C.BYTES_PER_ELEMENT + 64));
+  else a = new C(n);
+  // Random bits: every f16/bf16 pattern (NaN, Inf, subnormals) and every int8 value.
+  let x = g.u32() | 1;
+  for (let i = 0; i < Math.min(n, 4096); i++) {
+    x = Math.imul(x, 1664525) + 1013904223;
+    a[i] = x >>> 16;
+  }
+  if (kind === 'detached') detach(a.buffer);
+  return { v: a, d: `${dtype}(${n}${kind === 'plain' ? '' : ' ' + kind})` };
+}
+
 /** A Uint8Array of n bytes (accepted forms), or null. */
 export function u8(g: Gen, n: number): V {
   if (g.chance(0.8)) return { v: new Uint8Array(n), d: `u8(${n})` };
