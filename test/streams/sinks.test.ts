@@ -1,0 +1,140 @@
+// Out of the operators: a Readable / async iterable / .npy bytes, through stream/promises
+// pipeline and highland, paced by the reader through `demand`, with errors and early exits
+// reaching both ends.
+import test from 'ava';
+import _ from 'highland';
+import { createReadStream, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { createWriteStream } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { finalize, from, map, Observable, Subject, throwError } from 'rxjs';
+import { ShapeError } from '../../src/errors.ts';
+import { encodeNpy } from '../../src/io/npy.ts';
+import { MultiHeadAttention } from '../../src/mha.ts';
+import { attendChunk, projectKv, splitTokens } from '../../src/operators/index.ts';
+import type { TokenChunk } from '../../src/operators/index.ts';
+import { Rng } from '../../src/random.ts';
+import { fromNpyBytes, fromTokens, toAsyncIterable, toNpyBytes, toReadable } from '../../src/streams/index.ts';
+import type { Tensor } from '../../src/tensor.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'kvstream-sinks-'));
+const rng = new Rng(9);
+
+test('.npy file → fromNpyBytes → toNpyBytes → file, through pipeline: the same bytes (B = 1 streamed, B = 2 at completion)', async (t) => {
+  for (const shape of [[1, 41, 7], [2, 41, 7]]) {
+    const x = rng.normalTensor(shape);
+    const src = join(dir, `in-${shape[0]}.npy`), dst = join(dir, `out-${shape[0]}.npy`);
+    writeFileSync(src, encodeNpy(x));
+    await pipeline(
+      toReadable(fromNpyBytes(createReadStream(src, { highWaterMark: 100 }), [9, 1, 31]).pipe(toNpyBytes(41)), { bytes: true }),
+      createWriteStream(dst),
+    );
+    t.deepEqual(readFileSync(dst), readFileSync(src), `shape [${shape}]`);
+  }
+});
+
+test('toNpyBytes: B = 1 writes the header with the first chunk and each chunk as it comes; wrong totals and shapes are ShapeErrors', async (t) => {
+  const x = rng.normalTensor([1, 10, 3]);
+  const parts: Uint8Array[] = [];
+  for await (const b of toAsyncIterable(splitTokens(x, 4).pipe(toNpyBytes(10)))) parts.push(b);
+  t.is(parts.length, 4, 'header + one piece per chunk');
+  t.deepEqual(Buffer.concat(parts), Buffer.from(encodeNpy(x)));
+  const collect = async (o: Observable<Uint8Array>) => {
+    for await (const _b of toAsyncIterable(o));
+  };
+  await t.throwsAsync(collect(splitTokens(x, 4).pipe(toNpyBytes(11))), { instanceOf: ShapeError, message: 'Expected S=11 tokens in all, got 10' });
+  await t.throwsAsync(collect(splitTokens(x, 4).pipe(toNpyBytes(9))), { instanceOf: ShapeError, message: 'Expected S=9 tokens in all, got 10 by chunk 2' });
+  const mixed = from([x, rng.normalTensor([1, 2, 4])]).pipe(toNpyBytes(12));
+  await t.throwsAsync(collect(mixed), { instanceOf: ShapeError, message: 'Expected chunk 1 shape [B,n,d]=[1,2,3] (as chunk 0), got shape [1,2,4]' });
+});
+
+test('pipeline(Readable of rows, rows → attention outputs, sink): the streamed module equals the one-pass module', async (t) => {
+  const mha = MultiHeadAttention.random({ dModel: 16, numHeads: 4, numKvHeads: 2 }, 3);
+  const xQ = rng.normalTensor([1, 3, 16]), xKv = rng.normalTensor([1, 19, 16]);
+  const rows = Array.from({ length: 19 }, (_x, s) => xKv.data.slice(s * 16, (s + 1) * 16));
+  const outputs: Tensor[] = [];
+  await pipeline(
+    Readable.from(rows),
+    (source: AsyncIterable<Float32Array>) => toAsyncIterable(fromTokens(source, { chunking: 5 }).pipe(projectKv(mha), attendChunk(mha, xQ), map((o) => o.output))),
+    new Writable({ objectMode: true, write(o: Tensor, _e, cb) { outputs.push(o); cb(); } }),
+  );
+  t.is(outputs.length, 4);
+  const full = mha.forward(xQ, xKv).output;
+  // Chunking reorders the float32 online-softmax fold only: a few ulps of the largest output.
+  let worst = 0, at = -1, big = 0;
+  full.data.forEach((v, i) => {
+    const d = Math.abs(outputs[3].data[i] - v);
+    if (d > worst) (worst = d), (at = i);
+    big = Math.max(big, Math.abs(v));
+  });
+  t.true(worst <= 1e-5 * (1 + big), `largest difference ${worst} at flat index ${at} (bound ${1e-5 * (1 + big)})`);
+});
+
+/** A cold source of `n` chunks counting what it produced, paced by `demand` like the stream sources. */
+function counting(n: number, demand?: Subject<void>) {
+  const state = { produced: 0, tornDown: false };
+  const x = rng.normalTensor([1, n, 2]);
+  const rows = Array.from({ length: n }, (_x, s) => x.data.slice(2 * s, 2 * s + 2));
+  const source = fromTokens((function* () {
+    for (const r of rows) {
+      state.produced++;
+      yield r;
+    }
+  })(), { demand }).pipe(finalize(() => (state.tornDown = true)));
+  return { source, state };
+}
+
+test('toAsyncIterable with demand: the loop paces the source; break tears it down', async (t) => {
+  const demand = new Subject<void>();
+  const { source, state } = counting(50, demand);
+  let seen = 0, maxAhead = 0;
+  for await (const c of toAsyncIterable(source, { demand })) {
+    seen++;
+    t.is(c.end, seen);
+    await new Promise((r) => setTimeout(r, 1));
+    maxAhead = Math.max(maxAhead, state.produced - seen);
+    if (seen === 20) break;
+  }
+  t.true(maxAhead <= 2, `the source ran ${maxAhead} rows ahead of the loop`);
+  await new Promise((r) => setImmediate(r));
+  t.true(state.tornDown, 'breaking out of the loop unsubscribes');
+  t.true(state.produced <= 22, `produced ${state.produced} rows for 20`);
+});
+
+test('highland → kvstream → highland: a highland source, and highland pulling from toReadable with its own back-pressure', async (t) => {
+  const x = rng.normalTensor([1, 30, 4]);
+  const rows = Array.from({ length: 30 }, (_x, s) => x.data.slice(4 * s, 4 * s + 4));
+  const chunks = await _(toReadable(fromTokens(_(rows) as never, { chunking: 7 }))).collect().toPromise(Promise) as TokenChunk[];
+  t.deepEqual(chunks.map((c) => [c.start, c.end]), [[0, 7], [7, 14], [14, 21], [21, 28], [28, 30]]);
+  t.deepEqual(Array.from(chunks[4].x.data), Array.from(x.data.subarray(28 * 4)));
+
+  // highland pulls one value at a time; the source runs at most a bounded distance ahead.
+  const demand = new Subject<void>();
+  const { source, state } = counting(40, demand);
+  const hs = _<TokenChunk>(toReadable(source, { demand }));
+  const pull = () => new Promise<TokenChunk>((resolve, reject) => hs.pull((err, c) => (err ? reject(err) : resolve(c as TokenChunk))));
+  let maxAhead = 0;
+  for (let i = 1; i <= 10; i++) {
+    const c = await pull();
+    t.is(c.end, i);
+    await new Promise((r) => setTimeout(r, 2));
+    maxAhead = Math.max(maxAhead, state.produced - i);
+  }
+  t.true(maxAhead <= 3, `the source ran ${maxAhead} rows ahead of highland's pulls`);
+  hs.destroy();
+});
+
+test('errors: an Observable error rejects the pipeline; a failing Writable tears the source down', async (t) => {
+  const boom = new Error('kernel failed');
+  const err = await t.throwsAsync(pipeline(toReadable(throwError(() => boom)), new Writable({ objectMode: true, write(_c, _e, cb) { cb(); } })));
+  t.is(err, boom);
+  const { source, state } = counting(100);
+  const sinkErr = new Error('disk full');
+  let writes = 0;
+  const e2 = await t.throwsAsync(pipeline(toReadable(source), new Writable({ objectMode: true, highWaterMark: 1, write(_c, _e, cb) { cb(++writes === 3 ? sinkErr : null); } })));
+  t.is(e2, sinkErr);
+  await new Promise((r) => setImmediate(r));
+  t.true(state.tornDown, 'the failed pipeline unsubscribed from the source');
+});
