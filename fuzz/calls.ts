@@ -445,10 +445,35 @@ const smallSizes = (g: Gen) => attnSizes(g, 'small');
 const qOffsetV = (g: Gen, s: AttnSizes): V => (g.chance(0.8) ? { v: g.range(-3, s.S + 3), d: 'qOffset' } : badInt(g, 0, true));
 const boolV = (g: Gen): V => (g.chance(0.9) ? { v: g.chance(0.5), d: 'bool' } : scalar(g));
 
+/**
+ * An `out` tensor for a result of `shape`: fresh and right, overlapping an input (`alias`: its
+ * data, the same buffer at another offset, or the whole input), or bad (tensorV's forms).
+ */
+function outV(g: Gen, shape: number[], alias: () => unknown): V {
+  switch (g.int(6)) {
+    case 0: case 1: return tensorV(g, shape, 0);
+    case 2: return { v: { get data() { return (alias() as { data?: unknown } | null)?.data; }, shape }, d: `out aliasing an input [${shape}]` };
+    case 3: {
+      // A view into the same buffer as an input, starting one element in (partial overlap).
+      const n = numel(...shape);
+      return { v: { get data() { const d = (alias() as { data?: unknown } | null)?.data; return ArrayBuffer.isView(d) && d.buffer.byteLength >= 4 * (n + 1) ? new Float32Array(d.buffer as ArrayBuffer, 4, n) : new Float32Array(n); }, shape }, d: `out overlapping an input at +1 [${shape}]` };
+    }
+    case 4: return tensorV(g, shape, 1);
+    default: return { v: undefined, d: 'no out' };
+  }
+}
+
 function apiAttention(g: Gen, api: Api): Call {
   const s = smallSizes(g);
   const q = tensorV(g, [s.B, s.H, s.T, s.dK]), k = tensorV(g, [s.B, s.Hkv, s.S || 1, s.dK]), v = tensorV(g, [s.B, s.Hkv, s.S || 1, s.dV]);
-  const o = optionsV(g, { scale: () => (g.chance(0.7) ? { v: 0.5, d: '0.5' } : badNumber(g)), causal: () => boolV(g), qOffset: () => qOffsetV(g, s), dropout: () => dropoutV(g), returnWeights: () => boolV(g) });
+  const o = optionsV(g, {
+    scale: () => (g.chance(0.7) ? { v: 0.5, d: '0.5' } : badNumber(g)), causal: () => boolV(g), qOffset: () => qOffsetV(g, s), dropout: () => dropoutV(g), returnWeights: () => boolV(g),
+    out: () => {
+      const inputs = [q, k, v];
+      const output = outV(g, [s.B, s.H, s.T, s.dV], () => g.pick(inputs).v), lse = outV(g, [s.B, s.H, s.T], () => (g.chance(0.5) ? output.v : q.v));
+      return g.chance(0.9) ? { v: { output: output.v, lse: lse.v }, d: `out{output:${output.d},lse:${lse.d}}` } : scalar(g);
+    },
+  });
   return { target: 'api.attention', d: [q, k, v, o].map((x) => x.d).join(', '), run: () => api.kv.attention(q.v as Kv.Tensor, k.v as Kv.KvView, v.v as Kv.KvView, o.v as Kv.AttentionOptions) };
 }
 
@@ -458,13 +483,13 @@ function apiState(g: Gen, api: Api): Call {
   const o = optionsV(g, { dV: () => (g.chance(0.9) ? { v: s.dV, d: String(s.dV) } : badInt(g, s.dV, true)), scale: () => badNumber(g), causal: () => boolV(g), qOffset: () => qOffsetV(g, s), dropout: () => dropoutV(g) });
   if (!g.chance(0.1)) setField(o.v, 'dV', s.dV);
   const ops: { d: string; run: (st: Kv.OnlineSoftmaxState) => unknown }[] = [];
-  for (let n = g.range(1, 4); n > 0; n--) {
+  for (let n = g.range(1, 5); n > 0; n--) {
     const S = g.range(0, 12);
     const cap = g.chance(0.7) ? undefined : S + g.range(0, 3);
     const k = tensorV(g, [s.B, s.Hkv, S, s.dK], 0.1, cap), v = tensorV(g, [s.B, s.Hkv, S, s.dV], 0.1, cap);
     const off = g.chance(0.8) ? { v: undefined, d: '' } : badInt(g, 3, true);
     const sOff = off.v as number;
-    switch (g.int(6)) {
+    switch (g.int(7)) {
       case 0: case 1: ops.push({ d: `update(${k.d}, ${v.d}, ${off.d})`, run: (st) => st.update(k.v as Kv.KvView, v.v as Kv.KvView, sOff) }); break;
       case 2: {
         const detachIt = g.chance(0.5);
@@ -484,7 +509,21 @@ function apiState(g: Gen, api: Api): Call {
       }
       case 3: ops.push({ d: 'merge(clone)', run: (st) => st.merge(st.clone()) }); break;
       case 4: ops.push({ d: 'merge(bad)', run: (st) => st.merge(scalar(g).v as Kv.OnlineSoftmaxState) }); break;
-      default: { const c = g.chance(0.5); ops.push({ d: `finalize(${c})`, run: (st) => st.finalize(c) }); }
+      case 5: {
+        const q2 = g.chance(0.5) ? { v: undefined, d: '' } : tensorV(g, [s.B, s.H, s.T, s.dK], 0.3);
+        const ro = g.chance(0.5) ? { v: undefined, d: '' } : optionsV(g, { qOffset: () => qOffsetV(g, s) });
+        ops.push({ d: `reset(${q2.d}, ${ro.d})`, run: (st) => st.reset(q2.v as Kv.Tensor, ro.v as { qOffset?: number }) });
+        break;
+      }
+      default: {
+        let fo: V;
+        if (g.chance(0.4)) { const c = g.chance(0.5); fo = { v: c, d: String(c) }; }
+        else {
+          const output = outV(g, [s.B, s.H, s.T, s.dV], () => q.v), lse = outV(g, [s.B, s.H, s.T], () => output.v);
+          fo = optionsV(g, { consume: () => boolV(g), out: () => ({ v: { output: output.v, lse: lse.v }, d: `{output:${output.d},lse:${lse.d}}` }) });
+        }
+        ops.push({ d: `finalize(${fo.d})`, run: (st) => st.finalize(fo.v as boolean) });
+      }
     }
   }
   return {
@@ -545,17 +584,19 @@ function apiMha(g: Gen, api: Api): Call {
   const o = optionsV(g, { causal: () => boolV(g), qOffset: () => (g.chance(0.8) ? { v: g.range(-2, S), d: 'qOffset' } : badInt(g, 0, true)), dropout: () => dropoutV(g), returnWeights: () => boolV(g) });
   const which = g.int(5);
   const o2 = g.chance(0.5) ? tensorV(g, [B, dims.H, T, dims.dV], 0.2) : null;
+  const projOut = g.chance(0.5) ? { v: undefined, d: '' } : outV(g, which === 2 ? [B, dims.H, T, dims.dK] : [B, T, dims.dModel], () => (which === 4 ? (o2 ?? xQ).v : xQ.v));
+  if (g.chance(0.3)) setField(o.v, 'out', { output: outV(g, [B, T, dims.dModel], () => xQ.v).v, lse: outV(g, [B, dims.H, T], () => xKv.v).v });
   return {
     target: 'api.MultiHeadAttention',
-    d: `random(${cfg.d}).${['forward', 'forward', 'projectQ', 'projectKv', 'projectOut'][which]}(${xQ.d}, ${xKv.d}, ${o.d}${useCache ? ', cache' : ''})`,
+    d: `random(${cfg.d}).${['forward', 'forward', 'projectQ', 'projectKv', 'projectOut'][which]}(${xQ.d}, ${xKv.d}, ${o.d}${useCache ? ', cache' : ''}${projOut.d ? `, out ${projOut.d}` : ''})`,
     run: () => {
       const mha = api.kv.MultiHeadAttention.random(cfg.v, 1);
       const opts = o.v as Kv.ForwardOptions;
       if (useCache) setField(opts, 'cache', mha.newCache(cacheBatch, cacheCap));
       switch (which) {
-        case 2: return mha.projectQ(xQ.v as Kv.Tensor);
+        case 2: return mha.projectQ(xQ.v as Kv.Tensor, projOut.v as Kv.Tensor);
         case 3: return mha.projectKv(xKv.v as Kv.Tensor);
-        case 4: return mha.projectOut((o2 ?? xQ).v as Kv.Tensor);
+        case 4: return mha.projectOut((o2 ?? xQ).v as Kv.Tensor, projOut.v as Kv.Tensor);
         default: return mha.forward(xQ.v as Kv.Tensor, xKv.v as Kv.Tensor, opts);
       }
     },
