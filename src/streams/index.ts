@@ -8,4 +8,4 @@ export { toReadable } from './toReadable.ts';
 export type { ToReadableOptions } from './toReadable.ts';
 export { toAsyncIterable } from './toAsyncIterable.ts';
 export { toNpyBytes } from './toNpyBytes.ts';
-export type { HighlandLike, PullOptions, StreamSource } from './pull.ts';
+export type { HighlandLike, HighlandNil, PullOptions, StreamSource } from './pull.ts';

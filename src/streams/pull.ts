@@ -7,9 +7,14 @@ import type { Subscriber, Subscription } from 'rxjs';
 import { ArgumentError } from '../errors.ts';
 import { show } from '../tensor.ts';
 
+/** highland's end-of-stream marker `_.nil`, as @types/highland brands it. */
+export interface HighlandNil {
+  Highland_NIL: unknown;
+}
+
 /** The part of a highland stream the sources use (`_(...)` streams fit; no highland types needed). */
 export interface HighlandLike<T> {
-  pull(f: (err: Error | null | undefined, x: T) => void): void;
+  pull(f: (err: Error, x: T | HighlandNil) => void): void;
   destroy(): void;
 }
 
@@ -40,7 +45,7 @@ export function puller<T>(name: string, source: StreamSource<T>): Puller<T> {
       next: () => new Promise((resolve, reject) => {
         hs.pull((err, x) => {
           if (err) reject(err);
-          else resolve(x === (_.nil as unknown) ? { done: true, value: undefined } : { done: false, value: x });
+          else resolve(x === (_.nil as unknown) ? { done: true, value: undefined } : { done: false, value: x as T });
         });
       }),
       close: async () => hs.destroy(),

@@ -106,7 +106,7 @@ test('toAsyncIterable with demand: the loop paces the source; break tears it dow
 test('highland → kvstream → highland: a highland source, and highland pulling from toReadable with its own back-pressure', async (t) => {
   const x = rng.normalTensor([1, 30, 4]);
   const rows = Array.from({ length: 30 }, (_x, s) => x.data.slice(4 * s, 4 * s + 4));
-  const chunks = await _(toReadable(fromTokens(_(rows) as never, { chunking: 7 }))).collect().toPromise(Promise) as TokenChunk[];
+  const chunks = await _(toReadable(fromTokens(_(rows), { chunking: 7 }))).collect().toPromise(Promise) as TokenChunk[];
   t.deepEqual(chunks.map((c) => [c.start, c.end]), [[0, 7], [7, 14], [14, 21], [21, 28], [28, 30]]);
   t.deepEqual(Array.from(chunks[4].x.data), Array.from(x.data.subarray(28 * 4)));
 
