@@ -2,6 +2,11 @@
 // python3-torch is installed), same shapes, same thread counts, alternating repetitions,
 // medians. Prints a table and writes bench/results.json.
 //
+// Rows per workload: `kvstream` is the public API in a steady-state loop (results written into
+// reused `out` tensors, a preallocated cache); `kvstream/fresh` the same calls allocating their
+// results; `kvstream/kernel` the binding alone on reused buffers (the calls the public API makes,
+// without its checks and objects), so API overhead stays visible.
+//
 //   npm run bench -- [--reps N] [--threads 1,2] [--only W1-core,W3-b1,...] [--no-torch] [--no-w5]
 //   KVSTREAM_BENCH_KEEP_OPENBLAS_ENV=1 keeps OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE as they are.
 import { spawn, spawnSync } from 'node:child_process';
@@ -14,8 +19,11 @@ import { lastValueFrom } from 'rxjs';
 import { attention } from '../src/attention.ts';
 import { MultiHeadAttention } from '../src/mha.ts';
 import { addon, info, setNumThreads } from '../src/native.ts';
+import type { NativeOpts } from '../src/native.ts';
+import type { KvCache } from '../src/kvcache.ts';
 import { attendChunk, projectKv, splitTokens } from '../src/operators/index.ts';
 import { Rng } from '../src/random.ts';
+import { zeros } from '../src/tensor.ts';
 import type { Tensor } from '../src/tensor.ts';
 import { npyHeader } from '../src/io/npy.ts';
 import { coreSession, f32, moduleSession, version as ortVersion } from './ort.ts';
@@ -41,6 +49,8 @@ const want = (w: string) => !only || only.includes(w);
 
 const [H, D, DM] = [8, 64, 512];
 type System = 'kvstream' | 'onnxruntime' | 'torch';
+type Variant = 'kernel' | 'fresh';
+type SystemKey = System | `kvstream/${Variant}`;
 interface Row { workload: string; mask: 'none' | 'causal'; threads: number; system: System; variant?: string; median_ms: number; gflops: number | null; [k: string]: unknown }
 type Rep = () => Promise<number> | number; // one repetition -> ms per unit (call, step or pass)
 
@@ -85,14 +95,17 @@ async function torchPeer(threads: number) {
 
 // ---- measurement ----
 const rows: Row[] = [];
-async function measure(workload: string, mask: 'none' | 'causal', threads: number, systems: Partial<Record<System, Rep>>, gflop: number | null, reps = REPS, warmUp = true) {
-  const names = Object.keys(systems) as System[];
-  const samples = new Map<System, number[]>(names.map((n) => [n, []]));
+async function measure(workload: string, mask: 'none' | 'causal', threads: number, systems: Partial<Record<SystemKey, Rep>>, gflop: number | null, reps = REPS, warmUp = true) {
+  const names = Object.keys(systems) as SystemKey[];
+  const samples = new Map<SystemKey, number[]>(names.map((n) => [n, []]));
   if (warmUp) for (const n of names) await systems[n]!();
   for (let r = 0; r < reps; r++) for (const n of names) samples.get(n)!.push(await systems[n]!());
   for (const n of names) {
     const ms = median(samples.get(n)!);
-    rows.push({ workload, mask, threads, system: n, median_ms: ms, gflops: gflop === null ? null : gflop / ms / 1e6 * 1e3 / 1e3 });
+    const [system, variant] = n.split('/') as [System, Variant | undefined];
+    const row: Row = { workload, mask, threads, system, median_ms: ms, gflops: gflop === null ? null : gflop / ms / 1e6 * 1e3 / 1e3 };
+    if (variant) row.variant = variant;
+    rows.push(row);
   }
   printRows(rows.filter((x) => x.workload === workload && x.mask === mask && x.threads === threads));
 }
@@ -108,12 +121,96 @@ function sgemmLimit(threads: number): number {
 
 function printRows(rs: Row[]) {
   const ours = rs.find((r) => r.system === 'kvstream' && !r.variant);
+  const kernel = rs.find((r) => r.system === 'kvstream' && r.variant === 'kernel');
   for (const r of rs) {
-    const ratios = r === ours ? rs.filter((p) => p.system !== 'kvstream').map((p) => `${(r.median_ms / p.median_ms).toFixed(2)}x ${p.system}`).join(', ') : '';
+    let ratios = r === ours ? rs.filter((p) => p.system !== 'kvstream').map((p) => `${(r.median_ms / p.median_ms).toFixed(2)}x ${p.system}`).join(', ') : '';
+    if (kernel && r.system === 'kvstream' && r !== kernel) ratios += `${ratios ? ', ' : ''}${(r.median_ms / kernel.median_ms).toFixed(3)}x kernel`;
     const lim = r.gflops !== null && r.workload.startsWith('W1') ? ` (${((100 * r.gflops) / limit.get(r.threads)!).toFixed(0)}% of sgemm)` : '';
     const unit = r.workload.startsWith('W3') ? 'ms/step' : r.workload === 'W4' ? 'ms/call' : 'ms';
-    console.log(`${r.workload.padEnd(10)} ${r.mask.padEnd(6)} ${String(r.threads).padEnd(2)} ${(r.system + (r.variant ? `/${r.variant}` : '')).padEnd(16)} ${r.median_ms.toFixed(r.median_ms < 1 ? 4 : 1).padStart(9)} ${unit.padEnd(7)} ${r.gflops !== null ? `${r.gflops.toFixed(0).padStart(4)} GFLOP/s${lim}` : ''}${ratios ? `   kvstream/peer: ${ratios}` : ''}`);
+    console.log(`${r.workload.padEnd(10)} ${r.mask.padEnd(6)} ${String(r.threads).padEnd(2)} ${(r.system + (r.variant ? `/${r.variant}` : '')).padEnd(16)} ${r.median_ms.toFixed(r.median_ms < 1 ? 4 : 1).padStart(9)} ${unit.padEnd(7)} ${r.gflops !== null ? `${r.gflops.toFixed(0).padStart(4)} GFLOP/s${lim}` : ''}${ratios ? `   kvstream/other: ${ratios}` : ''}`);
   }
+}
+
+// ---- kernel-only paths: the binding calls the public API makes, on buffers kept here ----
+const NO_DROPOUT = { sOffset: 0, dropoutP: 0, seed: 0 };
+const outFor = (y: Tensor, lse: Tensor) => ({ output: zeros(y.shape), lse: zeros(lse.shape) });
+
+/** attention(q, k, v) as attnUpdate + attnFinalize into reused m, l, acc (acc becomes the output). */
+function coreKernel(q: Tensor, k: Tensor, v: Tensor, causal: boolean) {
+  const [B, Hh, T, dK] = q.shape, [, Hkv, S, dV] = v.shape;
+  const rows = B * Hh * T;
+  const m = new Float32Array(rows), l = new Float32Array(rows), acc = new Float32Array(rows * dV), lse = new Float32Array(rows);
+  const dims = { B, H: Hh, Hkv, T, S, sCap: S, dK, dV };
+  const opts: NativeOpts = { scale: 1 / Math.sqrt(dK), causal, qOffset: S - T, ...NO_DROPOUT };
+  return () => {
+    m.fill(-Infinity);
+    l.fill(0);
+    acc.fill(0);
+    addon.attnUpdate(dims, opts, q.data, k.data, v.data, m, l, acc);
+    addon.attnFinalize(rows, dV, m, l, acc, acc, lse);
+  };
+}
+
+/** The fused module call (MultiHeadAttention.forward without a cache) into reused y, lse. */
+function fusedKernel(mha: MultiHeadAttention, x: Tensor, causal: boolean) {
+  const c = mha.config, w = mha.weights;
+  const [B, T] = x.shape;
+  const y = new Float32Array(B * T * c.dOut), lse = new Float32Array(B * c.numHeads * T);
+  const dims = { B, T, S: T, dModel: c.dModel, dKvIn: c.dKvIn, dOut: c.dOut, H: c.numHeads, Hkv: c.numKvHeads, dK: c.dK, dV: c.dV };
+  const opts: NativeOpts = { scale: c.scale, causal, qOffset: 0, ...NO_DROPOUT };
+  const n = (t?: Tensor) => t?.data ?? null;
+  return () => addon.mhaForward(dims, opts, x.data, x.data, w.wQ.data, n(w.bQ), w.wK.data, n(w.bK), w.wV.data, n(w.bV), w.wO.data, n(w.bO), y, lse);
+}
+
+/**
+ * forward(x, x, { cache, causal: true }) as binding calls on buffers kept here: project q, k, v
+ * into per-head buffers, copy k, v into the cache storage (what KvCache.append does), fold the
+ * whole cache, finalize, merge heads and project out.
+ */
+function cachedKernel(mha: MultiHeadAttention, B: number, capacity: number) {
+  const c = mha.config, w = mha.weights;
+  const { numHeads: Hh, numKvHeads: Hkv, dK, dV, dOut } = c;
+  const kC = new Float32Array(B * Hkv * capacity * dK), vC = new Float32Array(B * Hkv * capacity * dV);
+  const bufs = new Map<number, Record<string, Float32Array>>();
+  const n = (t?: Tensor) => t?.data ?? null;
+  let len = 0;
+  const put = (src: Float32Array, dst: Float32Array, T: number, d: number) => {
+    for (let bh = 0; bh < B * Hkv; bh++) dst.set(src.subarray(bh * T * d, (bh + 1) * T * d), (bh * capacity + len) * d);
+  };
+  return {
+    /** Sets the cache to the first `P` positions of `cache` (a prompt). */
+    load(cache: KvCache, P: number) {
+      const { k, v } = cache.snapshot(P);
+      len = 0;
+      put(k.data, kC, P, dK);
+      put(v.data, vC, P, dV);
+      len = P;
+    },
+    reset(P = 0) {
+      len = P;
+    },
+    step(x: Tensor) {
+      const T = x.shape[1];
+      let b = bufs.get(T);
+      if (!b) {
+        const rows = B * Hh * T;
+        b = { q: new Float32Array(rows * dK), k: new Float32Array(B * Hkv * T * dK), v: new Float32Array(B * Hkv * T * dV), m: new Float32Array(rows), l: new Float32Array(rows), acc: new Float32Array(rows * dV), lse: new Float32Array(rows), y: new Float32Array(B * T * dOut) };
+        bufs.set(T, b);
+      }
+      addon.projectHeads(x.data, w.wQ.data, n(w.bQ), b.q, B, T, c.dModel, Hh, dK);
+      addon.projectHeads(x.data, w.wK.data, n(w.bK), b.k, B, T, c.dKvIn, Hkv, dK);
+      addon.projectHeads(x.data, w.wV.data, n(w.bV), b.v, B, T, c.dKvIn, Hkv, dV);
+      put(b.k, kC, T, dK);
+      put(b.v, vC, T, dV);
+      b.m.fill(-Infinity);
+      b.l.fill(0);
+      b.acc.fill(0);
+      addon.attnUpdate({ B, H: Hh, Hkv, T, S: len + T, sCap: capacity, dK, dV }, { scale: c.scale, causal: true, qOffset: len, ...NO_DROPOUT }, b.q, kC, vC, b.m, b.l, b.acc);
+      addon.attnFinalize(B * Hh * T, dV, b.m, b.l, b.acc, b.acc, b.lse);
+      addon.mergeProject(b.acc, w.wO.data, n(w.bO), b.y, B, Hh, T, dV, dOut);
+      len += T;
+    },
+  };
 }
 
 // ---- workloads ----
@@ -150,8 +247,13 @@ for (const threads of THREADS) {
     const ortFeeds: Feeds = { q: f32(toBTC(q), [1, T, H * D]), k: f32(toBTC(k), [1, T, H * D]), v: f32(toBTC(v), [1, T, H * D]) };
     for (const mask of ['none', 'causal'] as const) {
       const s = await coreSession(H, H * D, mask === 'causal', threads);
+      const causal = mask === 'causal';
+      const out = { output: zeros([1, H, T, D]), lse: zeros([1, H, T]) };
+      const kernel = coreKernel(q, k, v, causal);
       await measure('W1-core', mask, threads, {
-        kvstream: () => time(() => attention(q, k, v, { causal: mask === 'causal' })),
+        kvstream: () => time(() => attention(q, k, v, { causal, out })),
+        'kvstream/fresh': () => time(() => attention(q, k, v, { causal })),
+        'kvstream/kernel': () => time(kernel),
         onnxruntime: () => timeAsync(() => s.run(ortFeeds)),
         ...peer('W1-core', mask),
       }, coreFlop);
@@ -162,8 +264,13 @@ for (const threads of THREADS) {
   if (want('W1-module')) {
     for (const mask of ['none', 'causal'] as const) {
       const s = await moduleSession(mha, mask === 'causal', false, threads);
+      const causal = mask === 'causal';
+      const out = { output: zeros([1, T, DM]), lse: zeros([1, H, T]) };
+      const kernel = fusedKernel(mha, x, causal);
       await measure('W1-module', mask, threads, {
-        kvstream: () => time(() => mha.forward(x, x, { causal: mask === 'causal' })),
+        kvstream: () => time(() => mha.forward(x, x, { causal, out })),
+        'kvstream/fresh': () => time(() => mha.forward(x, x, { causal })),
+        'kvstream/kernel': () => time(kernel),
         onnxruntime: () => timeAsync(() => s.run({ x: f32(x.data, [1, T, DM]) })),
         ...peer('W1-module', mask),
       }, moduleFlop);
@@ -175,10 +282,20 @@ for (const threads of THREADS) {
     const chunks = Array.from({ length: T / CH }, (_, i) => ({ data: x.data.slice(i * CH * DM, (i + 1) * CH * DM), shape: [1, CH, DM] }));
     const cache = mha.newCache(1, T);
     const s = await moduleSession(mha, true, true, threads);
+    const out = { output: zeros([1, CH, DM]), lse: zeros([1, H, CH]) };
+    const kernel = cachedKernel(mha, 1, T);
     await measure('W2', 'causal', threads, {
       kvstream: () => time(() => {
         cache.reset();
+        for (const c of chunks) mha.forward(c, c, { cache, causal: true, out });
+      }),
+      'kvstream/fresh': () => time(() => {
+        cache.reset();
         for (const c of chunks) mha.forward(c, c, { cache, causal: true });
+      }),
+      'kvstream/kernel': () => time(() => {
+        kernel.reset();
+        for (const c of chunks) kernel.step(c);
       }),
       onnxruntime: () => timeAsync(async () => {
         let past: OrtTensor = f32(new Float32Array(0), [2, 1, H, 0, D]);
@@ -201,10 +318,21 @@ for (const threads of THREADS) {
     pastData.set(prompt.k.data, 0);
     pastData.set(prompt.v.data, B * H * P * D);
     const s = await moduleSession(mha, true, true, threads);
+    const out = { output: zeros([B, 1, DM]), lse: zeros([B, H, 1]) };
+    const kernel = cachedKernel(mha, B, P + STEPS);
+    kernel.load(cache, P);
     await measure(workload, 'causal', threads, {
       kvstream: () => time(() => {
         cache.crop(P);
+        for (const xi of xs) mha.forward(xi, xi, { cache, causal: true, out });
+      }) / STEPS,
+      'kvstream/fresh': () => time(() => {
+        cache.crop(P);
         for (const xi of xs) mha.forward(xi, xi, { cache, causal: true });
+      }) / STEPS,
+      'kvstream/kernel': () => time(() => {
+        kernel.reset(P);
+        for (const xi of xs) kernel.step(xi);
       }) / STEPS,
       onnxruntime: async () => (await timeAsync(async () => {
         let past: OrtTensor = f32(pastData, [2, B, H, P, D]);
@@ -220,9 +348,17 @@ for (const threads of THREADS) {
     const s = await moduleSession(small, false, false, threads);
     const N = 2000;
     const feeds = { x: f32(xs.data, [2, 8, 32]) };
+    const out = { output: zeros([2, 8, 32]), lse: zeros([2, 4, 8]) };
+    const kernel = fusedKernel(small, xs, false);
     await measure('W4', 'none', threads, {
       kvstream: () => time(() => {
+        for (let i = 0; i < N; i++) small.forward(xs, xs, { out });
+      }) / N,
+      'kvstream/fresh': () => time(() => {
         for (let i = 0; i < N; i++) small.forward(xs, xs);
+      }) / N,
+      'kvstream/kernel': () => time(() => {
+        for (let i = 0; i < N; i++) kernel();
       }) / N,
       onnxruntime: async () => (await timeAsync(async () => {
         for (let i = 0; i < N; i++) await s.run(feeds);
@@ -256,15 +392,27 @@ if (want('W5') && !args['no-w5']) {
     for (let s = 0; s < S; s += 4096) writeSync(fd, new Uint8Array(block.buffer));
     closeSync(fd);
   }
-  const run = (threads: number, mode: string) => JSON.parse(spawnSync(process.execPath, ['--import=tsx', 'bench/w5.ts', path, String(threads), mode], { encoding: 'utf8' }).stdout);
+  const run = (threads: number, mode: string, readAhead = '2') => JSON.parse(spawnSync(process.execPath, ['--import=tsx', 'bench/w5.ts', path, String(threads), mode, readAhead], { encoding: 'utf8' }).stdout);
   run(1, 'raw'); // warm the page cache
+  // The stream's flops: k and v projections of every token, the 64 queries' attention over
+  // them, and one output projection per chunk of 1024 (attendChunk emits a partial output).
+  const [Q, CHUNK] = [64, 1024];
+  const w5Flop = 2 * S * DM * 2 * H * D + 4 * H * Q * S * D + (S / CHUNK) * 2 * Q * H * D * DM + 2 * Q * DM * H * D;
   for (const threads of THREADS) {
     const raw = run(threads, 'raw');
+    const compute = run(threads, 'compute');
     const stream = run(threads, 'stream');
+    const noAhead = run(threads, 'stream', '0');
     const mib = stream.bytes / 2 ** 20;
-    const row: Row = { workload: 'W5', mask: 'none', threads, system: 'kvstream', median_ms: stream.ms, gflops: null, throughput_mib_s: mib / (stream.ms / 1e3), raw_read_mib_s: mib / (raw.ms / 1e3), peak_rss_mib: stream.maxRssMiB };
+    const limitMs = w5Flop / (limit.get(threads) ?? sgemmLimit(threads)) / 1e6;
+    const row: Row = {
+      workload: 'W5', mask: 'none', threads, system: 'kvstream', median_ms: stream.ms, gflops: w5Flop / stream.ms / 1e6,
+      throughput_mib_s: mib / (stream.ms / 1e3), raw_read_mib_s: mib / (raw.ms / 1e3), peak_rss_mib: stream.maxRssMiB,
+      compute_ms: compute.ms, compute_limit_ms: limitMs, no_read_ahead_ms: noAhead.ms, no_read_ahead_peak_rss_mib: noAhead.maxRssMiB,
+    };
     rows.push(row);
     console.log(`W5         none   ${threads}  kvstream          ${(stream.ms / 1e3).toFixed(2)} s  ${(row.throughput_mib_s as number).toFixed(0)} MiB/s = ${((100 * stream.ms ** -1) / raw.ms ** -1).toFixed(1)}% of the disk source's raw ${(row.raw_read_mib_s as number).toFixed(0)} MiB/s; peak RSS ${stream.maxRssMiB.toFixed(0)} MiB`);
+    console.log(`           compute alone (one chunk in memory) ${(compute.ms / 1e3).toFixed(2)} s; ${(w5Flop / 1e9).toFixed(0)} GFLOP at the addon's sgemm rate ${(limitMs / 1e3).toFixed(2)} s: the stream runs at ${(100 * limitMs / stream.ms).toFixed(0)}% of that limit, ${(100 * compute.ms / stream.ms).toFixed(0)}% of compute alone; without read-ahead ${(noAhead.ms / 1e3).toFixed(2)} s (peak RSS ${noAhead.maxRssMiB.toFixed(0)} MiB)`);
   }
 }
 

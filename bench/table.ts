@@ -19,9 +19,12 @@ for (const key of keys) {
   const peer = (s: string) => group.find((r) => r.system === s);
   const ort = peer('onnxruntime'), torch = peer('torch');
   const rx = group.find((r) => r.variant === 'rxjs');
+  const kernel = group.find((r) => r.variant === 'kernel');
+  const fresh = group.find((r) => r.variant === 'fresh');
   const limit = limits[threads];
   let ourCell = fmt(ours.median_ms, workload);
-  if (rx) ourCell += ` (RxJS path ${fmt(rx.median_ms, workload)})`;
+  const extra = [kernel && `kernel ${fmt(kernel.median_ms, workload)}`, fresh && `fresh outputs ${fmt(fresh.median_ms, workload)}`, rx && `RxJS path ${fmt(rx.median_ms, workload)}`].filter(Boolean);
+  if (extra.length) ourCell += ` (${extra.join('; ')})`;
   if (workload === 'W5') ourCell += `: ${(ours.throughput_mib_s as number).toFixed(0)} MiB/s, ${(100 * (ours.throughput_mib_s as number) / (ours.raw_read_mib_s as number)).toFixed(0)}% of the raw read's ${(ours.raw_read_mib_s as number).toFixed(0)} MiB/s, peak RSS ${(ours.peak_rss_mib as number).toFixed(0)} MiB`;
   const ratio = (p?: Row) => (p ? `${(ours.median_ms / p.median_ms).toFixed(2)}×` : '—');
   const gf = ours.gflops !== null ? `${ours.gflops.toFixed(0)}${workload.startsWith('W1') ? ` (${((100 * ours.gflops) / limit).toFixed(0)}%)` : ''}` : '—';

@@ -1,6 +1,6 @@
 // Native attention vs the independent float64 reference on a seeded grid.
 import test from 'ava';
-import { attention } from '../src/attention.ts';
+import { attention, OnlineSoftmaxState } from '../src/attention.ts';
 import { Rng } from '../src/random.ts';
 import { refAttention } from './helpers/reference.ts';
 import { assertClose } from './helpers/assert.ts';
@@ -95,4 +95,48 @@ test('tile-shaped case: d 64, T 130, S 1100, causal, dropout, grouped heads', (t
     assertClose(t, r.output.data, ref.out, TOL, `output, qOffset ${qOffset}`, r.output.shape);
     assertClose(t, r.lse.data, ref.lse, TOL, `lse, qOffset ${qOffset}`, r.lse.shape);
   }
+});
+
+test('out tensors: checked with the shape template, not overlapping the inputs, untouched on error', (t) => {
+  const rng = new Rng(31);
+  const [B, H, T, S, d] = [1, 2, 3, 5, 8];
+  const q = rng.normalTensor([B, H, T, d]), k = rng.normalTensor([B, 1, S, d]), v = rng.normalTensor([B, 1, S, d]);
+  const lse = { data: new Float32Array(6), shape: [1, 2, 3] };
+  t.throws(() => attention(q, k, v, { out: { output: { data: new Float32Array(40), shape: [1, 2, 3, 8] } } }), {
+    name: 'ShapeError', message: 'Expected out.output shape [B,H,T,d_v]=[1,2,3,8] (48 floats), got 40',
+  });
+  t.throws(() => attention(q, k, v, { out: { lse: { data: new Float32Array(6), shape: [2, 3] } } }), {
+    name: 'ShapeError', message: 'Expected out.lse shape [B,H,T]=[1,2,3] (6 floats), got shape [2,3] (6 floats)',
+  });
+  t.throws(() => attention(q, k, v, { out: { output: { data: q.data.subarray(0, 48), shape: [1, 2, 3, 8] } } }), {
+    name: 'ArgumentError', message: 'Expected out.output not to overlap q, got bytes [0, 192) of the same ArrayBuffer as q [0, 192)',
+  });
+  const both = new Float32Array(54);
+  t.throws(() => attention(q, k, v, { out: { output: { data: both.subarray(0, 48), shape: [1, 2, 3, 8] }, lse: { data: both.subarray(46, 52), shape: [1, 2, 3] } } }), {
+    name: 'ArgumentError', message: 'Expected out.lse not to overlap out.output, got bytes [184, 208) of the same ArrayBuffer as out.output [0, 192)',
+  });
+  // A bad k after good out tensors: the call throws before writing into them.
+  const output = { data: new Float32Array(48).fill(3), shape: [1, 2, 3, 8] };
+  t.throws(() => attention(q, k, { data: v.data, shape: [1, 1, 5, 9] }, { out: { output, lse } }), { name: 'ShapeError' });
+  t.true(output.data.every((x) => x === 3), 'out.output untouched after a rejected call');
+  const r = attention(q, k, v, { out: { lse } });
+  t.is(r.lse, lse, 'out.lse alone is used; output is fresh');
+  t.deepEqual(r.output.shape, [1, 2, 3, 8]);
+});
+
+test('finalize options and reset checks', (t) => {
+  const rng = new Rng(32);
+  const q = rng.normalTensor([1, 2, 3, 8]), k = rng.normalTensor([1, 2, 4, 8]), v = rng.normalTensor([1, 2, 4, 8]);
+  const s = new OnlineSoftmaxState(q, { dV: 8 }).update(k, v);
+  const output = { data: new Float32Array(48), shape: [1, 2, 3, 8] };
+  t.throws(() => s.finalize({ consume: true, out: { output } }), { name: 'ArgumentError', message: 'Expected either consume or out.output, got both' });
+  t.throws(() => s.finalize({ out: { output: { data: s.acc, shape: [1, 2, 3, 8] } } }), { name: 'ArgumentError', message: /^Expected out.output not to overlap acc/ });
+  t.throws(() => s.reset(rng.normalTensor([1, 2, 4, 8])), { name: 'ShapeError', message: 'Expected q shape [B,H,T,d_k]=[1,2,3,8] (48 floats), got shape [1,2,4,8] (64 floats)' });
+  t.throws(() => s.reset(undefined, { qOffset: 0.5 }), { name: 'ArgumentError', message: 'Expected qOffset to be a 32-bit integer, got 0.5' });
+  const a = s.finalize(), b = s.finalize(true); // the first leaves the state as it was
+  t.deepEqual(a.output.data, b.output.data);
+  t.is(b.output.data, s.acc, 'consume writes over the accumulator');
+  s.reset().update(k, v);
+  t.deepEqual(s.finalize().output.data, a.output.data, 'a spent state is usable again after reset()');
+  t.is(s.keysSeen, 4);
 });

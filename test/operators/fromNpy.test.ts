@@ -83,3 +83,30 @@ test.serial('the file is closed on completion, on early unsubscribe and on error
   await t.throwsAsync(lastValueFrom(fromNpy(smallPath, [10, 10])), { name: 'ShapeError', message: 'Expected chunk_sizes to sum to S=37, got 20 ([10,10])' });
   t.is(openFds(), before, 'after errors');
 });
+
+test.serial('readAhead: the next reads start before the consumer works on a chunk, bounded by readAhead', async (t) => {
+  for (const readAhead of [1, 3]) {
+    let bytesRead = 0, maxAhead = 0, consumed = 0, overlapped = 0;
+    const chunks = await lastValueFrom(fromNpy(bigPath, CHUNK, { readAhead, onRead: (n) => (bytesRead = n) }).pipe(
+      tap((c) => {
+        t.is(c.x.data[0], c.start);
+        const until = Date.now() + 2;
+        while (Date.now() < until); // slow synchronous consumer: the read in flight runs meanwhile
+        consumed++;
+        maxAhead = Math.max(maxAhead, bytesRead - consumed * CHUNK_BYTES);
+      }),
+      // Reads complete on the event loop; let them land between chunks.
+      concatMap((c) => timer(0).pipe(map(() => {
+        if (bytesRead > (c.index + 1) * CHUNK_BYTES + 1024) overlapped++;
+        return c;
+      }))),
+      toArray(),
+    ));
+    t.is(chunks.length, BIG_S / CHUNK);
+    t.deepEqual(chunks.map((c) => c.start), Array.from({ length: BIG_S / CHUNK }, (_, i) => i * CHUNK));
+    t.true(maxAhead <= readAhead * CHUNK_BYTES + 1024, `readAhead ${readAhead}: read ahead by ${maxAhead} bytes (limit ${readAhead} chunks of ${CHUNK_BYTES})`);
+    t.true(overlapped > 0, `readAhead ${readAhead}: a later chunk was read while an earlier one was consumed (${overlapped} times)`);
+  }
+  t.throws(() => fromNpy(bigPath, CHUNK, { readAhead: 17 }), { name: 'ArgumentError', message: 'Expected readAhead to be an integer in [0, 16], got 17' });
+  t.throws(() => fromNpy(bigPath, CHUNK, { readAhead: -1 }), { name: 'ShapeError', message: 'Expected readAhead to be an integer >= 0, got -1' });
+});
