@@ -5,6 +5,7 @@
 import { types } from 'node:util';
 import { lastValueFrom, toArray } from 'rxjs';
 import type * as Kv from '../src/index.ts';
+import type * as Streams from '../src/streams/index.ts';
 import { badF32, badInt, badNumber, badU8, detach, f32, FuzzTrap, Gen, object, scalar, storage, u8 } from './values.ts';
 import type { KvDtype, V } from './values.ts';
 
@@ -14,6 +15,8 @@ export type Fn = (...a: unknown[]) => unknown;
 export interface Api {
   binding: Record<string, Fn>;
   kv: typeof Kv;
+  /** src/streams (fromTokens, fromNpyBytes), when present. */
+  streams?: typeof Streams;
   gc?: () => void;
   /** Kernel paths setKernelPath accepts here (valid ones; tile only with AVX-512). */
   paths: string[];
@@ -635,6 +638,55 @@ function apiOperators(g: Gen, api: Api): Call {
   };
 }
 
+/** A source of items: a sync iterable, an async generator, or one that throws after some items. */
+function sourceV(g: Gen, items: V[]): V {
+  const list = items.map((x) => x.v), d = `[${items.map((x) => x.d).join(', ')}]`;
+  switch (g.int(4)) {
+    case 0: return { v: list, d: `Array${d}` };
+    case 1: return { v: (async function* () { for (const x of list) yield x; })(), d: `async generator${d}` };
+    case 2: { const at = g.int(list.length + 1); return { v: (function* () { for (let i = 0; i < list.length; i++) { if (i === at) throw new FuzzTrap('source'); yield list[i]; } if (at === list.length) throw new FuzzTrap('source end'); })(), d: `generator throwing at ${at} of ${d}` }; }
+    default: return g.chance(0.8) ? { v: new Set(list), d: `Set${d}` } : scalar(g);
+  }
+}
+
+/** fromTokens and fromNpyBytes (src/streams) into projectKv + attendChunk, collected. */
+function apiStreams(g: Gen, api: Api): Call {
+  const cfg = mhaConfigV(g), { dims } = cfg;
+  const B = g.chance(0.8) ? 1 : 2, xQ = tensorV(g, [B, g.range(1, 3), dims.dModel], 0.05);
+  const chunking: V = g.chance(0.4) ? { v: undefined, d: 'none' } : g.chance(0.8) ? { v: g.range(1, 4), d: 'n' } : badInt(g, 2, true);
+  const npy = g.chance(0.4);
+  let src: V;
+  if (npy) {
+    const S = g.range(1, 8);
+    const bytes = api.kv.encodeNpy({ data: new Float32Array(B * S * dims.dKvIn).fill(0.5), shape: [B, S, dims.dKvIn] });
+    for (let n = g.chance(0.7) ? 0 : g.range(1, 3); n > 0; n--) bytes[g.int(bytes.length)] = g.u32() & 255;
+    const pieces: V[] = [];
+    for (let at = 0; at < bytes.length;) { const n = g.range(1, 40); pieces.push({ v: bytes.subarray(at, at + n), d: `${Math.min(n, bytes.length - at)}B` }); at += n; }
+    if (g.chance(0.1)) pieces.push(g.chance(0.5) ? { v: new Uint8Array(3), d: 'extra 3B' } : scalar(g));
+    src = sourceV(g, pieces);
+  } else {
+    const items: V[] = [];
+    for (let n = g.range(0, 6); n > 0; n--) {
+      if (g.chance(0.9)) items.push(B === 1 && g.chance(0.5) ? f32(g, dims.dKvIn) : tensorV(g, [B, g.range(1, 3), dims.dKvIn], 0.05));
+      else items.push(g.chance(0.5) ? badF32(g, dims.dKvIn) : scalar(g));
+    }
+    src = sourceV(g, items);
+  }
+  return {
+    target: 'api.streams',
+    d: `${npy ? 'fromNpyBytes' : 'fromTokens'}(${src.d}, chunking ${chunking.d}).projectKv.attendChunk(${cfg.d})`,
+    run: async () => {
+      const st = api.streams;
+      if (!st) return;
+      const mha = api.kv.MultiHeadAttention.random(cfg.v, 3);
+      const source = npy
+        ? st.fromNpyBytes(src.v as Iterable<Uint8Array>, (chunking.v ?? 2) as number)
+        : st.fromTokens(src.v as Iterable<Float32Array>, chunking.v === undefined ? {} : { chunking: chunking.v as number });
+      return lastValueFrom(source.pipe(api.kv.projectKv(mha), api.kv.attendChunk(mha, xQ.v as Kv.Tensor), toArray()));
+    },
+  };
+}
+
 function apiMisc(g: Gen, api: Api): Call {
   const which = g.chance(0.1) ? 0 : g.range(1, 3);
   const x = which === 0 ? (g.chance(0.8) ? { v: g.range(1, 4), d: 'n' } : badInt(g, 2, true)) : scalar(g);
@@ -663,7 +715,7 @@ function apiMisc(g: Gen, api: Api): Call {
 
 const API: Record<string, Maker> = {
   'api.attention': apiAttention, 'api.OnlineSoftmaxState': apiState, 'api.KvCache': apiKvCache,
-  'api.MultiHeadAttention': apiMha, 'api.operators': apiOperators, 'api.misc': apiMisc,
+  'api.MultiHeadAttention': apiMha, 'api.operators': apiOperators, 'api.misc': apiMisc, 'api.streams': apiStreams,
 };
 
 /** Kernels on worker_threads (each loads the addon) and the main thread at once; sometimes terminated mid-call. */
@@ -709,7 +761,7 @@ export function makeCall(seed: number, index: number, api: Api): Call {
 // Relative weights (default 1): a valid setNumThreads rebuilds the pool (milliseconds), the
 // operators build RxJS pipelines and modules; the trivial getters need few calls.
 const EXPORT_WEIGHT: Record<string, number> = { setNumThreads: 0.25, info: 0.3, getKernelPath: 0.3, kernelCounts: 0.3, resetKernelCounts: 0.3 };
-const API_WEIGHT: Record<string, number> = { 'api.operators': 0.5, 'api.misc': 0.5 };
+const API_WEIGHT: Record<string, number> = { 'api.operators': 0.5, 'api.misc': 0.5, 'api.streams': 0.4 };
 
 function pickWeighted(g: Gen, names: string[], weight: Record<string, number>, make: (t: string) => Maker): Maker {
   const total = names.reduce((a, t) => a + (weight[t] ?? 1), 0);

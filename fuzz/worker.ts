@@ -66,7 +66,8 @@ async function loadApi(): Promise<Api> {
     binding.setKernelPath('auto');
   }
   const gc = (globalThis as { gc?: () => void }).gc;
-  return { binding, kv, gc, paths };
+  const streams = await import('../src/streams/index.ts').catch(() => undefined);
+  return { binding, kv, streams, gc, paths };
 }
 
 /** Thread count and kernel path for the epoch of call `index` (restored after calls that change them). */
