@@ -244,9 +244,11 @@ function attnUpdateAsync(g: Gen, api: Api): Call {
   slots.push({ name: 'callback', ok: () => ({ v: null, d: 'callback' }), bad: (g2) => scalar(g2) });
   const cbAt = slots.length - 1;
   const vs = buildArgs(g, slots, ctx);
-  // Any function in the callback position is wrapped, so the call knows when the fold is done.
-  const userCallback = vs.length === slots.length && typeof vs[cbAt].v === 'function' ? (vs[cbAt].v as Fn) : undefined;
-  const hasCallback = vs.length === slots.length && (vs[cbAt].d === 'callback' || userCallback !== undefined);
+  // The addon calls the last argument when it is a function: that one (or the callback slot's
+  // placeholder) is wrapped, so the call knows when the fold is done.
+  const last = vs.length - 1;
+  const userCallback = last >= 0 && typeof vs[last].v === 'function' ? (vs[last].v as Fn) : undefined;
+  const cbIndex = userCallback ? last : vs.length === slots.length && vs[cbAt].d === 'callback' ? cbAt : -1;
   // What the caller does while the fold runs on the worker thread.
   const action = g.int(14);
   const target = g.int(6) + 2;
@@ -281,14 +283,15 @@ function attnUpdateAsync(g: Gen, api: Api): Call {
       };
       const start = () => {
         const a = [...args];
-        if (hasCallback) a[cbAt] = cb;
-        pending++;
+        if (cbIndex >= 0) a[cbIndex] = cb;
+        if (typeof a[a.length - 1] === 'function') pending++; // else the addon must throw
         try {
           fn(...a);
         } catch (e) {
-          pending--;
+          if (typeof a[a.length - 1] === 'function') pending--;
           throw e;
         }
+        if (pending === 0) resolveAll();
       };
       start(); // a synchronous throw (bad arguments) ends the call here
       try {
