@@ -17,3 +17,4 @@ export { decodeNpz, encodeNpz, readNpz } from './io/npz.ts';
 export type { NpzOptions } from './io/npz.ts';
 export { toOrtFeeds, toOrtTensor, toTensorData } from './convert.ts';
 export type { TensorConstructor, TensorData, TensorType, ToTensorOptions } from './convert.ts';
+export * from './streams/index.ts';
