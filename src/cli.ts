@@ -18,7 +18,8 @@ const USAGE = `Usage:
   npm run pipeline -- verify [DIR] [--rerun] [--json]
 
 Writes <DIR>/<name>.npz and its entry in <DIR>/manifest.json (DIR defaults to fixtures/).
-With --seed or --chunk the case is written as <name>-seed<N>-chunk<N>, never over <name>.
+With --seed or --chunk the case is written as <name>-seed<N>-chunk<N>, never over <name>, and
+only with --out (fixtures/ keeps the committed cases).
 verify recomputes every case of DIR (default fixtures/) from its stored inputs, one pass and
 chunked, and compares each stored output within the case's tolerance; --rerun also re-runs
 the built-in pipeline of each name from its seed. Exit 0: all passed; 1: a case failed or DIR
@@ -50,9 +51,15 @@ function progress(total: number) {
   };
 }
 
-async function generate(names: string[], out: string, seed?: number, chunk?: number): Promise<number> {
+async function generate(names: string[], outFlag: string | undefined, seed?: number, chunk?: number): Promise<number> {
   const unknown = names.filter((n) => !PIPELINES.has(n));
   if (unknown.length) throw new UsageError(`Unknown pipeline${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')}. Known: ${[...PIPELINES.keys()].join(', ')}`);
+  const out = outFlag ?? 'fixtures';
+  // fixtures/ holds the committed built-in cases only: a variant goes to a folder of its own.
+  const variants = names.filter((n) => resolveOverrides(PIPELINES.get(n)!, { seed, chunk }).name !== n);
+  if (variants.length && outFlag === undefined) {
+    throw new UsageError(`--seed/--chunk make a variant of ${variants.join(', ')}; fixtures/ keeps the committed cases only: pass --out DIR (the variant is written there as ${resolveOverrides(PIPELINES.get(variants[0])!, { seed, chunk }).name})`);
+  }
   const bar = progress(names.length);
   await withDeterministicKernels(async () => {
     for (const [i, name] of names.entries()) {
@@ -129,7 +136,7 @@ async function main(argv: string[]): Promise<number> {
   const names = values.all ? [...PIPELINES.keys()] : positionals;
   if (values.all && positionals.length) throw new UsageError(`--all writes every case; got names too (${positionals.join(' ')})`);
   if (names.length === 0) throw new UsageError('Name a pipeline, or pass --all or --list');
-  return generate(names, values.out ?? 'fixtures', seed, chunk);
+  return generate(names, values.out, seed, chunk);
 }
 
 main(process.argv.slice(2)).then(

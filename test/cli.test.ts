@@ -45,6 +45,10 @@ test('--seed and --chunk write under a derived name and never replace the case',
   t.is(v.code, 0, v.stdout);
   t.regex(v.stderr, /warning: verify ignores --seed/);
   t.regex(v.stdout, /3 passed, 0 failed/);
+  // Into the committed fixtures/ (no --out): refused before anything is written.
+  const refused = await cli(['chunked_prefill', '--chunk', '5']);
+  t.is(refused.code, 2);
+  t.regex(refused.stderr, /--seed\/--chunk make a variant of chunked_prefill; fixtures\/ keeps the committed cases only: pass --out DIR \(the variant is written there as chunked_prefill-chunk5\)/);
   const bad = await cli(['streaming', '--out', out, '--chunk', '0']);
   t.is(bad.code, 2);
   t.regex(bad.stderr, /--chunk expects an integer >= 1, got "0"/);
