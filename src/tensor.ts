@@ -94,7 +94,8 @@ export function expectFlag(name: string, value: unknown): boolean | undefined {
  */
 export function expectDisjoint(outName: string, out: Float32Array, inputs: Record<string, Float32Array | null | undefined>): void {
   const lo = out.byteOffset, hi = lo + out.byteLength;
-  for (const [name, x] of Object.entries(inputs)) {
+  for (const name in inputs) {
+    const x = inputs[name];
     if (x && x.buffer === out.buffer && x.byteOffset < hi && lo < x.byteOffset + x.byteLength) {
       throw new ArgumentError(`Expected ${outName} not to overlap ${name}, got bytes [${lo}, ${hi}) of the same ArrayBuffer as ${name} [${x.byteOffset}, ${x.byteOffset + x.byteLength})`);
     }
