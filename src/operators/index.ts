@@ -8,4 +8,3 @@ export { attendChunk } from './attendChunk.ts';
 export type { AttendOptions, PartialOutput } from './attendChunk.ts';
 export { prefillChunk } from './prefillChunk.ts';
 export type { PrefillOutput } from './prefillChunk.ts';
-export { writeFixture } from './writeFixture.ts';
