@@ -7,7 +7,7 @@ import { attention, OnlineSoftmaxState } from '../src/attention.ts';
 import { ArgumentError, KvstreamError, ShapeError } from '../src/errors.ts';
 import { KvCache } from '../src/kvcache.ts';
 import { MultiHeadAttention } from '../src/mha.ts';
-import { chunkSizes, concatTokens, sliceTokens, splitTokens } from '../src/operators/index.ts';
+import { appendKv, attendChunk, chunkSizes, concatTokens, prefillChunk, projectKv, sliceTokens, splitTokens } from '../src/operators/index.ts';
 import { MAX_TENSOR_BYTES, Scratch, show, tensor, zeros } from '../src/tensor.ts';
 import { lastValueFrom } from 'rxjs';
 
@@ -96,4 +96,16 @@ test('Scratch gives exact-length views and only grows', (t) => {
   t.is(b.buffer, a.buffer, 'a shorter request reuses the storage');
   t.not(s.get('a', ['n'], [11]).buffer, a.buffer, 'a longer one grows it');
   t.throws(() => s.get('a', ['n'], [2 ** 29 + 1]), { instanceOf: ArgumentError });
+});
+
+test('operators name a bad module, cache factory or offset', async (t) => {
+  const mha = MultiHeadAttention.random({ dModel: 8, numHeads: 2 }, 1);
+  const x = zeros([1, 4, 8]);
+  await t.throwsAsync(lastValueFrom(splitTokens(x, 2).pipe(projectKv({} as never))), { instanceOf: ArgumentError, message: 'Expected mha to be a MultiHeadAttention, got Object' });
+  await t.throwsAsync(lastValueFrom(splitTokens(x, 2).pipe(projectKv(mha), attendChunk(mha, zeros([1, 1, 8]), { sOffset: sym as never }))), {
+    instanceOf: ShapeError, message: 'Expected sOffset to be an integer >= 0, got Symbol(x)',
+  });
+  await t.throwsAsync(lastValueFrom(splitTokens(x, 2).pipe(projectKv(mha), appendKv(5 as never))), { instanceOf: ArgumentError, message: 'Expected createCache to be a function returning a KvCache, got 5' });
+  await t.throwsAsync(lastValueFrom(splitTokens(x, 2).pipe(projectKv(mha), appendKv(() => ({}) as never))), { instanceOf: ArgumentError, message: 'Expected createCache() to return a KvCache, got Object' });
+  await t.throwsAsync(lastValueFrom(splitTokens(x, 2).pipe(prefillChunk(mha, () => mha.newCache(1), null as never))), { instanceOf: ArgumentError, message: 'Expected options to be an object or undefined, got null' });
 });

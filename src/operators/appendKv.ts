@@ -1,7 +1,8 @@
 import { defer, finalize, map } from 'rxjs';
 import type { OperatorFunction } from 'rxjs';
-import { ShapeError } from '../errors.ts';
-import type { KvCache } from '../kvcache.ts';
+import { ArgumentError, ShapeError } from '../errors.ts';
+import { show } from '../tensor.ts';
+import { KvCache } from '../kvcache.ts';
 import type { CachedChunk, KvChunk } from './chunks.ts';
 
 /**
@@ -11,7 +12,9 @@ import type { CachedChunk, KvChunk } from './chunks.ts';
 export function appendKv(createCache: () => KvCache): OperatorFunction<KvChunk, CachedChunk> {
   return (source) =>
     defer(() => {
+      if (typeof createCache !== 'function') throw new ArgumentError(`Expected createCache to be a function returning a KvCache, got ${show(createCache)}`);
       let cache: KvCache | undefined = createCache();
+      if (!(cache instanceof KvCache)) throw new ArgumentError(`Expected createCache() to return a KvCache, got ${show(cache)}`);
       const base = cache.length; // positions already cached (a prompt, k_cache_in)
       return source.pipe(
         map((chunk) => {

@@ -2,8 +2,9 @@ import { concatMap, defer, finalize, map } from 'rxjs';
 import type { OperatorFunction } from 'rxjs';
 import { OnlineSoftmaxState } from '../attention.ts';
 import type { Dropout } from '../attention.ts';
-import type { MultiHeadAttention } from '../mha.ts';
-import { alloc, expectFlag, expectOptions } from '../tensor.ts';
+import { MultiHeadAttention } from '../mha.ts';
+import { ArgumentError } from '../errors.ts';
+import { alloc, expectDim, expectFlag, expectOptions, show } from '../tensor.ts';
 import type { Tensor } from '../tensor.ts';
 import type { KvChunk } from './chunks.ts';
 
@@ -39,6 +40,7 @@ export interface PartialOutput {
 export function attendChunk<C extends KvChunk>(mha: MultiHeadAttention, xQ: Tensor, options: AttendOptions = {}): OperatorFunction<C, C & PartialOutput> {
   return (source) =>
     defer(() => {
+      if (!(mha instanceof MultiHeadAttention)) throw new ArgumentError(`Expected mha to be a MultiHeadAttention, got ${show(mha)}`);
       expectOptions('options', options);
       const async = expectFlag('async', options.async);
       let state: OnlineSoftmaxState | undefined = new OnlineSoftmaxState(mha.projectQ(xQ), {
@@ -48,7 +50,7 @@ export function attendChunk<C extends KvChunk>(mha: MultiHeadAttention, xQ: Tens
         qOffset: options.qOffset ?? 0,
         dropout: options.dropout,
       });
-      const sOffset = options.sOffset ?? 0;
+      const sOffset = expectDim('sOffset', options.sOffset ?? 0, 0);
       const { B, H, T, dV } = state;
       const o = alloc('o', ['B', 'H', 'T', 'd_v'], [B, H, T, dV]); // reused: projectOut reads it at once
       const emit = (chunk: C) => {

@@ -1,8 +1,10 @@
 import { defer, finalize, map } from 'rxjs';
 import type { OperatorFunction } from 'rxjs';
 import type { Dropout } from '../attention.ts';
-import type { KvCache } from '../kvcache.ts';
-import type { MultiHeadAttention } from '../mha.ts';
+import { KvCache } from '../kvcache.ts';
+import { ArgumentError } from '../errors.ts';
+import { MultiHeadAttention } from '../mha.ts';
+import { expectOptions, show } from '../tensor.ts';
 import type { Tensor } from '../tensor.ts';
 import type { TokenChunk } from './chunks.ts';
 
@@ -27,7 +29,11 @@ export interface PrefillOutput {
 export function prefillChunk(mha: MultiHeadAttention, createCache: () => KvCache, options: { dropout?: Dropout } = {}): OperatorFunction<TokenChunk, PrefillOutput> {
   return (source) =>
     defer(() => {
+      if (!(mha instanceof MultiHeadAttention)) throw new ArgumentError(`Expected mha to be a MultiHeadAttention, got ${show(mha)}`);
+      if (typeof createCache !== 'function') throw new ArgumentError(`Expected createCache to be a function returning a KvCache, got ${show(createCache)}`);
+      expectOptions('options', options);
       let cache: KvCache | undefined = createCache();
+      if (!(cache instanceof KvCache)) throw new ArgumentError(`Expected createCache() to return a KvCache, got ${show(cache)}`);
       return source.pipe(
         map((chunk) => {
           const r = mha.forward(chunk.x, chunk.x, { cache: cache!, causal: true, dropout: options.dropout });
