@@ -107,7 +107,7 @@ test('verify reports each bad entry by name and class, checks the rest, exits 1'
 test('unknown names, --list, missing folders, exit codes', async (t) => {
   const r = await cli(['streamin']);
   t.is(r.code, 2);
-  t.regex(r.stderr, /Unknown pipeline streamin\. Known: basic_self_attn_small, chunked_prefill, cross_attention, decode, different_dk_dv, kv_sharing, kv_sharing_multi_query, large_batch_dropout, streaming, streaming_prefix_cache, use_cached_kv, with_caching/);
+  t.regex(r.stderr, /Unknown pipeline streamin \(did you mean streaming\?\)\. Known: basic_self_attn_small, chunked_prefill, cross_attention, decode, different_dk_dv, kv_sharing, kv_sharing_multi_query, large_batch_dropout, streaming, streaming_prefix_cache, use_cached_kv, with_caching/);
   const list = await cli(['--list']);
   t.is(list.code, 0);
   t.is(list.stdout.trim().split('\n').length, 12);
