@@ -86,15 +86,16 @@ export function editDistance(a: string, b: string): number {
 }
 
 /** The known word `word` most likely meant: the closest within a third of its length (at least 2), else the only one it starts. */
-export function suggest(word: string, known: Iterable<string>): string | undefined {
+export function suggest(word: string, knownNames: Iterable<string>): string | undefined {
   const w = word.toLowerCase();
+  const known = [...knownNames];
   let best: string | undefined, bestD = Infinity;
   for (const k of known) {
     const d = editDistance(w, k);
     if (d < bestD) [best, bestD] = [k, d];
   }
   if (best !== undefined && bestD <= Math.max(2, Math.floor(w.length / 3))) return best;
-  const prefixed = [...known].filter((k) => w.length >= 3 && k.startsWith(w));
+  const prefixed = known.filter((k) => w.length >= 3 && k.startsWith(w));
   return prefixed.length === 1 ? prefixed[0] : undefined;
 }
 
@@ -327,7 +328,14 @@ async function importFile(file: string): Promise<Record<string, unknown>> {
   mapKvstream();
   const url = pathToFileURL(path).href;
   // A file that does not load (syntax, a missing import, a definePipeline that throws) is bad input: exit 2.
-  const failed = (e: unknown) => new UsageError(`run: ${file} did not load: ${(e as Error)?.name ?? 'Error'}: ${(e as Error)?.message ?? String(e)}`, { cause: e });
+  const failed = (e: unknown) => {
+    const message = `run: ${file} did not load: ${(e as Error)?.name ?? 'Error'}: ${(e as Error)?.message ?? String(e)}`;
+    // tsx compiles a .ts file outside an ESM package to CommonJS, whose require() skips the "kvstream" mapping.
+    const cjs = TS.test(path) && /Cannot find module 'kvstream'[\s\S]*Require stack/.test(message)
+      ? '\nThis .ts file was loaded as CommonJS: name it .mts, or add "type": "module" to the package.json of its folder.'
+      : '';
+    return new UsageError(message + cjs, { cause: e });
+  };
   try {
     return await import(url);
   } catch (e) {

@@ -1,9 +1,28 @@
 // The CLI end to end in temporary folders: generation, overrides that never replace a case,
-// verify's report for good, tampered and hostile entries, exit codes.
+// verify's report for good, tampered and hostile entries, exit codes; your own pipelines (run
+// FILE); progress, --json, warnings and errors that say what to do.
 import test from 'ava';
-import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { spawn } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { lastValueFrom } from 'rxjs';
+import { describeConfig, editDistance, findTsx, Progress, suggest, tsxMissing, usage } from '../src/cli.ts';
+import { BUILTIN_CASES } from '../src/fixtures/cases.ts';
+import { buildCase } from '../src/fixtures/recipes.ts';
 import { cli, tmp } from './helpers/cli.ts';
+import type { CliResult } from './helpers/cli.ts';
+
+/** `node --import=tsx ARGS` (a script standing in for the package's bin). */
+function node(args: string[]): Promise<CliResult> {
+  return new Promise((done) => {
+    const child = spawn(process.execPath, ['--import=tsx', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '', stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('exit', (code) => done({ code, stdout, stderr }));
+  });
+}
 
 const manifestOf = (dir: string) => JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8'));
 
@@ -133,4 +152,211 @@ test('verify passes on the committed fixtures', async (t) => {
   const v = await cli(['verify', 'fixtures', '--rerun']);
   t.is(v.code, 0, v.stdout);
   t.regex(v.stdout, /12 passed, 0 failed/);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Your own pipelines: `run FILE`.
+
+const ROOT = resolve(import.meta.dirname, '..');
+
+test('run examples/my-case.mjs writes its cases, which verify; the summary shows config, chunks, error vs one pass', async (t) => {
+  const out = tmp();
+  const r = await cli(['run', 'examples/my-case.mjs', '--out', out]);
+  t.is(r.code, 0, r.stderr);
+  t.regex(r.stdout, /^wrote .*gqa_stream\.npz {2}seed 7 {2}chunks \[8,8,16\] {2}\d+ arrays {2}sha256 [0-9a-f]{16} {2}\d+(\.\d)? m?s$/m);
+  t.regex(r.stdout, /^ {6}streaming {2}B 1 {2}T 4 {2}S 48 \(16 cached \+ 32\) {2}d_model 64 {2}heads 8 \(kv 2\) {2}d_k 8 {2}causal at 44$/m);
+  t.regex(r.stdout, /^ {6}chunked vs one pass: max err output \S+ {2}lse \S+ {2}\(tolerance atol 1\.0e-5 rtol 1\.0e-4\)$/m);
+  t.regex(r.stdout, /^wrote .*mqa_decode\.npz {2}seed 8 {2}chunks \[1,1,1,1,1,1,1,1\]/m);
+  t.notRegex(r.stdout + r.stderr, /OUTSIDE TOLERANCE/);
+  t.deepEqual(manifestOf(out).cases.map((c: { name: string }) => c.name), ['gqa_stream', 'mqa_decode']);
+  // The written cases stand on their own: verify recomputes them from what they store.
+  const v = await cli(['verify', out]);
+  t.is(v.code, 0, v.stdout);
+  t.regex(v.stdout, /^PASS {2}gqa_stream\n/m);
+  t.regex(v.stdout, /2 passed, 0 failed\n$/);
+  // --json: the same summary as data; chunked vs one pass within the case's own tolerance.
+  const j = await cli(['run', 'examples/my-case.mjs', '--out', out, '--json', '--chunk', '5']);
+  t.is(j.code, 0, j.stderr);
+  t.regex(j.stderr, /warning: --chunk: case mqa_decode has no chunks to re-split; ignored/);
+  const report = JSON.parse(j.stdout) as { dir: string; cases: { name: string; chunks: number[]; vsOnePass: { output: number; lse: number; pass: boolean }; tolerance: { atol: number }; config: { t_past: number }; ms: number }[] };
+  t.is(report.dir, out);
+  t.deepEqual(report.cases.map((c) => c.name), ['gqa_stream-chunk5', 'mqa_decode']);
+  t.deepEqual(report.cases[0].chunks, [5, 5, 5, 5, 5, 5, 2]);
+  t.is(report.cases[0].config.t_past, 16);
+  for (const c of report.cases) {
+    // pass: output within atol + rtol·|one pass| everywhere, lse within atol (its own bound).
+    t.true(c.vsOnePass.pass && c.vsOnePass.lse <= c.tolerance.atol && Number.isFinite(c.vsOnePass.output), `${c.name}: ${JSON.stringify(c.vsOnePass)}`);
+    t.true(c.ms > 0);
+  }
+  t.is((await cli(['verify', out])).code, 0);
+});
+
+test('run loads .ts pipeline files (tsx present) and refuses files that declare no pipeline, saying what to write', async (t) => {
+  const dir = tmp('kvstream-run-');
+  const out = join(dir, 'out');
+  writeFileSync(join(dir, 'typed.ts'), `import { definePipeline } from 'kvstream';
+import type { PipelineSpec } from 'kvstream';
+const spec: PipelineSpec = definePipeline({ name: 'typed', description: 'from TypeScript', seed: 3, recipe: 'forward', weights: true,
+  config: { batch: 1, d_model: 16, num_heads: 2, t_q: 3, t_kv: 5 } });
+export default spec;
+`);
+  // Outside an ESM package tsx compiles .ts to CommonJS: the message says what to change.
+  const cjs = await cli(['run', join(dir, 'typed.ts'), '--out', out]);
+  t.is(cjs.code, 2, cjs.stderr);
+  t.regex(cjs.stderr, /This \.ts file was loaded as CommonJS: name it \.mts, or add "type": "module" to the package\.json of its folder/);
+  writeFileSync(join(dir, 'package.json'), '{ "type": "module" }\n');
+  const ok = await cli(['run', join(dir, 'typed.ts'), '--out', out]);
+  t.is(ok.code, 0, ok.stderr);
+  t.regex(ok.stdout, /wrote .*typed\.npz {2}seed 3 {2}\d+ arrays/);
+  t.regex(ok.stdout, /^ {6}one pass \(no chunks\)$/m);
+  const bad = (name: string, text: string) => (writeFileSync(join(dir, name), text), join(dir, name));
+  const cases: [string[], RegExp][] = [
+    [['run', join(dir, 'nope.mjs'), '--out', out], /run: .*nope\.mjs: no such file; name a module whose default export is definePipeline/],
+    [['run', bad('none.mjs', 'export const x = 1;\n'), '--out', out], /none\.mjs has no default export: end it with `export default definePipeline\(/],
+    [['run', bad('recipe.mjs', "export default { name: 'r', description: '', seed: 1, recipe: 'stream', config: {} };\n"), '--out', out], /recipe\.mjs default export \(r\): expected recipe 'forward', 'streaming' or 'prefill', got "stream"/],
+    [['run', bad('arr.mjs', 'export default [1];\n'), '--out', out], /arr\.mjs default export \[0\]: expected a PipelineSpec/],
+    [['run', bad('throws.mjs', "import { definePipeline } from 'kvstream';\nexport default definePipeline({ name: 'x', description: '', seed: 1, recipe: 'streaming', config: { batch: 1, d_model: 8, num_heads: 2, t_q: 1, t_kv: 4 } });\n"), '--out', out],
+      /run: .*throws\.mjs did not load: ArrayMismatchError: definePipeline x: recipe streaming needs config\.chunk_sizes/],
+    [['run', join(dir, 'typed.ts'), join(dir, 'typed.ts'), '--out', out], /two pipelines are named typed/],
+    [['run', join(dir, 'typed.ts')], /run writes into fixtures\/, which keeps the committed cases only in this repo: pass --out DIR/],
+    [['run', '--out', out], /run needs a pipeline file, e\.g\. `npm run pipeline -- run examples\/my-case\.mjs --out my_fixtures`/],
+  ];
+  for (const [args, message] of cases) {
+    const r = await cli(args);
+    t.is(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+    t.regex(r.stderr, message);
+    t.regex(r.stderr, /`npm run pipeline -- --help` shows the commands and options/);
+  }
+  t.deepEqual(manifestOf(out).cases.map((c: { name: string }) => c.name), ['typed'], 'nothing else was written');
+});
+
+test('tsx is found from the project (else the message says how to get it)', (t) => {
+  const api = findTsx([tmp(), ROOT]);
+  t.truthy(api && existsSync(api), String(api));
+  t.is(findTsx([tmp()]), null, 'no tsx above a bare temporary folder');
+  t.regex(tsxMissing('my-case.ts'), /my-case\.ts is TypeScript, which Node v\d+.* does not run by itself\. Install tsx in your project \(npm install --save-dev tsx\)/);
+});
+
+// ---------------------------------------------------------------------------------------------
+// The CLI a person enjoys: progress, --json, warnings, errors that say what to do.
+
+/** A fake terminal: what was written, a settable clock. */
+function fakeTerm(columns = 60) {
+  const out = { text: '', isTTY: true, columns, write(s: string) { this.text += s; return true; } };
+  let now = 0;
+  return { out, clock: () => now, advance: (ms: number) => (now += ms) };
+}
+
+test('Progress: a bar redrawn in place on a terminal, throttled; plain lines or nothing otherwise', (t) => {
+  const term = fakeTerm(60);
+  const bar = new Progress(term.out, 'bar', 4, term.clock);
+  bar.start(0, 'streaming');
+  t.is(term.out.text, '\r\x1b[2K[........................] 1/4 streaming');
+  term.advance(10);
+  bar.chunk(1, 5);
+  t.is(term.out.text.split('\r').length, 2, 'a chunk within 50 ms of the last draw is not drawn');
+  term.advance(60);
+  bar.chunk(2, 5);
+  t.true(term.out.text.endsWith('\r\x1b[2K[##......................] 1/4 streaming  chunk 2/5'), JSON.stringify(term.out.text));
+  bar.start(3, 'a_case_with_a_rather_long_name_that_does_not_fit');
+  const last = term.out.text.split('\r\x1b[2K').pop()!;
+  t.is(last.length, 59, 'cut to the terminal width - 1');
+  t.true(last.startsWith('[##################......] 4/4 a_case'));
+  bar.clear();
+  t.true(term.out.text.endsWith('\r\x1b[2K'));
+  bar.clear();
+  t.true(term.out.text.endsWith('\r\x1b[2K') && !term.out.text.endsWith('\r\x1b[2K\r\x1b[2K'), 'a second clear writes nothing');
+
+  const plain = fakeTerm();
+  const lines = new Progress(plain.out, 'lines', 1, plain.clock, 2000);
+  lines.start(0, 'long');
+  for (let i = 1; i <= 100; i++) {
+    plain.advance(100);
+    lines.chunk(i, 100);
+  }
+  t.is(plain.out.text, 'long: chunk 20/100\nlong: chunk 40/100\nlong: chunk 60/100\nlong: chunk 80/100\nlong: chunk 100/100\n');
+  const off = fakeTerm();
+  const none = new Progress(off.out, 'off', 2, off.clock);
+  none.start(0, 'x');
+  off.advance(5000);
+  none.chunk(1, 2);
+  none.clear();
+  t.is(off.out.text, '');
+});
+
+test('buildCase reports each chunk (the progress of a long stream)', async (t) => {
+  const seen: string[] = [];
+  const spec = BUILTIN_CASES.find((c) => c.name === 'streaming')!;
+  await lastValueFrom(buildCase(spec, { onChunk: (d, n) => seen.push(`${d}/${n}`) }));
+  t.deepEqual(seen, ['1/5', '2/5', '3/5', '4/5', '5/5']);
+  const seen2: string[] = [];
+  await lastValueFrom(buildCase(BUILTIN_CASES.find((c) => c.name === 'chunked_prefill')!, { chunk: 12, onChunk: (d, n) => seen2.push(`${d}/${n}`) }));
+  t.deepEqual(seen2, ['1/2', '2/2']);
+});
+
+test('progress on stderr: plain without a terminal, the bar with --progress; --json; warnings for ignored flags', async (t) => {
+  const out = tmp();
+  const plain = await cli(['decode', 'kv_sharing', '--out', out]);
+  t.is(plain.code, 0, plain.stderr);
+  t.notRegex(plain.stderr, /\r/, 'no carriage returns when stderr is not a terminal');
+  const forced = await cli(['decode', 'kv_sharing', '--out', out, '--progress']);
+  t.is(forced.code, 0, forced.stderr);
+  t.regex(forced.stderr, /\r\x1b\[2K\[\.{24}\] 1\/2 decode/);
+  t.regex(forced.stderr, /\r\x1b\[2K\[#{12}\.{12}\] 2\/2 kv_sharing/);
+  t.true(forced.stderr.endsWith('\r\x1b[2K'), 'the bar is erased at the end');
+  const v = await cli(['verify', out, '--progress', '--json']);
+  t.is(v.code, 0, v.stdout);
+  t.regex(v.stderr, /\] 2\/2 kv_sharing/);
+  t.is(JSON.parse(v.stdout).passed, 2);
+  t.regex((await cli(['verify', out, '--progress', '--no-progress'])).stderr, /--progress and --no-progress contradict each other/);
+  const list = await cli(['--list', '--json', 'streaming', '--seed', '3']);
+  t.is(list.code, 0);
+  t.regex(list.stderr, /warning: --list ignores streaming --seed/);
+  const cases = JSON.parse(list.stdout) as { name: string; recipe: string; config: { chunk_sizes: number[] | null } }[];
+  t.is(cases.length, 12);
+  t.deepEqual(cases.find((c) => c.name === 'streaming')!.config.chunk_sizes, [5, 1, 7, 3, 4]);
+  const gen = await cli(['basic_self_attn_small', '--out', out, '--json', '--rerun']);
+  t.is(gen.code, 0, gen.stderr);
+  t.regex(gen.stderr, /warning: --rerun applies to verify only; ignored/);
+  const g = JSON.parse(gen.stdout);
+  t.is(g.cases[0].name, 'basic_self_attn_small');
+  t.is(g.cases[0].vsOnePass, null, 'a one-pass case has no chunked result');
+  t.is(g.cases[0].chunks, null);
+  const both = await cli(['verify', out, '--out', '/elsewhere']);
+  t.is(both.code, 0);
+  t.regex(both.stderr, /warning: verify ignores --out \/elsewhere: it checks the folder named/);
+});
+
+test('errors say what to do: suggestions, run for files, missing folders; the usage names the command', async (t) => {
+  const typo = await cli(['--ouT', 'x', 'streaming']);
+  t.is(typo.code, 2);
+  t.regex(typo.stderr, /^error: unknown option --ouT \(did you mean --out\?\)/);
+  const names = await cli(['decod', 'streaming_prefix', 'zzz', 'my-case.mjs']);
+  t.is(names.code, 2);
+  t.regex(names.stderr, /Unknown pipeline decod \(did you mean decode\?\)/);
+  t.regex(names.stderr, /Unknown pipeline streaming_prefix \(did you mean streaming_prefix_cache\?\)/);
+  t.regex(names.stderr, /Unknown pipeline zzz\n/);
+  t.regex(names.stderr, /Unknown pipeline my-case\.mjs: to run a pipeline file, use `npm run pipeline -- run my-case\.mjs`/);
+  const missing = await cli(['verify', '/no/such/dir']);
+  t.is(missing.code, 1);
+  t.regex(missing.stderr, /no such folder\. Write cases there with `npm run pipeline -- streaming --out \/no\/such\/dir`/);
+  t.is(suggest('stremaing', ['streaming', 'decode']), 'streaming');
+  t.is(suggest('kv', ['kv_sharing', 'kv_sharing_multi_query']), undefined, 'too short and ambiguous');
+  t.is(suggest('large', ['large_batch_dropout', 'decode']), 'large_batch_dropout');
+  t.is(editDistance('kitten', 'sitting'), 3);
+  // As the package's bin: `kvstream ...` in the usage and hints.
+  const dir = tmp();
+  writeFileSync(join(dir, 'bin.mjs'), `import { run } from ${JSON.stringify(pathToFileURL(join(ROOT, 'src/cli.ts')).href)};\nrun({ prog: 'kvstream' });\n`);
+  const help = await node([join(dir, 'bin.mjs'), '--help']);
+  t.is(help.code, 0, help.stderr);
+  t.regex(help.stdout, /^ {2}kvstream run FILE\.\.\. \[--out DIR\]/m);
+  t.regex(help.stdout, /Exit status: 0 done, every case passed; 1 a case failed/);
+  t.notRegex(help.stdout, /npm run pipeline/);
+  const unknown = await node([join(dir, 'bin.mjs'), 'decod']);
+  t.is(unknown.code, 2);
+  t.regex(unknown.stderr, /\(`kvstream --list` describes them\)\n\(`kvstream --help` shows the commands and options\)/);
+  const repoHelp = await cli(['--help']);
+  t.regex(repoHelp.stdout, /^ {2}npm run pipeline -- verify \[DIR\] \[--rerun\]/m);
+  t.is(describeConfig(BUILTIN_CASES.find((c) => c.name === 'cross_attention')!.config), 'B 2  T 5  S 9  d_model 32  d_kv_in 48  d_out 40  heads 4  d_k 8');
+  t.regex(usage('kvstream'), /^ {2}kvstream --all /m);
 });
