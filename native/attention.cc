@@ -65,7 +65,7 @@ void softmax_block(const AttnOpts& o, int64_t b, float* scores, int64_t R, int64
       std::fill(sc_r, sc_r + sk, 0.0f);
       continue;
     }
-    const float m_new = std::max(m[r], mx);
+    const float m_new = mx != mx ? mx : std::max(m[r], mx);  // a NaN score poisons the row, as in torch
     const float alpha = std::exp(m[r] - m_new);  // exp(-inf) = 0 for an empty row
     const float sum = exp_sub_sum(sc_r, n, m_new);
     std::fill(sc_r + n, sc_r + sk, 0.0f);
@@ -208,7 +208,7 @@ void attn_finalize(int64_t rows, int64_t d_v, const float* m, const float* l, co
   count(finalize);
   if (kernel_path() == KernelPath::Deterministic) return exact_attn_finalize(rows, d_v, m, l, acc, out, lse);
   for (int64_t r = 0; r < rows; ++r) {
-    const bool empty = !(l[r] > 0.0f);
+    const bool empty = l[r] == 0.0f;  // no visible key; a NaN sum stays NaN
     const float inv = empty ? 0.0f : 1.0f / l[r];
     for (int64_t d = 0; d < d_v; ++d) out[r * d_v + d] = acc[r * d_v + d] * inv;
     lse[r] = empty ? NEG_INF : m[r] + std::log(l[r]);

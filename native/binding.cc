@@ -26,6 +26,14 @@ namespace {
 using Args = Nan::NAN_METHOD_ARGS_TYPE;
 constexpr int64_t INT_MAX32 = 2147483647;
 
+// A caller's string for a message or a name lookup, converted only up to 200 characters (a huge
+// string must not make the conversion allocate without bound).
+std::string short_string(v8::Local<v8::Value> val) {
+  v8::Local<v8::String> str = val.As<v8::String>();
+  if (str->Length() > 200) return "<a string of " + std::to_string(str->Length()) + " characters>";
+  return *Nan::Utf8String(str);
+}
+
 // A shape for error messages ("[B,H,T]=[1,8,16]"), formatted only when a check fails.
 struct Shape {
   const char* names;
@@ -112,7 +120,7 @@ struct Checker {
       why = "it threw";
       if (trap.HasCaught() && !trap.Exception().IsEmpty()) {
         Nan::MaybeLocal<v8::String> msg = Nan::To<v8::String>(trap.Exception());
-        if (!msg.IsEmpty()) why += ": " + std::string(*Nan::Utf8String(msg.ToLocalChecked())).substr(0, 200);
+        if (!msg.IsEmpty()) why += ": " + short_string(msg.ToLocalChecked());
       }
     }
     type_error(std::string(owner) + "." + key + " could not be read (" + why + ")");
@@ -259,7 +267,7 @@ kvs::KvDtype read_kv_dtype(Checker& c, v8::Local<v8::Object> obj) {
     c.type_error("opts.kvDtype must be a string, got " + Checker::describe(val));
     return kvs::KvDtype::F32;
   }
-  const std::string name = *Nan::Utf8String(val);
+  const std::string name = short_string(val);
   for (kvs::KvDtype d : {kvs::KvDtype::F32, kvs::KvDtype::F16, kvs::KvDtype::BF16, kvs::KvDtype::I8})
     if (name == Checker::dtype_name(d)) return d;
   c.range_error("opts.kvDtype must be one of 'f32', 'f16', 'bf16', 'i8', got '" + name.substr(0, 64) + "'");
@@ -376,14 +384,35 @@ NAN_METHOD(AttnUpdate) {
   guarded(c, [&] { kvs::attn_update(a.d, a.o, a.q, a.kv, a.m, a.l, a.acc); });
 }
 
-// Runs attn_update on a libuv worker thread. It holds the six arrays' backing stores, so their
+// The async folds of one isolate still queued or running. Node does not wait for nan's
+// uv_queue_work requests when it tears an isolate down (worker.terminate(), process.exit()), and
+// closing a loop with one in flight aborts the process; the isolate's cleanup hook therefore runs
+// the loop until every fold has completed. Only the isolate's own thread touches it.
+struct AsyncFolds {
+  uv_loop_t* loop;
+  int inflight = 0;
+};
+thread_local AsyncFolds* t_folds = nullptr;
+
+void drain_async_folds(void* arg) {
+  auto* folds = static_cast<AsyncFolds*>(arg);
+  while (folds->inflight > 0) uv_run(folds->loop, UV_RUN_ONCE);
+  if (t_folds == folds) t_folds = nullptr;
+  delete folds;
+}
+
+// Runs attn_update on a libuv worker thread. It holds the arrays' backing stores, so their
 // memory stays valid even if JS transfers or detaches a buffer meanwhile; shared and resizable
 // buffers are refused up front (another thread could shrink or race on them).
 class UpdateWorker : public Nan::AsyncWorker {
  public:
   UpdateWorker(Nan::Callback* callback, const UpdateArgs& a, std::shared_ptr<v8::BackingStore> (&stores)[8])
-      : Nan::AsyncWorker(callback, "kvstream:attnUpdateAsync"), a_(a) {
+      : Nan::AsyncWorker(callback, "kvstream:attnUpdateAsync"), a_(a), folds_(t_folds) {
     for (int i = 0; i < 8; ++i) stores_[i] = std::move(stores[i]);
+    if (folds_) ++folds_->inflight;
+  }
+  ~UpdateWorker() override {
+    if (folds_) --folds_->inflight;
   }
   void Execute() override {
     try {
@@ -396,6 +425,7 @@ class UpdateWorker : public Nan::AsyncWorker {
 
  private:
   UpdateArgs a_;
+  AsyncFolds* folds_;
   std::shared_ptr<v8::BackingStore> stores_[8];
 };
 
@@ -602,7 +632,7 @@ NAN_METHOD(SetKernelPath) {
   Checker c{"setKernelPath", info};
   if (!c.count(1)) return;
   if (!info[0]->IsString()) return c.type_error("path must be a string, got " + Checker::describe(info[0]));
-  const std::string name = *Nan::Utf8String(info[0]);
+  const std::string name = short_string(info[0]);
   for (kvs::KernelPath p : {kvs::KernelPath::Auto, kvs::KernelPath::Tile, kvs::KernelPath::Blas, kvs::KernelPath::Rows,
                             kvs::KernelPath::Deterministic}) {
     if (name != kvs::kernel_path_name(p)) continue;
@@ -658,6 +688,11 @@ NAN_METHOD(Info) {
 }
 
 NAN_MODULE_INIT(Init) {
+  // Per isolate (the main thread and each worker_threads isolate run Init once each).
+  if (!t_folds) {
+    t_folds = new AsyncFolds{Nan::GetCurrentEventLoop()};
+    node::AddEnvironmentCleanupHook(v8::Isolate::GetCurrent(), drain_async_folds, t_folds);
+  }
   // Every core by default, set once per process: a worker_threads isolate loading the addon
   // again keeps the pool (and any count set since). The loader (src/native.ts) applies
   // KVSTREAM_NUM_THREADS after its own strict check.

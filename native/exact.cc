@@ -94,11 +94,11 @@ void exact_attn_update(const AttnDims& d, const AttnOpts& o, const float* q, con
       double mx = -INF;
       for (int64_t s = 0; s < n; ++s) {
         sc[s] = dot(q + r * d.d_k, k_bh + s * d.d_k, d.d_k) * (double)o.scale;
-        mx = std::max(mx, sc[s]);
+        if (sc[s] > mx || sc[s] != sc[s]) mx = mx != mx ? mx : sc[s];  // NaN propagates
       }
       // The stored running max is a float: use the rounded value as the reference point so the
       // state stays consistent with what the next call reads.
-      const float m_new = (float)std::max((double)m[r], mx);
+      const float m_new = (float)(mx != mx ? mx : std::max((double)m[r], mx));
       const double alpha = m[r] == NEG_INF_F ? 0.0 : exact_exp((double)m[r] - (double)m_new);
       if (dropout)
         dropout_keep_row(o.seed, (uint32_t)b, (uint32_t)h, (uint32_t)t_abs, o.s_offset, n, o.dropout_p, keep.data());
@@ -136,7 +136,7 @@ void exact_attn_merge(int64_t rows, int64_t d_v, float* m1, float* l1, float* ac
 void exact_attn_finalize(int64_t rows, int64_t d_v, const float* m, const float* l, const float* acc, float* out,
                          float* lse) {
   for (int64_t r = 0; r < rows; ++r) {
-    const bool empty = !(l[r] > 0.0f);
+    const bool empty = l[r] == 0.0f;  // no visible key; a NaN sum stays NaN
     for (int64_t c = 0; c < d_v; ++c) out[r * d_v + c] = empty ? 0.0f : (float)((double)acc[r * d_v + c] / l[r]);
     lse[r] = empty ? NEG_INF_F : (float)((double)m[r] + exact_log(l[r]));
   }

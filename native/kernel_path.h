@@ -2,6 +2,7 @@
 // tests use to force and observe each path. No V8 here.
 #pragma once
 #include <atomic>
+#include <cstdio>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -59,10 +60,12 @@ struct ScratchError : std::length_error {
 // v.resize(n) after checking n elements against SCRATCH_LIMIT_BYTES.
 template <typename T>
 void resize_scratch(std::vector<T>& v, int64_t n, const char* what) {
-  if (n < 0 || n > SCRATCH_LIMIT_BYTES / (int64_t)sizeof(T))
-    throw ScratchError(std::string(what) + " scratch of " + std::to_string(n) + " elements (" +
-                       std::to_string((double)n * sizeof(T) / (1 << 20)) + " MiB) exceeds the " +
-                       std::to_string(SCRATCH_LIMIT_BYTES >> 20) + " MiB limit");
+  if (n < 0 || n > SCRATCH_LIMIT_BYTES / (int64_t)sizeof(T)) {
+    char mib[32];
+    snprintf(mib, sizeof mib, "%.1f", (double)n * sizeof(T) / (1 << 20));
+    throw ScratchError(std::string(what) + " scratch of " + std::to_string(n) + " elements (" + mib +
+                       " MiB) exceeds the " + std::to_string(SCRATCH_LIMIT_BYTES >> 20) + " MiB limit");
+  }
   v.resize((size_t)n);
 }
 

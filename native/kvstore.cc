@@ -54,8 +54,10 @@ void f16_rows(const uint16_t* src, int64_t n, float* dst) {
 
 // bf16 is the top half of an fp32: a shift (the compiler vectorises it).
 void bf16_rows(const uint16_t* src, int64_t n, float* dst) {
-  uint32_t* out = reinterpret_cast<uint32_t*>(dst);
-  for (int64_t i = 0; i < n; ++i) out[i] = (uint32_t)src[i] << 16;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t bits = (uint32_t)src[i] << 16;
+    std::memcpy(dst + i, &bits, 4);
+  }
 }
 
 // Group by group, so the inner loop has one scale and vectorises.

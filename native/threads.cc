@@ -118,8 +118,10 @@ class Pool {
   bool stop_ = false;
 };
 
+// Never destroyed: at exit() a worker_threads isolate or libuv thread may still be inside a job,
+// and joining there would race with it; the OS reaps the threads.
 Pool& pool() {
-  static Pool p;
+  static Pool& p = *new Pool;
   return p;
 }
 std::mutex g_threads_mu;

@@ -22,7 +22,8 @@ KVS_INLINE vf load(const float* p) {
 KVS_INLINE void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 // A broadcast for non-hot paths (GCC keeps an add of 0; hot loops use the ISA's broadcast).
 KVS_INLINE vf splat(float a) { return vf{} + a; }
-KVS_INLINE vf vmax(vf a, vf b) { return a > b ? a : b; }
+// max that propagates a NaN in either argument (a NaN score must not pass for a masked key).
+KVS_INLINE vf vmax(vf a, vf b) { return (a > b) | (a != a) ? a : b; }
 
 constexpr float LOG2E = 1.44269504088896341f, LN2_HI = 0.693359375f, LN2_LO = -2.12194440e-4f;
 constexpr float EXP_MIN = -87.3f;  // exp(-87.3) ~ 1.2e-38, the smallest normal float

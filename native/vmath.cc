@@ -18,13 +18,10 @@ using namespace vec;
 KVS_CLONES float row_max(const float* x, int64_t n) {
   vf m = splat(-std::numeric_limits<float>::infinity());
   int64_t i = 0;
-  for (; i + W <= n; i += W) {
-    const vf v = load(x + i);
-    m = v > m ? v : m;
-  }
+  for (; i + W <= n; i += W) m = vmax(m, load(x + i));
   float r = -std::numeric_limits<float>::infinity();
-  for (int j = 0; j < W; ++j) r = m[j] > r ? m[j] : r;
-  for (; i < n; ++i) r = x[i] > r ? x[i] : r;
+  for (int j = 0; j < W; ++j) r = r > m[j] || r != r ? r : m[j];  // NaN propagates
+  for (; i < n; ++i) r = r > x[i] || r != r ? r : x[i];
   return r;
 }
 

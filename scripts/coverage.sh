@@ -5,10 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "--- building the addon with --coverage"
 addon=$(bash scripts/addon-variant.sh coverage "--coverage -O1" "--coverage")
-KVSTREAM_ADDON="$addon" npx c8 --reporter=text --include='src/**' --exclude='src/**/*.d.ts' node scripts/test.mjs "$@" | grep -vE '^(ok|#|TAP|1\.\.)' || true
+# The report is printed either way; a failing test under this build fails the run.
+set +e
+KVSTREAM_ADDON="$addon" npx c8 --reporter=text --include='src/**' --exclude='src/**/*.d.ts' node scripts/test.mjs "$@" | grep -vE '^(ok|#|TAP|1\.\.)'
+status=${PIPESTATUS[0]}
+set -e
 echo "--- native/ line coverage (gcov)"
 # gcov runs in the variant's build folder, where the objects name their sources ../native/*.cc.
 cd build-variants/coverage/build
 for f in ../native/*.cc; do
   printf '%-24s %s\n' "${f#../}" "$(gcov -n -o Release/obj.target/kvstream/native "$f" 2>/dev/null | grep -A1 "^File '$f'" | sed -n 's/^Lines executed://p')"
 done
+exit "$status"

@@ -3,6 +3,7 @@
 // for tests of the binding's own checks, `binding` (raw).
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
+import { isMainThread } from 'node:worker_threads';
 import { ArgumentError, NativeError } from './errors.ts';
 
 /** Attention sizes as the binding reads them; see native/attention.h. */
@@ -145,7 +146,9 @@ function load(): Binding {
   if (loaded) return loaded;
   const threads = threadsFromEnv();
   const b = loadAddon();
-  if (threads !== undefined) b.setNumThreads(threads);
+  // The pool is per process: only the main thread applies the variable, so a worker_threads
+  // isolate loading kvstream does not undo a setNumThreads made since.
+  if (threads !== undefined && isMainThread) b.setNumThreads(threads);
   return (loaded = b);
 }
 

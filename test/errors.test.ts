@@ -67,7 +67,7 @@ const update = (args: unknown[]) => () => (binding.attnUpdate as (...a: unknown[
 
 test('binding: argument count and types', (t) => {
   t.notThrows(update(good()));
-  t.throws(update(good().slice(0, 7)), { instanceOf: TypeError, message: 'attnUpdate: expected 8 arguments, got 7' });
+  t.throws(update(good().slice(0, 7)), { instanceOf: TypeError, message: 'attnUpdate: expected 8 or 10 arguments, got 7' });
   const a = good(); a[2] = new Float64Array(12);
   t.throws(update(a), { instanceOf: TypeError, message: 'attnUpdate: q must be a Float32Array, got Float64Array' });
   const b = good(); b[3] = [0, 0, 0];

@@ -3,6 +3,7 @@
 // thread-count variable, and kernels running from several worker_threads at once.
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { MultiHeadAttention } from '../src/mha.ts';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../src/io/npy.ts';
@@ -29,18 +30,22 @@ test('a throwing getter or a Proxy in dims or opts gives a TypeError naming the 
   t.throws(() => binding.mhaForward(mha, opts, f(1), f(1), f(1), null, f(1), null, f(1), null, f(1), null, f(1), f(1)), { instanceOf: TypeError, message: /mhaForward: dims.dV could not be read/ });
 });
 
-test.serial('attnUpdateAsync holds its buffers: transferring one meanwhile cannot crash', async (t) => {
-  const rng = new Rng(3);
-  const big = { B: 1, H: 4, Hkv: 4, T: 256, S: 2048, sCap: 2048, dK: 64, dV: 64 };
-  const q = rng.normalTensor([1, 4, 256, 64]).data, k = rng.normalTensor([1, 4, 2048, 64]).data, v = rng.normalTensor([1, 4, 2048, 64]).data;
-  const m = f(1024).fill(-Infinity), l = f(1024), acc = f(1024 * 64);
-  const done = new Promise<Error | undefined>((resolve) => binding.attnUpdateAsync(big, opts, q, k, v, m, l, acc, resolve));
-  // Detach every input and output while the fold runs; the worker keeps the memory alive.
-  const moved = structuredClone([q.buffer, k.buffer, v.buffer, m.buffer, l.buffer, acc.buffer], { transfer: [q.buffer, k.buffer, v.buffer, m.buffer, l.buffer, acc.buffer] });
-  t.is(q.length, 0, 'q was detached');
-  t.is(await done, undefined);
-  const accAfter = new Float32Array(moved[5]);
-  t.true(accAfter.some((x) => x !== 0), 'the fold wrote into the (moved) accumulator');
+const teardown = (mode: string) => spawnSync(process.execPath, ['--expose-gc', fileURLToPath(new URL('./helpers/async-teardown.cjs', import.meta.url)), mode],
+  { env: { ...process.env, KVSTREAM_ADDON: ADDON_PATH }, encoding: 'utf8', timeout: 60_000 });
+
+test('attnUpdateAsync holds its buffers: transferring them away, collected and reused meanwhile, cannot crash', (t) => {
+  const r = teardown('transfer');
+  t.is(r.signal, null, r.stderr);
+  t.is(r.status, 0, r.stderr);
+  t.is(r.stdout.trim(), 'transfer: detached true, callback error none');
+});
+
+test('a worker terminated, or the process exiting, while a worker\'s attnUpdateAsync runs exits cleanly', (t) => {
+  for (const mode of ['terminate', 'exit']) {
+    const r = teardown(mode);
+    t.is(r.signal, null, `${mode}: ${r.stderr}`);
+    t.is(r.status, 0, `${mode}: ${r.stderr}`);
+  }
 });
 
 test('attnUpdateAsync refuses shared and resizable buffers, which another thread could change or shrink', (t) => {
@@ -240,4 +245,62 @@ test('storage arrays are checked against opts.kvDtype, and int8 needs its scales
   t.throws(() => binding.attnUpdate(dims, { ...opts, kvDtype: 'bf16' } as never, q, h(20), h(20), m, l, acc, f(5), f(5)), { instanceOf: TypeError, message: "attnUpdate: kScale and vScale must be null unless opts.kvDtype is 'i8'" });
   t.throws(() => binding.attnUpdate(dims, { ...opts, kvDtype: 'fp8' } as never, q, h(20), h(20), m, l, acc), { instanceOf: RangeError, message: "attnUpdate: opts.kvDtype must be one of 'f32', 'f16', 'bf16', 'i8', got 'fp8'" });
   t.throws(() => binding.attnUpdate(dims, opts, q, f(20), f(20), m, l, acc, null as never), { instanceOf: TypeError, message: 'attnUpdate: expected 8 or 10 arguments, got 9' });
+});
+
+test('a scratch buffer over the limit is a RangeError naming its size, before anything is allocated', (t) => {
+  const d = { B: 1, T: 1, S: 65536, dModel: 1, dKvIn: 1, dOut: 1, H: 16, Hkv: 16, dK: 1024, dV: 1 };
+  t.throws(() => binding.mhaForward(d, opts, f(1), f(65536), f(16 * 1024), null, f(16 * 1024), null, f(16), null, f(16), null, f(1), f(16)),
+    { instanceOf: RangeError, message: 'mhaForward: mha_forward scratch of 1074806848 elements (4100.1 MiB) exceeds the 2048 MiB limit' });
+});
+
+test.serial('a NaN in q or k gives NaN output and lse for the rows that see it, on every path', (t) => {
+  const d = { B: 1, H: 2, Hkv: 1, T: 3, S: 40, sCap: 40, dK: 8, dV: 4 };
+  const rng = new Rng(5);
+  const q = rng.normalTensor([1, 2, 3, 8]).data, k = rng.normalTensor([1, 1, 40, 8]).data, v = rng.normalTensor([1, 1, 40, 4]).data;
+  q[1 * 8 + 2] = NaN;  // head 0, query 1
+  k[30 * 8 + 5] = NaN;  // key 30: causal queries at 37..39 all see it
+  const before = getKernelPath();
+  try {
+    for (const path of ['auto', 'blas', 'rows', 'deterministic'] as const) {
+      setKernelPath(path);
+      for (const causal of [false, true]) {
+        const m = f(6).fill(-Infinity), l = f(6), acc = f(24), out = f(24), lse = f(6);
+        binding.attnUpdate(d, { ...opts, causal, qOffset: 37 }, q, k, v, m, l, acc);
+        binding.attnFinalize(6, 4, m, l, acc, out, lse);
+        t.true(lse.every(Number.isNaN), `${path} causal=${causal}: lse ${[...lse]}`);
+        t.true(out.every(Number.isNaN), `${path} causal=${causal}: output ${[...out]}`);
+      }
+    }
+  } finally {
+    setKernelPath(before);
+  }
+});
+
+test.serial('the deterministic path gives the same bits at 1 and 2 threads (attention, probabilities, linear, the module)', (t) => {
+  const before = { threads: info().threads, path: getKernelPath() };
+  const rng = new Rng(8);
+  const d = { B: 2, H: 4, Hkv: 2, T: 37, S: 700, sCap: 700, dK: 24, dV: 40 };
+  const q = rng.normalTensor([2, 4, 37, 24]).data, k = rng.normalTensor([2, 2, 700, 24]).data, v = rng.normalTensor([2, 2, 700, 40]).data;
+  const x = rng.normalTensor([70, 96]).data, w = rng.normalTensor([96, 1040]).data;
+  const o = { ...opts, causal: true, qOffset: 663, dropoutP: 0.1, seed: 3 };
+  const run = () => {
+    const rows = 2 * 4 * 37;
+    const m = f(rows).fill(-Infinity), l = f(rows), acc = f(rows * 40), out = f(rows * 40), lse = f(rows), probs = f(rows * 700), y = f(70 * 1040);
+    binding.attnUpdate(d, o, q, k, v, m, l, acc);
+    binding.attnFinalize(rows, 40, m, l, acc, out, lse);
+    binding.attnProbs(d, o, q, k, lse, probs, null);
+    binding.linear(x, w, null, y, 70, 96, 1040);
+    return [out, lse, probs, y].map((a) => Buffer.from(a.buffer));
+  };
+  try {
+    setKernelPath('deterministic');
+    setNumThreads(1);
+    const one = run();
+    setNumThreads(2);
+    const two = run();
+    one.forEach((a, i) => t.true(a.equals(two[i]!), `array ${i} differs between 1 and 2 threads`));
+  } finally {
+    setKernelPath(before.path);
+    setNumThreads(before.threads);
+  }
 });
