@@ -96,13 +96,15 @@ interface StateBuffers {
 const scratch = new Scratch();
 const ROW_NAMES = ['B', 'H', 'T'];
 const OUT_NAMES = ['B', 'H', 'T', 'd_v'];
+const QKV = ['q', 'k', 'v'], QKV_OUT = ['q', 'k', 'v', 'out.output'];
+const STATE = ['m', 'l', 'acc'], STATE_OUT = ['m', 'l', 'acc', 'out.output'];
 
 /** Checks caller-supplied out tensors and returns their arrays (or fresh ones). */
-function outTensors(out: AttentionOut, B: number, H: number, T: number, dV: number, inputs: Record<string, Float32Array | null | undefined>) {
+function outTensors(out: AttentionOut, B: number, H: number, T: number, dV: number, q: Float32Array, k: Float32Array, v: Float32Array) {
   const output = out.output === undefined ? undefined : expectShape('out.output', out.output, OUT_NAMES, [B, H, T, dV]).data;
   const lse = out.lse === undefined ? undefined : expectShape('out.lse', out.lse, ROW_NAMES, [B, H, T]).data;
-  if (output) expectDisjoint('out.output', output, inputs);
-  if (lse) expectDisjoint('out.lse', lse, { ...inputs, 'out.output': output });
+  if (output) expectDisjoint('out.output', output, QKV, [q, k, v]);
+  if (lse) expectDisjoint('out.lse', lse, QKV_OUT, [q, k, v, output]);
   return {
     output: output ?? alloc('output', OUT_NAMES, [B, H, T, dV]).data,
     lse: lse ?? alloc('lse', ROW_NAMES, [B, H, T]).data,
@@ -305,11 +307,10 @@ export class OnlineSoftmaxState {
     const out = expectOptions('out', o.out);
     if (consume && out.output !== undefined) throw new ArgumentError('Expected either consume or out.output, got both');
     const shape = [this.B, this.H, this.T, this.dV], rows = [this.B, this.H, this.T];
-    const state = { m: this.m, l: this.l, acc: this.acc };
     const output = out.output ?? (consume ? { data: this.acc, shape } : alloc('output', OUT_NAMES, shape));
-    if (out.output !== undefined) expectDisjoint('out.output', expectShape('out.output', out.output, OUT_NAMES, shape).data, state);
+    if (out.output !== undefined) expectDisjoint('out.output', expectShape('out.output', out.output, OUT_NAMES, shape).data, STATE, [this.m, this.l, this.acc]);
     const lse = out.lse ?? alloc('lse', ROW_NAMES, rows);
-    if (out.lse !== undefined) expectDisjoint('out.lse', expectShape('out.lse', out.lse, ROW_NAMES, rows).data, { ...state, 'out.output': output.data });
+    if (out.lse !== undefined) expectDisjoint('out.lse', expectShape('out.lse', out.lse, ROW_NAMES, rows).data, STATE_OUT, [this.m, this.l, this.acc, output.data]);
     addon.attnFinalize(this.m.length, this.dV, this.m, this.l, this.acc, output.data, lse.data);
     return { output, lse };
   }
@@ -327,7 +328,7 @@ export function attention(q: Tensor, k: KvView, v: KvView, options: AttentionOpt
   const [, , , dV] = expectRank('v', v, ['B', 'H_kv', 'S', 'd_v']);
   const returnWeights = expectFlag('returnWeights', o.returnWeights);
   const qOffset = o.qOffset ?? S - T;
-  const outs = outTensors(expectOptions('out', o.out), B, H, T, dV, { q: q.data, k: k.data, v: v.data });
+  const outs = outTensors(expectOptions('out', o.out), B, H, T, dV, q.data, k.data, v.data);
   // The state folds straight into the output array (finalize then divides it in place).
   const m = scratch.get('m', ROW_NAMES, [B, H, T]), l = scratch.get('l', ROW_NAMES, [B, H, T]);
   const state = new OnlineSoftmaxState(q, { dV, scale: o.scale, causal: o.causal, qOffset, dropout: o.dropout }, { m, l, acc: outs.output, accZeroed: outs.freshOutput });

@@ -103,6 +103,8 @@ export function weightShapes(c: ResolvedMhaConfig): Record<keyof MhaWeights, num
   };
 }
 
+const X_NAMES = ['x_q', 'x_kv'], X_OUT_NAMES = ['x_q', 'x_kv', 'out.output'];
+
 export class MultiHeadAttention {
   readonly config: ResolvedMhaConfig;
   readonly weights: MhaWeights;
@@ -150,7 +152,7 @@ export class MultiHeadAttention {
     expectShape('x_q', xQ, ['B', 'T', 'd_model'], [B, T, this.config.dModel]);
     const { numHeads: H, dK } = this.config;
     const q = out === undefined ? alloc('q', ['B', 'H', 'T', 'd_k'], [B, H, T, dK]) : expectShape('out', out, ['B', 'H', 'T', 'd_k'], [B, H, T, dK]);
-    if (out !== undefined) expectDisjoint('out', q.data, { x_q: xQ.data });
+    if (out !== undefined) expectDisjoint('out', q.data, ['x_q'], [xQ.data]);
     project(xQ, this.weights.wQ, this.weights.bQ, q.data, B, T, H, dK);
     return q;
   }
@@ -172,7 +174,7 @@ export class MultiHeadAttention {
     const { numHeads: H, dV, dOut } = this.config;
     expectShape('o', o, ['B', 'H', 'T', 'd_v'], [B, H, T, dV]);
     const y = out === undefined ? alloc('output', ['B', 'T', 'd_out'], [B, T, dOut]) : expectShape('out', out, ['B', 'T', 'd_out'], [B, T, dOut]);
-    if (out !== undefined) expectDisjoint('out', y.data, { o: o.data });
+    if (out !== undefined) expectDisjoint('out', y.data, ['o'], [o.data]);
     addon.mergeProject(o.data, this.weights.wO.data, this.weights.bO?.data ?? null, y.data, B, H, T, dV, dOut);
     return y;
   }
@@ -190,12 +192,12 @@ export class MultiHeadAttention {
   }
 
   /** Caller's out tensors (checked) or fresh ones: output [B,T,d_out], lse [B,H,T]. */
-  private outputs(out: AttentionOut, B: number, T: number, inputs: Record<string, Float32Array | null>): { output: Tensor; lse: Tensor } {
+  private outputs(out: AttentionOut, B: number, T: number, xQ: Float32Array, xKv: Float32Array | null): { output: Tensor; lse: Tensor } {
     const { numHeads: H, dOut } = this.config;
     const output = out.output === undefined ? alloc('output', ['B', 'T', 'd_out'], [B, T, dOut]) : expectShape('out.output', out.output, ['B', 'T', 'd_out'], [B, T, dOut]);
     const lse = out.lse === undefined ? alloc('lse', ['B', 'H', 'T'], [B, H, T]) : expectShape('out.lse', out.lse, ['B', 'H', 'T'], [B, H, T]);
-    if (out.output !== undefined) expectDisjoint('out.output', output.data, inputs);
-    if (out.lse !== undefined) expectDisjoint('out.lse', lse.data, { ...inputs, 'out.output': output.data });
+    if (out.output !== undefined) expectDisjoint('out.output', output.data, X_NAMES, [xQ, xKv]);
+    if (out.lse !== undefined) expectDisjoint('out.lse', lse.data, X_OUT_NAMES, [xQ, xKv, output.data]);
     return { output, lse };
   }
 
@@ -208,7 +210,7 @@ export class MultiHeadAttention {
     expectShape('x_kv', xKv, ['B', 'S', 'd_kv_in'], [B, S, c.dKvIn]);
     const opts = attentionOptions({ scale: c.scale, causal: options.causal, qOffset: options.qOffset ?? S - T, dropout: options.dropout }, 0);
     const w = this.weights;
-    const { output, lse } = this.outputs(expectOptions('out', options.out), B, T, { x_q: xQ.data, x_kv: xKv.data });
+    const { output, lse } = this.outputs(expectOptions('out', options.out), B, T, xQ.data, xKv.data);
     addon.mhaForward(
       { B, T, S, dModel: c.dModel, dKvIn: c.dKvIn, dOut: c.dOut, H: c.numHeads, Hkv: c.numKvHeads, dK: c.dK, dV: c.dV }, opts,
       xQ.data, xKv.data, w.wQ.data, w.bQ?.data ?? null, w.wK.data, w.bK?.data ?? null, w.wV.data, w.bV?.data ?? null, w.wO.data, w.bO?.data ?? null, output.data, lse.data,
@@ -243,7 +245,7 @@ export class MultiHeadAttention {
       if (!xKv) throw new ShapeError('Expected x_kv shape [B,S,d_kv_in] (or a cache), got null');
       ({ k, v } = this.projectKvInto(xKv));
     }
-    const outs = this.outputs(expectOptions('out', options.out), B, T, { x_q: xQ.data, x_kv: xKv?.data ?? null });
+    const outs = this.outputs(expectOptions('out', options.out), B, T, xQ.data, xKv?.data ?? null);
     const o = { data: this.scratch.get('o', ['B', 'H', 'T', 'd_v'], [B, H, T, dV]), shape: [B, H, T, dV] };
     const r = attention(q, k, v, { scale: this.config.scale, causal: options.causal, qOffset: options.qOffset, dropout: options.dropout, returnWeights: options.returnWeights, out: { output: o, lse: outs.lse } });
     const result: ForwardResult = { output: this.projectOut(o, outs.output), lse: r.lse };

@@ -92,10 +92,10 @@ export function expectFlag(name: string, value: unknown): boolean | undefined {
  * An `out` tensor must not share memory with an input the same call reads (the kernels would
  * read what they already overwrote).
  */
-export function expectDisjoint(outName: string, out: Float32Array, inputs: Record<string, Float32Array | null | undefined>): void {
+export function expectDisjoint(outName: string, out: Float32Array, names: readonly string[], inputs: readonly (Float32Array | null | undefined)[]): void {
   const lo = out.byteOffset, hi = lo + out.byteLength;
-  for (const name in inputs) {
-    const x = inputs[name];
+  for (let i = 0; i < inputs.length; i++) {
+    const x = inputs[i], name = names[i];
     if (x && x.buffer === out.buffer && x.byteOffset < hi && lo < x.byteOffset + x.byteLength) {
       throw new ArgumentError(`Expected ${outName} not to overlap ${name}, got bytes [${lo}, ${hi}) of the same ArrayBuffer as ${name} [${x.byteOffset}, ${x.byteOffset + x.byteLength})`);
     }
