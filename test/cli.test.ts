@@ -7,7 +7,7 @@ import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { lastValueFrom } from 'rxjs';
-import { describeConfig, editDistance, findTsx, Progress, suggest, tsxMissing, usage } from '../src/cli.ts';
+import { describeConfig, editDistance, findTsx, loadPipelines, Progress, suggest, tsxMissing, usage } from '../src/cli.ts';
 import { BUILTIN_CASES } from '../src/fixtures/cases.ts';
 import { buildCase } from '../src/fixtures/recipes.ts';
 import { cli, tmp } from './helpers/cli.ts';
@@ -188,7 +188,15 @@ test('run examples/my-case.mjs writes its cases, which verify; the summary shows
     t.true(c.vsOnePass.pass && c.vsOnePass.lse <= c.tolerance.atol && Number.isFinite(c.vsOnePass.output), `${c.name}: ${JSON.stringify(c.vsOnePass)}`);
     t.true(c.ms > 0);
   }
-  t.is((await cli(['verify', out])).code, 0);
+  // --rerun re-runs your pipelines too when --from names their file (variants by base name).
+  const rerun = await cli(['verify', out, '--rerun', '--from', 'examples/my-case.mjs']);
+  t.is(rerun.code, 0, rerun.stdout);
+  t.regex(rerun.stdout, /^PASS {2}gqa_stream-chunk5\n(?: {6}.*\n)*? {6}output +rerun +max err/m);
+  t.regex(rerun.stdout, /^PASS {2}mqa_decode\n(?: {6}.*\n)*? {6}inputs +rerun +max err +0 /m);
+  t.notRegex(rerun.stdout, /no built-in pipeline/);
+  t.regex(rerun.stdout, /3 passed, 0 failed\n$/);
+  const builtinOnly = await cli(['verify', out, '--rerun']);
+  t.regex(builtinOnly.stdout, /note: rerun: no built-in pipeline of this name \(your own: --from FILE\)/);
 });
 
 test('run loads .ts pipeline files (tsx present) and refuses files that declare no pipeline, saying what to write', async (t) => {
@@ -209,24 +217,39 @@ export default spec;
   t.is(ok.code, 0, ok.stderr);
   t.regex(ok.stdout, /wrote .*typed\.npz {2}seed 3 {2}\d+ arrays/);
   t.regex(ok.stdout, /^ {6}one pass \(no chunks\)$/m);
-  const bad = (name: string, text: string) => (writeFileSync(join(dir, name), text), join(dir, name));
-  const cases: [string[], RegExp][] = [
-    [['run', join(dir, 'nope.mjs'), '--out', out], /run: .*nope\.mjs: no such file; name a module whose default export is definePipeline/],
-    [['run', bad('none.mjs', 'export const x = 1;\n'), '--out', out], /none\.mjs has no default export: end it with `export default definePipeline\(/],
-    [['run', bad('recipe.mjs', "export default { name: 'r', description: '', seed: 1, recipe: 'stream', config: {} };\n"), '--out', out], /recipe\.mjs default export \(r\): expected recipe 'forward', 'streaming' or 'prefill', got "stream"/],
-    [['run', bad('arr.mjs', 'export default [1];\n'), '--out', out], /arr\.mjs default export \[0\]: expected a PipelineSpec/],
-    [['run', bad('throws.mjs', "import { definePipeline } from 'kvstream';\nexport default definePipeline({ name: 'x', description: '', seed: 1, recipe: 'streaming', config: { batch: 1, d_model: 8, num_heads: 2, t_q: 1, t_kv: 4 } });\n"), '--out', out],
-      /run: .*throws\.mjs did not load: ArrayMismatchError: definePipeline x: recipe streaming needs config\.chunk_sizes/],
+  for (const [args, message] of [
     [['run', join(dir, 'typed.ts'), join(dir, 'typed.ts'), '--out', out], /two pipelines are named typed/],
     [['run', join(dir, 'typed.ts')], /run writes into fixtures\/, which keeps the committed cases only in this repo: pass --out DIR/],
     [['run', '--out', out], /run needs a pipeline file, e\.g\. `npm run pipeline -- run examples\/my-case\.mjs --out my_fixtures`/],
-  ];
-  for (const [args, message] of cases) {
+  ] as [string[], RegExp][]) {
     const r = await cli(args);
     t.is(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
     t.regex(r.stderr, message);
     t.regex(r.stderr, /`npm run pipeline -- --help` shows the commands and options/);
   }
+  // Files that declare no pipeline (in this process: the same loader as the CLI's).
+  const bad = (name: string, text: string) => {
+    writeFileSync(join(dir, name), text);
+    return join(dir, name);
+  };
+  const refused: [string, RegExp][] = [
+    [join(dir, 'nope.mjs'), /run: .*nope\.mjs: no such file; name a module whose default export is definePipeline/],
+    [bad('none.mjs', 'export const x = 1;\n'), /none\.mjs has no default export: end it with `export default definePipeline\(/],
+    [bad('recipe.mjs', "export default { name: 'r', description: '', seed: 1, recipe: 'stream', config: {} };\n"), /recipe\.mjs default export \(r\): expected recipe 'forward', 'streaming' or 'prefill', got "stream"/],
+    [bad('arr.mjs', 'export default [1];\n'), /arr\.mjs default export \[0\]: expected a PipelineSpec/],
+    [bad('empty.mjs', 'export default [];\n'), /empty\.mjs: the default export is an empty array/],
+    [bad('throws.mjs', "import { definePipeline } from 'kvstream';\nexport default definePipeline({ name: 'x', description: '', seed: 1, recipe: 'streaming', config: { batch: 1, d_model: 8, num_heads: 2, t_q: 1, t_kv: 4 } });\n"),
+      /run: .*throws\.mjs did not load: ArrayMismatchError: definePipeline x: recipe streaming needs config\.chunk_sizes/],
+    [bad('chunks.mjs', "export default { name: 'c', description: '', seed: 1, recipe: 'streaming', config: { batch: 1, d_model: 8, num_heads: 2, t_q: 1, t_kv: 4, chunk_sizes: [3] } };\n"),
+      /chunks\.mjs default export: Expected chunk_sizes to sum to S=4, got 3/],
+  ];
+  for (const [file, message] of refused) {
+    const e = await t.throwsAsync(loadPipelines(file), undefined, file);
+    t.is(e?.name, 'UsageError', file);
+    t.regex(e?.message ?? '', message);
+  }
+  const [mine] = await loadPipelines(bad('plain.mjs', "export default { name: 'p', description: 'd', seed: 2, recipe: 'forward', config: { batch: 1, d_model: 8, num_heads: 2, t_q: 2, t_kv: 3 } };\n"));
+  t.is(mine.config.d_k, 4, 'a plain declaration gets definePipeline\'s defaults');
   t.deepEqual(manifestOf(out).cases.map((c: { name: string }) => c.name), ['typed'], 'nothing else was written');
 });
 
@@ -356,7 +379,7 @@ test('errors say what to do: suggestions, run for files, missing folders; the us
   t.is(unknown.code, 2);
   t.regex(unknown.stderr, /\(`kvstream --list` describes them\)\n\(`kvstream --help` shows the commands and options\)/);
   const repoHelp = await cli(['--help']);
-  t.regex(repoHelp.stdout, /^ {2}npm run pipeline -- verify \[DIR\] \[--rerun\]/m);
+  t.regex(repoHelp.stdout, /^ {2}npm run pipeline -- verify \[DIR\] \[--rerun \[--from FILE\]\]/m);
   t.is(describeConfig(BUILTIN_CASES.find((c) => c.name === 'cross_attention')!.config), 'B 2  T 5  S 9  d_model 32  d_kv_in 48  d_out 40  heads 4  d_k 8');
   t.regex(usage('kvstream'), /^ {2}kvstream --all /m);
 });
