@@ -151,7 +151,7 @@ export class Progress {
     const filled = Math.round(frac * width);
     let line = `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${this.item + 1}/${this.total} ${this.label}`;
     if (chunks) line += `  chunk ${chunks[0]}/${chunks[1]}`;
-    const cols = (this.out.columns ?? 80) - 1;
+    const cols = (this.out.columns || 80) - 1; // a pty without a size reports 0
     if (line.length > cols) line = line.slice(0, cols);
     this.out.write(`\r\x1b[2K${line}`);
     this.shown = true;

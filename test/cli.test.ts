@@ -287,6 +287,9 @@ test('Progress: a bar redrawn in place on a terminal, throttled; plain lines or 
   t.true(last.startsWith('[##################......] 4/4 a_case'));
   bar.clear();
   t.true(term.out.text.endsWith('\r\x1b[2K'));
+  const sizeless = fakeTerm(0);
+  new Progress(sizeless.out, 'bar', 1, sizeless.clock).start(0, 'decode');
+  t.is(sizeless.out.text, '\r\x1b[2K[........................] 1/1 decode', 'a terminal without a size counts as 80 columns');
   bar.clear();
   t.true(term.out.text.endsWith('\r\x1b[2K') && !term.out.text.endsWith('\r\x1b[2K\r\x1b[2K'), 'a second clear writes nothing');
 
