@@ -8,7 +8,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { lastValueFrom, tap } from 'rxjs';
-import { KvstreamError, NativeError } from './errors.ts';
+import { KvstreamError } from './errors.ts';
 import { BUILTIN_CASES } from './fixtures/cases.ts';
 import { FixtureFileError } from './fixtures/errors.ts';
 import { withDeterministicKernels } from './fixtures/kernels.ts';
@@ -523,12 +523,6 @@ export async function main(argv: string[], opts: CliOptions = {}): Promise<numbe
   return outsideTolerance(summaries);
 }
 
-/** What to do about an error, for the message. */
-function hint(e: unknown, prog: string): string {
-  if (e instanceof NativeError && !prog.startsWith('npm')) return '\nIn a project that installed kvstream: `npm rebuild kvstream` (needs g++, make and python3).';
-  return '';
-}
-
 /** Runs the CLI on process.argv and exits with its status. */
 export function run(opts: CliOptions = {}): void {
   const prog = opts.prog ?? 'npm run pipeline --';
@@ -544,7 +538,7 @@ export function run(opts: CliOptions = {}): void {
         message = `unknown option ${flag}${s ? ` (did you mean --${s}?)` : ''}`;
       }
       const isUsage = e instanceof UsageError || parse;
-      console.error(`${isUsage ? 'error' : err.name ?? 'error'}: ${message}${hint(e, prog)}${isUsage ? `\n(\`${prog} --help\` shows the commands and options)` : ''}`);
+      console.error(`${isUsage ? 'error' : err.name ?? 'error'}: ${message}${isUsage ? `\n(\`${prog} --help\` shows the commands and options)` : ''}`);
       process.exit(isUsage ? EXIT.usage : EXIT.failed);
     },
   );

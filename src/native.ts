@@ -119,8 +119,8 @@ export function loadAddon(path = ADDON_PATH): Binding {
   } catch (cause) {
     throw new NativeError(
       `The kvstream native addon could not be loaded from ${path}: ${(cause as Error).message}\n` +
-        'Rebuild it with `npm run build:native` (needs g++, make and python3; ' +
-        '`apt-get install libopenblas-dev` first to link OpenBLAS).',
+        'Rebuild it: in the kvstream repo `npm run build:native`; in a project that installed kvstream ' +
+        '`npm rebuild kvstream` (needs g++, make and python3; `apt-get install libopenblas-dev` first to link OpenBLAS).',
       { cause },
     );
   }

@@ -110,5 +110,5 @@ test('the process is still alive and computing after all of the above', (t) => {
 
 test('a missing addon gives a NativeError that names the rebuild command', async (t) => {
   const { loadAddon } = await import('../src/native.ts');
-  t.throws(() => loadAddon('/nonexistent/kvstream.node'), { name: 'NativeError', message: /could not be loaded from \/nonexistent\/kvstream\.node: .*\nRebuild it with `npm run build:native`/s });
+  t.throws(() => loadAddon('/nonexistent/kvstream.node'), { name: 'NativeError', message: /could not be loaded from \/nonexistent\/kvstream\.node: .*\nRebuild it: in the kvstream repo `npm run build:native`; in a project that installed kvstream `npm rebuild kvstream`/s });
 });
