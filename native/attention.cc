@@ -37,6 +37,11 @@ inline int64_t visible(bool causal, int64_t t_abs, int64_t s_abs0, int64_t n) {
   return std::clamp<int64_t>(t_abs - s_abs0 + 1, 0, n);
 }
 
+// A sliding window hides key s_abs from every query at or after t_abs_first.
+inline bool left_of_window(const AttnOpts& o, int64_t t_abs_first, int64_t s_abs) {
+  return o.window > 0 && s_abs <= t_abs_first - o.window;
+}
+
 }  // namespace
 
 void attn_state_init(int64_t rows, int64_t d_v, float* m, float* l, float* acc) {
@@ -60,6 +65,7 @@ void softmax_block(const AttnOpts& o, int64_t b, float* scores, int64_t R, int64
     float* sc_r = scores + r * sk;
     const auto [t_abs, h] = pos(r);
     const int64_t n = visible(o.causal, t_abs, s_abs0, sk);
+    if (has_score_mods(o)) apply_score_mods(o, sc_r, n, t_abs, h, s_abs0, [](float x) { return std::tanh(x); });
     const float mx = row_max(sc_r, n);
     if (mx == NEG_INF) {  // nothing visible: this block adds nothing to the row
       std::fill(sc_r, sc_r + sk, 0.0f);
@@ -99,7 +105,8 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
   const double flops = 2.0 * B * H * T * S * (d_k + d_v);
   const bool rows_path = path == KernelPath::Rows || (path == KernelPath::Auto && T <= FEW_ROWS);
   // The tile streams fp32 storage in place; other storage takes the block-converting paths.
-  const bool tile_path = !rows_path && path != KernelPath::Blas && kv.dtype == KvDtype::F32 && tile_supported(d_k, d_v);
+  const bool tile_path = !rows_path && path != KernelPath::Blas && kv.dtype == KvDtype::F32 && !has_score_mods(opts) &&
+                         tile_supported(d_k, d_v);
   // Converted blocks stay in L1 on the memory-bound row path (64 keys x d <= 256 floats: 64 KiB).
   const int64_t rows_block = kv.dtype == KvDtype::F32 ? SK : 64;
 
@@ -123,6 +130,7 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
         const int64_t s_abs0 = opts.s_offset + s0;
         const int64_t sk = visible(opts.causal, t_abs_last, s_abs0, std::min(rows_block, S - s0));
         if (sk == 0) break;
+        if (left_of_window(opts, opts.q_offset, s_abs0 + sk - 1)) continue;
         const float* kb = kv_rows(kv, false, bh_kv, dims.s_cap, d_k, s0, sk, tls.k_rows);
         if (R == 1) sgemv(false, (int)sk, (int)d_k, opts.scale, kb, (int)d_k, q_r, 0.0f, scores);
         else if (R <= FEW_ROWS) dot_rows(q_r, R, kb, sk, d_k, opts.scale, scores);
@@ -176,6 +184,7 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
       // Causal: keys after the block's last query are masked for every row; skip them.
       const int64_t sk = visible(opts.causal, t_abs_last, s_abs0, std::min(SK, S - s0));
       if (sk == 0) break;
+      if (left_of_window(opts, opts.q_offset + t0, s_abs0 + sk - 1)) continue;
       // scores [tq, sk] = scale · q_bht · k_blockᵀ
       const float* kb = kv_rows(kv, false, bh_kv, dims.s_cap, d_k, s0, sk, tls.k_rows);
       sgemm(false, true, (int)tq, (int)sk, (int)d_k, opts.scale, q_bht, (int)d_k, kb, (int)d_k, 0.0f, scores, (int)sk);
@@ -244,7 +253,8 @@ void attn_probs(const AttnDims& dims, const AttnOpts& opts, const float* q, cons
       const float lse_t = lse[bh * T + t];
       const int64_t n = lse_t == NEG_INF ? 0 : visible(opts.causal, t_abs, opts.s_offset, S);
       float* p_bht = probs + (bh * T + t) * S;
-      const float* sc_t = row_scores.data() + t * S;
+      float* sc_t = row_scores.data() + t * S;
+      if (has_score_mods(opts)) apply_score_mods(opts, sc_t, n, t_abs, h, opts.s_offset, [](float x) { return std::tanh(x); });
       for (int64_t s = 0; s < S; ++s)
         p_bht[s] = s < n && row_keep[s] ? std::exp(sc_t[s] - lse_t) * keep_scale : 0.0f;
     }

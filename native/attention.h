@@ -9,7 +9,10 @@
 //   out  [B, H, T, d_v], lse [B, H, T]
 // Query head h reads key/value head h / (H / H_kv).
 #pragma once
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "kvstore.h"
 
@@ -26,7 +29,32 @@ struct AttnOpts {
   int64_t s_offset;  // absolute position of key 0 of this chunk
   float dropout_p;   // 0 disables dropout
   uint64_t seed;     // dropout key (see philox.h)
+  // Score modifiers, applied to the scaled score in this order (all off when 0 / null):
+  float softcap = 0.0f;          // s = softcap · tanh(s / softcap) (Gemma 2)
+  const float* alibi = nullptr;  // [H] slopes: s -= alibi[h] · |t_abs - s_abs| (FlashAttention's alibi_slopes)
+  int64_t window = 0;            // key visible only if t_abs - s_abs < window (sliding window; causal bounds the right)
 };
+
+inline bool has_score_mods(const AttnOpts& o) { return o.softcap > 0.0f || o.alibi || o.window > 0; }
+
+// Applies the score modifiers to scores x[0, n) of query t_abs, head h, keys at s_abs0..: keys
+// left of the window become -inf. T is float (fast paths) or double (deterministic path);
+// tanh_fn is the path's tanh.
+template <typename T, typename Tanh>
+inline void apply_score_mods(const AttnOpts& o, T* x, int64_t n, int64_t t_abs, int64_t h, int64_t s_abs0, Tanh tanh_fn) {
+  int64_t s = 0;
+  if (o.window > 0) {  // s_abs <= t_abs - window is outside
+    const int64_t lo = std::min<int64_t>(n, std::max<int64_t>(0, t_abs - o.window + 1 - s_abs0));
+    for (; s < lo; ++s) x[s] = -std::numeric_limits<T>::infinity();
+  }
+  const T cap = (T)o.softcap, slope = o.alibi ? (T)o.alibi[h] : T(0);
+  for (; s < n; ++s) {
+    T v = x[s];
+    if (cap > 0) v = cap * tanh_fn(v / cap);
+    if (o.alibi) v -= slope * (T)std::abs(t_abs - (s_abs0 + s));
+    x[s] = v;
+  }
+}
 
 // Empty state: m = -inf, l = 0, acc = 0.
 void attn_state_init(int64_t rows, int64_t d_v, float* m, float* l, float* acc);

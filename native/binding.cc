@@ -14,6 +14,7 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <vector>
 
 #include "attention.h"
 #include "gemm.h"
@@ -274,7 +275,10 @@ kvs::KvDtype read_kv_dtype(Checker& c, v8::Local<v8::Object> obj) {
   return kvs::KvDtype::F32;
 }
 
-kvs::AttnOpts read_opts(Checker& c, int i, kvs::KvDtype* kv_dtype = nullptr) {
+// alibi receives a copy of opts.alibi ([H] slopes); null: the function takes no slopes. The
+// caller points o.alibi at it (see with_alibi).
+kvs::AttnOpts read_opts(Checker& c, int i, kvs::KvDtype* kv_dtype = nullptr, int64_t H = 0,
+                        std::vector<float>* alibi = nullptr) {
   kvs::AttnOpts o{};
   v8::Local<v8::Object> obj = c.object(i, "opts");
   if (c.failed) return o;
@@ -287,6 +291,27 @@ kvs::AttnOpts read_opts(Checker& c, int i, kvs::KvDtype* kv_dtype = nullptr) {
   o.s_offset = c.integer(c.field(obj, "opts", "sOffset"), "opts.sOffset", 0, INT_MAX32);
   o.dropout_p = (float)c.number(c.field(obj, "opts", "dropoutP"), "opts.dropoutP", 0.0, 1.0, true);
   o.seed = (uint64_t)c.integer(c.field(obj, "opts", "seed"), "opts.seed", 0, ((int64_t)1 << 53) - 1);
+  // Score modifiers (attention.h), all optional.
+  v8::Local<v8::Value> cap = c.field(obj, "opts", "softcap");
+  if (!c.failed && !cap->IsUndefined()) o.softcap = (float)c.number(cap, "opts.softcap", 0.0, 3.4e38, false);
+  v8::Local<v8::Value> window = c.field(obj, "opts", "window");
+  if (!c.failed && !window->IsUndefined()) o.window = c.integer(window, "opts.window", 0, INT_MAX32);
+  v8::Local<v8::Value> slopes = c.field(obj, "opts", "alibi");
+  if (!c.failed && !slopes->IsNullOrUndefined()) {
+    if (!alibi) {
+      c.type_error("opts.alibi is not taken by this function");
+    } else if (!slopes->IsFloat32Array()) {
+      c.type_error("opts.alibi must be a Float32Array or null, got " + Checker::describe(slopes));
+    } else if ((int64_t)slopes.As<v8::Float32Array>()->Length() != H) {
+      c.range_error("expected opts.alibi [H]=[" + std::to_string(H) + "] (" + std::to_string(H) + " floats), got " +
+                    std::to_string(slopes.As<v8::Float32Array>()->Length()));
+    } else {
+      Nan::TypedArrayContents<float> data(slopes);
+      alibi->assign(*data, *data + H);  // copied: an async fold must not read a buffer JS may change
+      for (float x : *alibi)
+        if (!std::isfinite(x)) c.range_error("opts.alibi slopes must be finite, got " + Checker::num(x));
+    }
+  }
   return o;
 }
 
@@ -324,10 +349,17 @@ void guarded(Checker& c, F&& f) {
   }
 }
 
+// o with its alibi pointer at the checked copy of the slopes (or null).
+kvs::AttnOpts with_alibi(kvs::AttnOpts o, const std::vector<float>& alibi) {
+  o.alibi = alibi.empty() ? nullptr : alibi.data();
+  return o;
+}
+
 // The checked arguments of attnUpdate / attnUpdateAsync.
 struct UpdateArgs {
   kvs::AttnDims d;
   kvs::AttnOpts o;
+  std::vector<float> alibi;
   const float* q;
   kvs::KvStore kv;
   float *m, *l, *acc;
@@ -358,7 +390,7 @@ bool read_scales(Checker& c, int i, const kvs::AttnDims& d, kvs::KvStore& kv) {
 bool read_update_args(Checker& c, UpdateArgs& a, int scales_at) {
   a.d = read_dims(c, 0);
   a.kv = kvs::KvStore{};
-  a.o = read_opts(c, 1, &a.kv.dtype);
+  a.o = read_opts(c, 1, &a.kv.dtype, a.d.H, &a.alibi);
   if (c.failed) return false;
   const kvs::AttnDims& d = a.d;
   const int64_t nq = c.product({d.B, d.H, d.T, d.d_k}, "q");
@@ -381,7 +413,7 @@ NAN_METHOD(AttnUpdate) {
   Checker c{"attnUpdate", info};
   UpdateArgs a;
   if (!c.count_in(8, 10) || !read_update_args(c, a, 8)) return;
-  guarded(c, [&] { kvs::attn_update(a.d, a.o, a.q, a.kv, a.m, a.l, a.acc); });
+  guarded(c, [&] { kvs::attn_update(a.d, with_alibi(a.o, a.alibi), a.q, a.kv, a.m, a.l, a.acc); });
 }
 
 // The async folds of one isolate still queued or running. Node does not wait for nan's
@@ -416,7 +448,7 @@ class UpdateWorker : public Nan::AsyncWorker {
   }
   void Execute() override {
     try {
-      kvs::attn_update(a_.d, a_.o, a_.q, a_.kv, a_.m, a_.l, a_.acc);
+      kvs::attn_update(a_.d, with_alibi(a_.o, a_.alibi), a_.q, a_.kv, a_.m, a_.l, a_.acc);
     } catch (...) {
       bool range;
       SetErrorMessage(("attnUpdateAsync: " + kernel_error(std::current_exception(), &range)).c_str());
@@ -504,7 +536,8 @@ NAN_METHOD(AttnProbs) {
   if (!c.count_in(7, 8)) return;
   const kvs::AttnDims d = read_dims(c, 0);
   kvs::KvStore kv{};
-  const kvs::AttnOpts o = read_opts(c, 1, &kv.dtype);
+  std::vector<float> alibi;
+  const kvs::AttnOpts o = read_opts(c, 1, &kv.dtype, d.H, &alibi);
   if (c.failed) return;
   const int64_t nq = c.product({d.B, d.H, d.T, d.d_k}, "q");
   const int64_t nk = c.product({d.B, d.H_kv, d.s_cap, d.d_k}, "k");
@@ -524,7 +557,7 @@ NAN_METHOD(AttnProbs) {
     c.type_error("kScale must be null unless opts.kvDtype is 'i8'");
   }
   if (c.failed) return;
-  guarded(c, [&] { kvs::attn_probs(d, o, q, kv, lse, probs, keep); });
+  guarded(c, [&] { kvs::attn_probs(d, with_alibi(o, alibi), q, kv, lse, probs, keep); });
 }
 
 // mhaForward(dims, opts, xQ, xKv, wQ, bQ, wK, bK, wV, bV, wO, bO, y, lse): the whole module,
@@ -542,7 +575,8 @@ NAN_METHOD(MhaForward) {
   if (c.failed) return;
   if (d.H % d.H_kv != 0)
     return c.range_error("dims.Hkv must divide dims.H, got H=" + std::to_string(d.H) + ", Hkv=" + std::to_string(d.H_kv));
-  const kvs::AttnOpts opts = read_opts(c, 1);
+  std::vector<float> alibi;
+  const kvs::AttnOpts opts = read_opts(c, 1, nullptr, d.H, &alibi);
   const int64_t n_xq = c.product({d.B, d.T, d.d_model}, "x_q"), n_xkv = c.product({d.B, d.S, d.d_kv_in}, "x_kv");
   const int64_t n_wq = c.product({d.d_model, d.H, d.d_k}, "w_q"), n_wk = c.product({d.d_kv_in, d.H_kv, d.d_k}, "w_k");
   const int64_t n_wv = c.product({d.d_kv_in, d.H_kv, d.d_v}, "w_v"), n_wo = c.product({d.H, d.d_v, d.d_out}, "w_o");
@@ -564,7 +598,7 @@ NAN_METHOD(MhaForward) {
   float* y = c.f32(12, "y", n_y, shape("[B,T,d_out]", {d.B, d.T, d.d_out}));
   float* lse = c.f32(13, "lse", n_lse, shape("[B,H,T]", {d.B, d.H, d.T}));
   if (c.failed) return;
-  guarded(c, [&] { kvs::mha_forward(d, opts, w, x_q, x_kv, y, lse); });
+  guarded(c, [&] { kvs::mha_forward(d, with_alibi(opts, alibi), w, x_q, x_kv, y, lse); });
 }
 
 // projectHeads(x, w, b | null, out, B, T, K, heads, d): x [B,T,K] · w [K,heads·d] + b -> out [B,heads,T,d]

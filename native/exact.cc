@@ -48,6 +48,12 @@ double exact_exp(double x) {
   return std::ldexp(p, (int)kd);  // exact scaling by 2^k (gradual underflow below 2^-1022)
 }
 
+double exact_tanh(double x) {
+  if (x != x) return x;
+  const double e = exact_exp(-2.0 * std::abs(x)), t = (1.0 - e) / (1.0 + e);
+  return x < 0 ? -t : t;
+}
+
 double exact_log(double x) {
   if (x != x || x < 0.0) return std::numeric_limits<double>::quiet_NaN();
   if (x == 0.0) return -INF;
@@ -91,11 +97,12 @@ void exact_attn_update(const AttnDims& d, const AttnOpts& o, const float* q, con
       const int64_t r = bh * d.T + t, t_abs = o.q_offset + t;
       const int64_t n = visible(o.causal, t_abs, o.s_offset, d.S);
       if (n == 0) continue;
+      for (int64_t s = 0; s < n; ++s) sc[s] = dot(q + r * d.d_k, k_bh + s * d.d_k, d.d_k) * (double)o.scale;
+      if (has_score_mods(o)) apply_score_mods(o, sc.data(), n, t_abs, h, o.s_offset, exact_tanh);
       double mx = -INF;
-      for (int64_t s = 0; s < n; ++s) {
-        sc[s] = dot(q + r * d.d_k, k_bh + s * d.d_k, d.d_k) * (double)o.scale;
+      for (int64_t s = 0; s < n; ++s)
         if (sc[s] > mx || sc[s] != sc[s]) mx = mx != mx ? mx : sc[s];  // NaN propagates
-      }
+      if (mx == -INF) continue;  // every key masked (a sliding window)
       // The stored running max is a float: use the rounded value as the reference point so the
       // state stays consistent with what the next call reads.
       const float m_new = (float)(mx != mx ? mx : std::max((double)m[r], mx));
@@ -152,6 +159,8 @@ void exact_attn_probs(const AttnDims& d, const AttnOpts& o, const float* q, cons
     const int64_t b = bh / d.H, h = bh % d.H;
     thread_local std::vector<uint8_t> row_keep;
     thread_local std::vector<float> k_rows;
+    thread_local std::vector<double> sc;
+    resize_scratch(sc, d.S, "deterministic scores");
     const float* k_bh = kv_rows(kv, false, b * d.H_kv + h / group, d.s_cap, d.d_k, 0, d.S, k_rows);
     resize_scratch(row_keep, d.S, "deterministic keep");
     for (int64_t t = 0; t < d.T; ++t) {
@@ -163,10 +172,10 @@ void exact_attn_probs(const AttnDims& d, const AttnOpts& o, const float* q, cons
       if (keep) std::copy(row_keep.begin(), row_keep.end(), keep + r * d.S);
       if (!probs) continue;
       const int64_t n = lse[r] == NEG_INF_F ? 0 : visible(o.causal, t_abs, o.s_offset, d.S);
-      for (int64_t s = 0; s < d.S; ++s) {
-        const double sc = dot(q + r * d.d_k, k_bh + s * d.d_k, d.d_k) * (double)o.scale;
-        probs[r * d.S + s] = s < n && row_keep[s] ? (float)(exact_exp(sc - (double)lse[r]) * keep_scale) : 0.0f;
-      }
+      for (int64_t s = 0; s < n; ++s) sc[s] = dot(q + r * d.d_k, k_bh + s * d.d_k, d.d_k) * (double)o.scale;
+      if (has_score_mods(o)) apply_score_mods(o, sc.data(), n, t_abs, h, o.s_offset, exact_tanh);
+      for (int64_t s = 0; s < d.S; ++s)
+        probs[r * d.S + s] = s < n && row_keep[s] ? (float)(exact_exp(sc[s] - (double)lse[r]) * keep_scale) : 0.0f;
     }
   }, 2.0 * d.B * d.H * d.T * d.S * d.d_k);
 }

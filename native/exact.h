@@ -13,6 +13,7 @@ namespace kvs {
 // Relative error ~1e-16; exact_exp(-inf) = 0, exact_log(0) = -inf.
 double exact_exp(double x);
 double exact_log(double x);
+double exact_tanh(double x);
 
 void exact_attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, const KvStore& kv, float* m,
                        float* l, float* acc);

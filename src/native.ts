@@ -31,6 +31,12 @@ export interface NativeOpts {
   scale: number; causal: boolean; qOffset: number; sOffset: number; dropoutP: number; seed: number;
   /** Storage type of k and v (default 'f32'). */
   kvDtype?: KvDtype;
+  /** Score modifiers (native/attention.h), applied in this order; off when absent or 0. */
+  softcap?: number;
+  /** [H] ALiBi slopes: score -= alibi[h] · |t_abs - s_abs|. */
+  alibi?: Float32Array | null;
+  /** Sliding window: key visible only if t_abs - s_abs < window. */
+  window?: number;
 }
 
 export interface NativeInfo {

@@ -304,3 +304,99 @@ test.serial('the deterministic path gives the same bits at 1 and 2 threads (atte
     setNumThreads(before.threads);
   }
 });
+
+// ---------------------------------------------------------------------------------------------
+// Score modifiers: softcap, ALiBi, sliding window, on every path.
+
+/** Float64 attention with the modifiers of native/attention.h, and a per-row score error bound. */
+function refModified(q: Float32Array, k: Float32Array, v: Float32Array, d: { B: number; H: number; Hkv: number; T: number; S: number; dK: number; dV: number },
+  o: { scale: number; causal: boolean; qOffset: number; softcap?: number; alibi?: Float32Array; window?: number }) {
+  const out = new Float64Array(d.B * d.H * d.T * d.dV), lse = new Float64Array(d.B * d.H * d.T), delta = new Float64Array(d.B * d.H * d.T);
+  const u = 2 ** -24, gamma = (d.dK + 2) * u / (1 - (d.dK + 2) * u);
+  for (let b = 0; b < d.B; b++) for (let h = 0; h < d.H; h++) for (let t = 0; t < d.T; t++) {
+    const r = (b * d.H + h) * d.T + t, tAbs = o.qOffset + t, hk = Math.floor(h / (d.H / d.Hkv));
+    const sc: number[] = [];
+    let qn = 0, dmax = 0;
+    for (let c = 0; c < d.dK; c++) qn += q[r * d.dK + c]! ** 2;
+    for (let s = 0; s < d.S; s++) {
+      const kRow = ((b * d.Hkv + hk) * d.S + s) * d.dK;
+      let dot = 0, kn = 0;
+      for (let c = 0; c < d.dK; c++) { dot += q[r * d.dK + c]! * k[kRow + c]!; kn += k[kRow + c]! ** 2; }
+      const visible = (!o.causal || s <= tAbs) && (!o.window || tAbs - s < o.window);
+      let x = dot * o.scale;
+      if (o.softcap) x = o.softcap * Math.tanh(x / o.softcap);
+      if (o.alibi) x -= o.alibi[h]! * Math.abs(tAbs - s);
+      sc.push(visible ? x : -Infinity);
+      // fp32 dot product (Cauchy-Schwarz), tanh and the ALiBi product: a few roundings of |x|.
+      if (visible) dmax = Math.max(dmax, gamma * Math.abs(o.scale) * Math.sqrt(qn * kn) + 4 * u * (Math.abs(x) + 1));
+    }
+    const mx = Math.max(...sc);
+    let sum = 0;
+    const p = sc.map((x) => Math.exp(x - mx));
+    p.forEach((x) => (sum += x));
+    lse[r] = mx + Math.log(sum);
+    delta[r] = dmax;
+    for (let c = 0; c < d.dV; c++) {
+      let acc = 0;
+      for (let s = 0; s < d.S; s++) acc += p[s]! * v[((b * d.Hkv + hk) * d.S + s) * d.dV + c]!;
+      out[r * d.dV + c] = acc / sum;
+    }
+  }
+  return { out, lse, delta };
+}
+
+test.serial('softcap, ALiBi and a sliding window on every path match the float64 reference (chunked folds too)', (t) => {
+  const rng = new Rng(31);
+  const before = getKernelPath();
+  const d = { B: 1, H: 4, Hkv: 2, T: 20, S: 700, dK: 16, dV: 16 };
+  const q = rng.normalTensor([1, 4, 20, 16]).data, k = rng.normalTensor([1, 2, 700, 16]).data, v = rng.normalTensor([1, 2, 700, 16]).data;
+  const alibi = Float32Array.from([0.5, 0.25, 0.125, 0.0625]);
+  const vMax = v.reduce((a, x) => Math.max(a, Math.abs(x)), 0);
+  const mods = [{ softcap: 2 }, { alibi }, { window: 37 }, { softcap: 5, alibi, window: 600 }, { window: 3 }];
+  try {
+    for (const mod of mods)
+      for (const T of [1, 20]) {
+        const dd = { ...d, T }, qq = q.subarray(0, 4 * T * 16).slice();
+        // q was drawn for T = 20; for T = 1 take each head's first row.
+        if (T === 1) for (let h = 0; h < 4; h++) qq.set(q.subarray(h * 20 * 16, h * 20 * 16 + 16), h * 16);
+        const o = { scale: 0.25, causal: true, qOffset: 700 - T, ...mod };
+        const ref = refModified(qq, k, v, dd, o);
+        for (const path of ['auto', 'blas', 'rows', 'deterministic'] as const) {
+          setKernelPath(path);
+          const rows = 4 * T;
+          // One fold, and three chunks at sOffset 0, 300, 650 (the window skips whole blocks).
+          for (const parts of [[700], [300, 350, 50]]) {
+            const m = f(rows).fill(-Infinity), l = f(rows), acc = f(rows * 16), out = f(rows * 16), lse = f(rows);
+            let s0 = 0;
+            for (const n of parts) {
+              const kc = new Float32Array(2 * n * 16), vc = new Float32Array(2 * n * 16);
+              for (let h = 0; h < 2; h++) {
+                kc.set(k.subarray((h * 700 + s0) * 16, (h * 700 + s0 + n) * 16), h * n * 16);
+                vc.set(v.subarray((h * 700 + s0) * 16, (h * 700 + s0 + n) * 16), h * n * 16);
+              }
+              binding.attnUpdate({ ...dd, S: n, sCap: n }, { ...opts, ...o, sOffset: s0 }, qq, kc, vc, m, l, acc);
+              s0 += n;
+            }
+            binding.attnFinalize(rows, 16, m, l, acc, out, lse);
+            // Weights move by at most (e^{2δ} - 1) of their size with δ the score error, so the
+            // output moves by that times max|v| (plus exp's 2.3e-7 and the final division).
+            const label = `${JSON.stringify({ ...mod, alibi: mod.alibi ? 'slopes' : undefined })} T${T} ${path} parts ${parts}`;
+            const outBound = Float64Array.from(out, (_, i) => (Math.expm1(2 * ref.delta[Math.floor(i / 16)]!) + 1e-6) * vMax);
+            const lseBound = Float64Array.from(lse, (_, r) => 2 * ref.delta[r]! + 1e-6 * (1 + Math.abs(ref.lse[r]!)));
+            assertWithin(t, out, ref.out, outBound, `${label} output`, [1, 4, T, 16]);
+            assertWithin(t, lse, ref.lse, lseBound, `${label} lse`, [1, 4, T]);
+          }
+        }
+      }
+  } finally {
+    setKernelPath(before);
+  }
+});
+
+test('score modifier options are checked', (t) => {
+  const [q, k, v, m, l, acc] = args();
+  t.throws(() => binding.attnUpdate(dims, { ...opts, softcap: -1 } as never, q, k, v, m, l, acc), { instanceOf: RangeError, message: /^attnUpdate: opts.softcap must be a finite number in \[0, / });
+  t.throws(() => binding.attnUpdate(dims, { ...opts, window: 1.5 } as never, q, k, v, m, l, acc), { instanceOf: RangeError, message: /^attnUpdate: opts.window must be an integer in \[0, 2147483647\], got 1.5/ });
+  t.throws(() => binding.attnUpdate(dims, { ...opts, alibi: f(3) } as never, q, k, v, m, l, acc), { instanceOf: RangeError, message: 'attnUpdate: expected opts.alibi [H]=[2] (2 floats), got 3' });
+  t.throws(() => binding.attnUpdate(dims, { ...opts, alibi: [1, 2] } as never, q, k, v, m, l, acc), { instanceOf: TypeError, message: 'attnUpdate: opts.alibi must be a Float32Array or null, got Array' });
+});
