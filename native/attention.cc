@@ -65,7 +65,7 @@ void softmax_block(const AttnOpts& o, int64_t b, float* scores, int64_t R, int64
     float* sc_r = scores + r * sk;
     const auto [t_abs, h] = pos(r);
     const int64_t n = visible(o.causal, t_abs, s_abs0, sk);
-    if (has_score_mods(o)) apply_score_mods(o, sc_r, n, t_abs, h, s_abs0, [](float x) { return std::tanh(x); });
+    if (has_score_mods(o)) apply_score_mods(o, sc_r, n, b, t_abs, h, s_abs0, [](float x) { return std::tanh(x); });
     const float mx = row_max(sc_r, n);
     if (mx == NEG_INF) {  // nothing visible: this block adds nothing to the row
       std::fill(sc_r, sc_r + sk, 0.0f);
@@ -120,17 +120,18 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
       const int64_t row0 = (b * H + h0) * T + r0;
       const float* q_r = q + row0 * d_k;
       float *m_r = m + row0, *l_r = l + row0, *acc_r = acc + row0 * d_v;
-      auto pos = [&](int64_t r) { return std::pair<int64_t, int64_t>(opts.q_offset + (r0 + r) % T, h0 + (r0 + r) / T); };
+      const int64_t q0 = q_off(opts, b);
+      auto pos = [&](int64_t r) { return std::pair<int64_t, int64_t>(q0 + (r0 + r) % T, h0 + (r0 + r) / T); };
       tls.scores.resize(ROWS_MAX * SK);
       tls.keep.resize(SK);
       float* scores = tls.scores.data();
       count(R == 1 ? attn_rows_sgemv : R <= FEW_ROWS ? attn_rows_dot : attn_rows_sgemm);
-      const int64_t t_abs_last = opts.q_offset + T - 1;  // bounds every row's query position
+      const int64_t t_abs_last = q0 + T - 1;  // bounds every row's query position
       for (int64_t s0 = 0; s0 < S; s0 += rows_block) {
         const int64_t s_abs0 = opts.s_offset + s0;
         const int64_t sk = visible(opts.causal, t_abs_last, s_abs0, std::min(rows_block, S - s0));
         if (sk == 0) break;
-        if (left_of_window(opts, opts.q_offset, s_abs0 + sk - 1)) continue;
+        if (left_of_window(opts, q0, s_abs0 + sk - 1)) continue;
         const float* kb = kv_rows(kv, false, bh_kv, dims.s_cap, d_k, s0, sk, tls.k_rows);
         if (R == 1) sgemv(false, (int)sk, (int)d_k, opts.scale, kb, (int)d_k, q_r, 0.0f, scores);
         else if (R <= FEW_ROWS) dot_rows(q_r, R, kb, sk, d_k, opts.scale, scores);
@@ -155,7 +156,7 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
       const int64_t bh_kv = b * dims.H_kv + h / group;
       const float* k = static_cast<const float*>(kv.k);
       const float* v = static_cast<const float*>(kv.v);
-      tile_update(opts, b, h, q + (bh * T + t0) * d_k, tq, opts.q_offset + t0, k + bh_kv * dims.s_cap * d_k,
+      tile_update(opts, b, h, q + (bh * T + t0) * d_k, tq, q_off(opts, b) + t0, k + bh_kv * dims.s_cap * d_k,
                   v + bh_kv * dims.s_cap * d_v, S, d_k, d_v, m + bh * T + t0, l + bh * T + t0, acc + (bh * T + t0) * d_v);
     }, flops);
     return;
@@ -172,8 +173,9 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
     float* m_bht = m + bh * T + t0;
     float* l_bht = l + bh * T + t0;
     float* acc_bht = acc + (bh * T + t0) * d_v;
-    const int64_t t_abs_last = opts.q_offset + t0 + tq - 1;
-    auto pos = [&](int64_t t) { return std::pair<int64_t, int64_t>(opts.q_offset + t0 + t, h); };
+    const int64_t q0 = q_off(opts, b);
+    const int64_t t_abs_last = q0 + t0 + tq - 1;
+    auto pos = [&](int64_t t) { return std::pair<int64_t, int64_t>(q0 + t0 + t, h); };
 
     tls.scores.resize(TQ * SK);
     tls.keep.resize(SK);
@@ -184,7 +186,7 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
       // Causal: keys after the block's last query are masked for every row; skip them.
       const int64_t sk = visible(opts.causal, t_abs_last, s_abs0, std::min(SK, S - s0));
       if (sk == 0) break;
-      if (left_of_window(opts, opts.q_offset + t0, s_abs0 + sk - 1)) continue;
+      if (left_of_window(opts, q0 + t0, s_abs0 + sk - 1)) continue;
       // scores [tq, sk] = scale · q_bht · k_blockᵀ
       const float* kb = kv_rows(kv, false, bh_kv, dims.s_cap, d_k, s0, sk, tls.k_rows);
       sgemm(false, true, (int)tq, (int)sk, (int)d_k, opts.scale, q_bht, (int)d_k, kb, (int)d_k, 0.0f, scores, (int)sk);
@@ -244,7 +246,7 @@ void attn_probs(const AttnDims& dims, const AttnOpts& opts, const float* q, cons
       sgemm(false, true, (int)T, (int)S, (int)d_k, opts.scale, q + bh * T * d_k, (int)d_k, k_bh, (int)d_k, 0.0f,
             row_scores.data(), (int)S);
     for (int64_t t = 0; t < T; ++t) {
-      const int64_t t_abs = opts.q_offset + t;
+      const int64_t t_abs = q_off(opts, b) + t;
       if (dropout)
         dropout_keep_row(opts.seed, (uint32_t)b, (uint32_t)h, (uint32_t)t_abs, opts.s_offset, S, opts.dropout_p,
                          row_keep.data());
@@ -254,7 +256,8 @@ void attn_probs(const AttnDims& dims, const AttnOpts& opts, const float* q, cons
       const int64_t n = lse_t == NEG_INF ? 0 : visible(opts.causal, t_abs, opts.s_offset, S);
       float* p_bht = probs + (bh * T + t) * S;
       float* sc_t = row_scores.data() + t * S;
-      if (has_score_mods(opts)) apply_score_mods(opts, sc_t, n, t_abs, h, opts.s_offset, [](float x) { return std::tanh(x); });
+      if (has_score_mods(opts))
+        apply_score_mods(opts, sc_t, n, b, t_abs, h, opts.s_offset, [](float x) { return std::tanh(x); });
       for (int64_t s = 0; s < S; ++s)
         p_bht[s] = s < n && row_keep[s] ? std::exp(sc_t[s] - lse_t) * keep_scale : 0.0f;
     }

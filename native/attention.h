@@ -33,20 +33,33 @@ struct AttnOpts {
   float softcap = 0.0f;          // s = softcap · tanh(s / softcap) (Gemma 2)
   const float* alibi = nullptr;  // [H] slopes: s -= alibi[h] · |t_abs - s_abs| (FlashAttention's alibi_slopes)
   int64_t window = 0;            // key visible only if t_abs - s_abs < window (sliding window; causal bounds the right)
+  // Ragged batches: batch row b's keys are valid in [kv_ranges[2b], kv_ranges[2b+1]) (absolute
+  // positions; left and right padding outside), and its query 0 sits at q_offsets[b].
+  const int32_t* kv_ranges = nullptr;  // [B, 2], null: every key
+  const int32_t* q_offsets = nullptr;  // [B], null: q_offset for every row
 };
 
-inline bool has_score_mods(const AttnOpts& o) { return o.softcap > 0.0f || o.alibi || o.window > 0; }
+inline bool has_score_mods(const AttnOpts& o) { return o.softcap > 0.0f || o.alibi || o.window > 0 || o.kv_ranges; }
+// Absolute position of query 0 of batch row b.
+inline int64_t q_off(const AttnOpts& o, int64_t b) { return o.q_offsets ? o.q_offsets[b] : o.q_offset; }
 
-// Applies the score modifiers to scores x[0, n) of query t_abs, head h, keys at s_abs0..: keys
-// left of the window become -inf. T is float (fast paths) or double (deterministic path);
-// tanh_fn is the path's tanh.
+// Applies the score modifiers to scores x[0, n) of query t_abs of batch row b, head h, keys at
+// s_abs0..: keys left of the window or outside the row's valid range become -inf. T is float
+// (fast paths) or double (deterministic path); tanh_fn is the path's tanh.
 template <typename T, typename Tanh>
-inline void apply_score_mods(const AttnOpts& o, T* x, int64_t n, int64_t t_abs, int64_t h, int64_t s_abs0, Tanh tanh_fn) {
-  int64_t s = 0;
-  if (o.window > 0) {  // s_abs <= t_abs - window is outside
-    const int64_t lo = std::min<int64_t>(n, std::max<int64_t>(0, t_abs - o.window + 1 - s_abs0));
-    for (; s < lo; ++s) x[s] = -std::numeric_limits<T>::infinity();
+inline void apply_score_mods(const AttnOpts& o, T* x, int64_t n, int64_t b, int64_t t_abs, int64_t h, int64_t s_abs0,
+                             Tanh tanh_fn) {
+  int64_t lo = 0;
+  if (o.window > 0) lo = t_abs - o.window + 1 - s_abs0;  // s_abs <= t_abs - window is outside
+  if (o.kv_ranges) {
+    lo = std::max<int64_t>(lo, o.kv_ranges[2 * b] - s_abs0);
+    const int64_t hi = std::clamp<int64_t>(o.kv_ranges[2 * b + 1] - s_abs0, 0, n);
+    for (int64_t s = hi; s < n; ++s) x[s] = -std::numeric_limits<T>::infinity();
+    n = hi;
   }
+  lo = std::clamp<int64_t>(lo, 0, n);
+  int64_t s = 0;
+  for (; s < lo; ++s) x[s] = -std::numeric_limits<T>::infinity();
   const T cap = (T)o.softcap, slope = o.alibi ? (T)o.alibi[h] : T(0);
   for (; s < n; ++s) {
     T v = x[s];

@@ -14,6 +14,7 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "attention.h"
@@ -275,10 +276,43 @@ kvs::KvDtype read_kv_dtype(Checker& c, v8::Local<v8::Object> obj) {
   return kvs::KvDtype::F32;
 }
 
-// alibi receives a copy of opts.alibi ([H] slopes); null: the function takes no slopes. The
-// caller points o.alibi at it (see with_alibi).
-kvs::AttnOpts read_opts(Checker& c, int i, kvs::KvDtype* kv_dtype = nullptr, int64_t H = 0,
-                        std::vector<float>* alibi = nullptr) {
+// Copies of the array options (ALiBi slopes, ragged ranges and query offsets); with_arrays points
+// an AttnOpts at them.
+struct OptArrays {
+  std::vector<float> alibi;
+  std::vector<int32_t> kv_ranges, q_offsets;
+};
+
+kvs::AttnOpts with_arrays(kvs::AttnOpts o, const OptArrays& a) {
+  o.alibi = a.alibi.empty() ? nullptr : a.alibi.data();
+  o.kv_ranges = a.kv_ranges.empty() ? nullptr : a.kv_ranges.data();
+  o.q_offsets = a.q_offsets.empty() ? nullptr : a.q_offsets.data();
+  return o;
+}
+
+// opts[key]: absent/null, or a typed array (Float32Array for float, Int32Array for int32) of n
+// elements, copied into out.
+template <typename T>
+void read_opt_array(Checker& c, v8::Local<v8::Object> obj, const char* key, const char* shape_names,
+                    const std::string& dims, int64_t n, std::vector<T>& out) {
+  v8::Local<v8::Value> val = c.field(obj, "opts", key);
+  if (c.failed || val->IsNullOrUndefined()) return;
+  constexpr bool is_float = std::is_same<T, float>::value;
+  const char* type = is_float ? "Float32Array" : "Int32Array";
+  if (is_float ? !val->IsFloat32Array() : !val->IsInt32Array())
+    return c.type_error(std::string("opts.") + key + " must be " + (is_float ? "a " : "an ") + type + " or null, got " +
+                        Checker::describe(val));
+  const int64_t len = (int64_t)val.As<v8::TypedArray>()->Length();
+  if (len != n)
+    return c.range_error("expected opts." + std::string(key) + " " + shape_names + "=[" + dims + "] (" +
+                         std::to_string(n) + " elements), got " + std::to_string(len));
+  Nan::TypedArrayContents<T> data(val);
+  out.assign(*data, *data + n);
+}
+
+// arrays receives the array options for a call with B batch rows and H heads (B_H).
+kvs::AttnOpts read_opts(Checker& c, int i, kvs::KvDtype* kv_dtype = nullptr, std::pair<int64_t, int64_t> B_H = {0, 0},
+                        OptArrays* arrays = nullptr) {
   kvs::AttnOpts o{};
   v8::Local<v8::Object> obj = c.object(i, "opts");
   if (c.failed) return o;
@@ -296,21 +330,17 @@ kvs::AttnOpts read_opts(Checker& c, int i, kvs::KvDtype* kv_dtype = nullptr, int
   if (!c.failed && !cap->IsUndefined()) o.softcap = (float)c.number(cap, "opts.softcap", 0.0, 3.4e38, false);
   v8::Local<v8::Value> window = c.field(obj, "opts", "window");
   if (!c.failed && !window->IsUndefined()) o.window = c.integer(window, "opts.window", 0, INT_MAX32);
-  v8::Local<v8::Value> slopes = c.field(obj, "opts", "alibi");
-  if (!c.failed && !slopes->IsNullOrUndefined()) {
-    if (!alibi) {
-      c.type_error("opts.alibi is not taken by this function");
-    } else if (!slopes->IsFloat32Array()) {
-      c.type_error("opts.alibi must be a Float32Array or null, got " + Checker::describe(slopes));
-    } else if ((int64_t)slopes.As<v8::Float32Array>()->Length() != H) {
-      c.range_error("expected opts.alibi [H]=[" + std::to_string(H) + "] (" + std::to_string(H) + " floats), got " +
-                    std::to_string(slopes.As<v8::Float32Array>()->Length()));
-    } else {
-      Nan::TypedArrayContents<float> data(slopes);
-      alibi->assign(*data, *data + H);  // copied: an async fold must not read a buffer JS may change
-      for (float x : *alibi)
-        if (!std::isfinite(x)) c.range_error("opts.alibi slopes must be finite, got " + Checker::num(x));
-    }
+  if (arrays) {
+    // Copied: an async fold must not read a buffer JS may change meanwhile.
+    read_opt_array(c, obj, "alibi", "[H]", std::to_string(B_H.second), B_H.second, arrays->alibi);
+    for (float x : arrays->alibi)
+      if (!std::isfinite(x)) c.range_error("opts.alibi slopes must be finite, got " + Checker::num(x));
+    read_opt_array(c, obj, "kvRanges", "[B,2]", std::to_string(B_H.first) + ",2", 2 * B_H.first, arrays->kv_ranges);
+    for (size_t i = 0; i < arrays->kv_ranges.size(); i += 2)
+      if (arrays->kv_ranges[i] < 0 || arrays->kv_ranges[i] > arrays->kv_ranges[i + 1])
+        c.range_error("opts.kvRanges row " + std::to_string(i / 2) + " must be 0 <= start <= end, got [" +
+                      std::to_string(arrays->kv_ranges[i]) + ", " + std::to_string(arrays->kv_ranges[i + 1]) + ")");
+    read_opt_array(c, obj, "qOffsets", "[B]", std::to_string(B_H.first), B_H.first, arrays->q_offsets);
   }
   return o;
 }
@@ -349,17 +379,11 @@ void guarded(Checker& c, F&& f) {
   }
 }
 
-// o with its alibi pointer at the checked copy of the slopes (or null).
-kvs::AttnOpts with_alibi(kvs::AttnOpts o, const std::vector<float>& alibi) {
-  o.alibi = alibi.empty() ? nullptr : alibi.data();
-  return o;
-}
-
 // The checked arguments of attnUpdate / attnUpdateAsync.
 struct UpdateArgs {
   kvs::AttnDims d;
   kvs::AttnOpts o;
-  std::vector<float> alibi;
+  OptArrays arrays;
   const float* q;
   kvs::KvStore kv;
   float *m, *l, *acc;
@@ -390,7 +414,7 @@ bool read_scales(Checker& c, int i, const kvs::AttnDims& d, kvs::KvStore& kv) {
 bool read_update_args(Checker& c, UpdateArgs& a, int scales_at) {
   a.d = read_dims(c, 0);
   a.kv = kvs::KvStore{};
-  a.o = read_opts(c, 1, &a.kv.dtype, a.d.H, &a.alibi);
+  a.o = read_opts(c, 1, &a.kv.dtype, {a.d.B, a.d.H}, &a.arrays);
   if (c.failed) return false;
   const kvs::AttnDims& d = a.d;
   const int64_t nq = c.product({d.B, d.H, d.T, d.d_k}, "q");
@@ -413,7 +437,7 @@ NAN_METHOD(AttnUpdate) {
   Checker c{"attnUpdate", info};
   UpdateArgs a;
   if (!c.count_in(8, 10) || !read_update_args(c, a, 8)) return;
-  guarded(c, [&] { kvs::attn_update(a.d, with_alibi(a.o, a.alibi), a.q, a.kv, a.m, a.l, a.acc); });
+  guarded(c, [&] { kvs::attn_update(a.d, with_arrays(a.o, a.arrays), a.q, a.kv, a.m, a.l, a.acc); });
 }
 
 // The async folds of one isolate still queued or running. Node does not wait for nan's
@@ -448,7 +472,7 @@ class UpdateWorker : public Nan::AsyncWorker {
   }
   void Execute() override {
     try {
-      kvs::attn_update(a_.d, with_alibi(a_.o, a_.alibi), a_.q, a_.kv, a_.m, a_.l, a_.acc);
+      kvs::attn_update(a_.d, with_arrays(a_.o, a_.arrays), a_.q, a_.kv, a_.m, a_.l, a_.acc);
     } catch (...) {
       bool range;
       SetErrorMessage(("attnUpdateAsync: " + kernel_error(std::current_exception(), &range)).c_str());
@@ -536,8 +560,8 @@ NAN_METHOD(AttnProbs) {
   if (!c.count_in(7, 8)) return;
   const kvs::AttnDims d = read_dims(c, 0);
   kvs::KvStore kv{};
-  std::vector<float> alibi;
-  const kvs::AttnOpts o = read_opts(c, 1, &kv.dtype, d.H, &alibi);
+  OptArrays arrays;
+  const kvs::AttnOpts o = read_opts(c, 1, &kv.dtype, {d.B, d.H}, &arrays);
   if (c.failed) return;
   const int64_t nq = c.product({d.B, d.H, d.T, d.d_k}, "q");
   const int64_t nk = c.product({d.B, d.H_kv, d.s_cap, d.d_k}, "k");
@@ -557,7 +581,7 @@ NAN_METHOD(AttnProbs) {
     c.type_error("kScale must be null unless opts.kvDtype is 'i8'");
   }
   if (c.failed) return;
-  guarded(c, [&] { kvs::attn_probs(d, with_alibi(o, alibi), q, kv, lse, probs, keep); });
+  guarded(c, [&] { kvs::attn_probs(d, with_arrays(o, arrays), q, kv, lse, probs, keep); });
 }
 
 // mhaForward(dims, opts, xQ, xKv, wQ, bQ, wK, bK, wV, bV, wO, bO, y, lse): the whole module,
@@ -575,8 +599,8 @@ NAN_METHOD(MhaForward) {
   if (c.failed) return;
   if (d.H % d.H_kv != 0)
     return c.range_error("dims.Hkv must divide dims.H, got H=" + std::to_string(d.H) + ", Hkv=" + std::to_string(d.H_kv));
-  std::vector<float> alibi;
-  const kvs::AttnOpts opts = read_opts(c, 1, nullptr, d.H, &alibi);
+  OptArrays arrays;
+  const kvs::AttnOpts opts = read_opts(c, 1, nullptr, {d.B, d.H}, &arrays);
   const int64_t n_xq = c.product({d.B, d.T, d.d_model}, "x_q"), n_xkv = c.product({d.B, d.S, d.d_kv_in}, "x_kv");
   const int64_t n_wq = c.product({d.d_model, d.H, d.d_k}, "w_q"), n_wk = c.product({d.d_kv_in, d.H_kv, d.d_k}, "w_k");
   const int64_t n_wv = c.product({d.d_kv_in, d.H_kv, d.d_v}, "w_v"), n_wo = c.product({d.H, d.d_v, d.d_out}, "w_o");
@@ -598,7 +622,7 @@ NAN_METHOD(MhaForward) {
   float* y = c.f32(12, "y", n_y, shape("[B,T,d_out]", {d.B, d.T, d.d_out}));
   float* lse = c.f32(13, "lse", n_lse, shape("[B,H,T]", {d.B, d.H, d.T}));
   if (c.failed) return;
-  guarded(c, [&] { kvs::mha_forward(d, with_alibi(opts, alibi), w, x_q, x_kv, y, lse); });
+  guarded(c, [&] { kvs::mha_forward(d, with_arrays(opts, arrays), w, x_q, x_kv, y, lse); });
 }
 
 // projectHeads(x, w, b | null, out, B, T, K, heads, d): x [B,T,K] · w [K,heads·d] + b -> out [B,heads,T,d]

@@ -94,11 +94,11 @@ void exact_attn_update(const AttnDims& d, const AttnOpts& o, const float* q, con
     resize_scratch(a, d.d_v, "deterministic acc");
     resize_scratch(keep, d.S, "deterministic keep");
     for (int64_t t = 0; t < d.T; ++t) {
-      const int64_t r = bh * d.T + t, t_abs = o.q_offset + t;
+      const int64_t r = bh * d.T + t, t_abs = q_off(o, b) + t;
       const int64_t n = visible(o.causal, t_abs, o.s_offset, d.S);
       if (n == 0) continue;
       for (int64_t s = 0; s < n; ++s) sc[s] = dot(q + r * d.d_k, k_bh + s * d.d_k, d.d_k) * (double)o.scale;
-      if (has_score_mods(o)) apply_score_mods(o, sc.data(), n, t_abs, h, o.s_offset, exact_tanh);
+      if (has_score_mods(o)) apply_score_mods(o, sc.data(), n, b, t_abs, h, o.s_offset, exact_tanh);
       double mx = -INF;
       for (int64_t s = 0; s < n; ++s)
         if (sc[s] > mx || sc[s] != sc[s]) mx = mx != mx ? mx : sc[s];  // NaN propagates
@@ -164,7 +164,7 @@ void exact_attn_probs(const AttnDims& d, const AttnOpts& o, const float* q, cons
     const float* k_bh = kv_rows(kv, false, b * d.H_kv + h / group, d.s_cap, d.d_k, 0, d.S, k_rows);
     resize_scratch(row_keep, d.S, "deterministic keep");
     for (int64_t t = 0; t < d.T; ++t) {
-      const int64_t r = bh * d.T + t, t_abs = o.q_offset + t;
+      const int64_t r = bh * d.T + t, t_abs = q_off(o, b) + t;
       std::fill(row_keep.begin(), row_keep.end(), 1);
       if (dropout)
         dropout_keep_row(o.seed, (uint32_t)b, (uint32_t)h, (uint32_t)t_abs, o.s_offset, d.S, o.dropout_p,
@@ -173,7 +173,7 @@ void exact_attn_probs(const AttnDims& d, const AttnOpts& o, const float* q, cons
       if (!probs) continue;
       const int64_t n = lse[r] == NEG_INF_F ? 0 : visible(o.causal, t_abs, o.s_offset, d.S);
       for (int64_t s = 0; s < n; ++s) sc[s] = dot(q + r * d.d_k, k_bh + s * d.d_k, d.d_k) * (double)o.scale;
-      if (has_score_mods(o)) apply_score_mods(o, sc.data(), n, t_abs, h, o.s_offset, exact_tanh);
+      if (has_score_mods(o)) apply_score_mods(o, sc.data(), n, b, t_abs, h, o.s_offset, exact_tanh);
       for (int64_t s = 0; s < d.S; ++s)
         probs[r * d.S + s] = s < n && row_keep[s] ? (float)(exact_exp(sc[s] - (double)lse[r]) * keep_scale) : 0.0f;
     }

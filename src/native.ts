@@ -37,6 +37,10 @@ export interface NativeOpts {
   alibi?: Float32Array | null;
   /** Sliding window: key visible only if t_abs - s_abs < window. */
   window?: number;
+  /** Ragged batches: [B,2] valid absolute key range [start, end) per batch row. */
+  kvRanges?: Int32Array | null;
+  /** Ragged batches: [B] absolute position of each batch row's query 0 (instead of qOffset). */
+  qOffsets?: Int32Array | null;
 }
 
 export interface NativeInfo {

@@ -397,6 +397,53 @@ test('score modifier options are checked', (t) => {
   const [q, k, v, m, l, acc] = args();
   t.throws(() => binding.attnUpdate(dims, { ...opts, softcap: -1 } as never, q, k, v, m, l, acc), { instanceOf: RangeError, message: /^attnUpdate: opts.softcap must be a finite number in \[0, / });
   t.throws(() => binding.attnUpdate(dims, { ...opts, window: 1.5 } as never, q, k, v, m, l, acc), { instanceOf: RangeError, message: /^attnUpdate: opts.window must be an integer in \[0, 2147483647\], got 1.5/ });
-  t.throws(() => binding.attnUpdate(dims, { ...opts, alibi: f(3) } as never, q, k, v, m, l, acc), { instanceOf: RangeError, message: 'attnUpdate: expected opts.alibi [H]=[2] (2 floats), got 3' });
+  t.throws(() => binding.attnUpdate(dims, { ...opts, alibi: f(3) } as never, q, k, v, m, l, acc), { instanceOf: RangeError, message: 'attnUpdate: expected opts.alibi [H]=[2] (2 elements), got 3' });
   t.throws(() => binding.attnUpdate(dims, { ...opts, alibi: [1, 2] } as never, q, k, v, m, l, acc), { instanceOf: TypeError, message: 'attnUpdate: opts.alibi must be a Float32Array or null, got Array' });
+});
+
+test.serial('ragged batches: per-row valid key ranges (left and right padding) and query offsets equal each row alone, on every path', (t) => {
+  const rng = new Rng(41);
+  const before = getKernelPath();
+  const d = { B: 3, H: 2, Hkv: 1, T: 18, S: 600, sCap: 600, dK: 16, dV: 8 };
+  const q = rng.normalTensor([3, 2, 18, 16]).data, k = rng.normalTensor([3, 1, 600, 16]).data, v = rng.normalTensor([3, 1, 600, 8]).data;
+  const kvRanges = Int32Array.from([0, 600, 40, 600, 0, 333]);  // full, left padding 40, right padding from 333
+  const qOffsets = Int32Array.from([582, 582, 315]);              // each row's newest queries
+  // No dropout: its keep bits are keyed by the batch index, which differs for a row run alone.
+  const o = { ...opts, scale: 0.25, causal: true };
+  const rows = 3 * 2 * 18;
+  try {
+    for (const path of ['auto', 'blas', 'rows', 'deterministic'] as const) {
+      setKernelPath(path);
+      for (const T of [1, 18]) {
+        const qq = new Float32Array(3 * 2 * T * 16);
+        for (let bh = 0; bh < 6; bh++) qq.set(q.subarray(bh * 18 * 16, (bh * 18 + T) * 16), bh * T * 16);
+        const offs = Int32Array.from(qOffsets, (x) => x + 18 - T);
+        const run = (dd: typeof d, oo: object, qx: Float32Array, kx: Float32Array, vx: Float32Array, n: number) => {
+          const m = f(n).fill(-Infinity), l = f(n), acc = f(n * 8), out = f(n * 8), lse = f(n);
+          binding.attnUpdate(dd, oo as typeof opts, qx, kx, vx, m, l, acc);
+          binding.attnFinalize(n, 8, m, l, acc, out, lse);
+          return { out, lse };
+        };
+        const ragged = run({ ...d, T }, { ...o, kvRanges, qOffsets: offs }, qq, k, v, 3 * 2 * T);
+        for (let b = 0; b < 3; b++) {
+          // Row b alone: its valid keys only (sOffset = the range start), its own query offset.
+          const [s0, s1] = [kvRanges[2 * b]!, kvRanges[2 * b + 1]!];
+          const alone = run({ ...d, B: 1, T, S: s1 - s0, sCap: s1 - s0 }, { ...o, qOffset: offs[b]!, sOffset: s0 },
+            qq.subarray(b * 2 * T * 16, (b + 1) * 2 * T * 16), k.subarray((b * 600 + s0) * 16, (b * 600 + s1) * 16),
+            v.subarray((b * 600 + s0) * 8, (b * 600 + s1) * 8), 2 * T);
+          // The same keys, scores and dropout bits in the same fold order up to the block split:
+          // fp32 rounding of a few rescales apart (outputs of |v| <= 5, lse ~ log S).
+          const got = ragged.out.subarray(b * 2 * T * 8, (b + 1) * 2 * T * 8), lse = ragged.lse.subarray(b * 2 * T, (b + 1) * 2 * T);
+          assertWithin(t, got, alone.out, new Float64Array(got.length).fill(2e-5), `${path} T${T} row ${b} output`, [1, 2, T, 8]);
+          assertWithin(t, lse, alone.lse, new Float64Array(lse.length).fill(1e-5), `${path} T${T} row ${b} lse`, [1, 2, T]);
+        }
+      }
+    }
+  } finally {
+    setKernelPath(before);
+  }
+  t.throws(() => binding.attnUpdate(d, { ...o, kvRanges: Int32Array.from([0, 600, 50, 40, 0, 1]) } as never, q, k, v, f(rows), f(rows), f(rows * 8)),
+    { instanceOf: RangeError, message: 'attnUpdate: opts.kvRanges row 1 must be 0 <= start <= end, got [50, 40)' });
+  t.throws(() => binding.attnUpdate(d, { ...o, qOffsets: new Float32Array(3) } as never, q, k, v, f(rows), f(rows), f(rows * 8)),
+    { instanceOf: TypeError, message: 'attnUpdate: opts.qOffsets must be an Int32Array or null, got Float32Array' });
 });
