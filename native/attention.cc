@@ -216,13 +216,25 @@ void attn_merge(int64_t rows, int64_t d_v, float* m1, float* l1, float* acc1, co
 
 void attn_finalize(int64_t rows, int64_t d_v, const float* m, const float* l, const float* acc, float* out,
                    float* lse) {
+  attn_finalize(rows, d_v, m, l, acc, out, lse, Sinks{});
+}
+
+void attn_finalize(int64_t rows, int64_t d_v, const float* m, const float* l, const float* acc, float* out, float* lse,
+                   const Sinks& sinks) {
   count(finalize);
-  if (kernel_path() == KernelPath::Deterministic) return exact_attn_finalize(rows, d_v, m, l, acc, out, lse);
+  if (kernel_path() == KernelPath::Deterministic) return exact_attn_finalize(rows, d_v, m, l, acc, out, lse, sinks);
   for (int64_t r = 0; r < rows; ++r) {
-    const bool empty = l[r] == 0.0f;  // no visible key; a NaN sum stays NaN
-    const float inv = empty ? 0.0f : 1.0f / l[r];
+    float m_r = m[r], l_r = l[r], a = 1.0f;  // a: rescale of acc to the max with the sink
+    if (sinks.logit) {
+      const float sink = sinks.at(r), m_s = m_r > sink ? m_r : sink;
+      a = l_r == 0.0f ? 0.0f : std::exp(m_r - m_s);
+      l_r = l_r * a + std::exp(sink - m_s);
+      m_r = m_s;
+    }
+    const bool empty = l_r == 0.0f;  // no visible key (and no sink); a NaN sum stays NaN
+    const float inv = empty ? 0.0f : a / l_r;
     for (int64_t d = 0; d < d_v; ++d) out[r * d_v + d] = acc[r * d_v + d] * inv;
-    lse[r] = empty ? NEG_INF : m[r] + std::log(l[r]);
+    lse[r] = empty ? NEG_INF : m_r + std::log(l_r);
   }
 }
 

@@ -88,6 +88,20 @@ void attn_merge(int64_t rows, int64_t d_v, float* m1, float* l1, float* acc1, co
 void attn_finalize(int64_t rows, int64_t d_v, const float* m, const float* l, const float* acc, float* out,
                    float* lse);
 
+// Sink logit of row r, when the rows are [B, H, T] and sinks [H] (null: none).
+struct Sinks {
+  const float* logit = nullptr;
+  int64_t H = 1, T = 1;
+  float at(int64_t r) const { return logit[(r / T) % H]; }
+};
+
+// attn_finalize with a learnable sink logit per head (gpt-oss, onnxruntime's head sinks): one
+// more term exp(sink) in each row's softmax denominator, with no value. out = acc·e^(m-m') / l',
+// lse = m' + log l' with m' = max(m, sink), l' = l·e^(m-m') + e^(sink-m'); a row that saw no key
+// gives out 0 and lse = sink. Applied once, at the end: states merge without it.
+void attn_finalize(int64_t rows, int64_t d_v, const float* m, const float* l, const float* acc, float* out, float* lse,
+                   const Sinks& sinks);
+
 // Probabilities after dropout, probs [B, H, T, S], and the keep mask [B, H, T, S] (1 = kept;
 // all ones without dropout), from the final lse of a full pass. Either output may be null.
 void attn_probs(const AttnDims& dims, const AttnOpts& opts, const float* q, const KvStore& kv, const float* lse,

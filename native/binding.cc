@@ -535,10 +535,11 @@ NAN_METHOD(AttnMerge) {
   guarded(c, [&] { kvs::attn_merge(rows, d_v, m1, l1, acc1, m2, l2, acc2); });
 }
 
-// attnFinalize(rows, dV, m, l, acc, out, lse)
+// attnFinalize(rows, dV, m, l, acc, out, lse[, sinks, T]): with sinks [H] (rows [B,H,T]), one
+// learnable sink logit per head joins each row's softmax denominator.
 NAN_METHOD(AttnFinalize) {
   Checker c{"attnFinalize", info};
-  if (!c.count(7)) return;
+  if (!c.count_in(7, 9)) return;
   const int64_t rows = c.integer(info[0], "rows", 1, INT_MAX32);
   const int64_t d_v = c.integer(info[1], "dV", 1, INT_MAX32);
   const int64_t na = c.product({rows, d_v}, "acc");
@@ -549,8 +550,19 @@ NAN_METHOD(AttnFinalize) {
   const float* acc = c.f32(4, "acc", na, as);
   float* out = c.f32(5, "out", na, as);
   float* lse = c.f32(6, "lse", rows, rs);
+  kvs::Sinks sinks;
+  if (!c.failed && info.Length() == 9 && !info[7]->IsNullOrUndefined()) {
+    // sinks [H] and T: the rows are [B, H, T].
+    if (!info[7]->IsFloat32Array()) return c.type_error("sinks must be a Float32Array or null, got " + Checker::describe(info[7]));
+    sinks.H = info[7].As<v8::Float32Array>()->Length();
+    sinks.T = c.integer(info[8], "T", 1, INT_MAX32);
+    if (!c.failed && (sinks.H == 0 || rows % (sinks.H * sinks.T) != 0))
+      return c.range_error("rows must be B·H·T for sinks [H]=[" + std::to_string(sinks.H) + "] and T=" +
+                           std::to_string(sinks.T) + ", got rows=" + std::to_string(rows));
+    sinks.logit = c.f32(7, "sinks", sinks.H, shape("[H]", {sinks.H}));
+  }
   if (c.failed) return;
-  guarded(c, [&] { kvs::attn_finalize(rows, d_v, m, l, acc, out, lse); });
+  guarded(c, [&] { kvs::attn_finalize(rows, d_v, m, l, acc, out, lse, sinks); });
 }
 
 // attnProbs(dims, opts, q, k, lse, probs | null, keep | null[, kScale]): k is cache storage of

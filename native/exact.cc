@@ -141,11 +141,18 @@ void exact_attn_merge(int64_t rows, int64_t d_v, float* m1, float* l1, float* ac
 }
 
 void exact_attn_finalize(int64_t rows, int64_t d_v, const float* m, const float* l, const float* acc, float* out,
-                         float* lse) {
+                         float* lse, const Sinks& sinks) {
   for (int64_t r = 0; r < rows; ++r) {
-    const bool empty = l[r] == 0.0f;  // no visible key; a NaN sum stays NaN
-    for (int64_t c = 0; c < d_v; ++c) out[r * d_v + c] = empty ? 0.0f : (float)((double)acc[r * d_v + c] / l[r]);
-    lse[r] = empty ? NEG_INF_F : (float)((double)m[r] + exact_log(l[r]));
+    double m_r = m[r], l_r = l[r], a = 1.0;  // a: rescale of acc to the max with the sink
+    if (sinks.logit) {
+      const double sink = sinks.at(r), m_s = m_r > sink ? m_r : sink;
+      a = l_r == 0.0 ? 0.0 : exact_exp(m_r - m_s);
+      l_r = l_r * a + exact_exp(sink - m_s);
+      m_r = m_s;
+    }
+    const bool empty = l_r == 0.0;  // no visible key (and no sink); a NaN sum stays NaN
+    for (int64_t c = 0; c < d_v; ++c) out[r * d_v + c] = empty ? 0.0f : (float)((double)acc[r * d_v + c] * a / l_r);
+    lse[r] = empty ? NEG_INF_F : (float)(m_r + exact_log(l_r));
   }
 }
 

@@ -20,7 +20,7 @@ void exact_attn_update(const AttnDims& dims, const AttnOpts& opts, const float* 
 void exact_attn_merge(int64_t rows, int64_t d_v, float* m1, float* l1, float* acc1, const float* m2, const float* l2,
                       const float* acc2);
 void exact_attn_finalize(int64_t rows, int64_t d_v, const float* m, const float* l, const float* acc, float* out,
-                         float* lse);
+                         float* lse, const Sinks& sinks);
 void exact_attn_probs(const AttnDims& dims, const AttnOpts& opts, const float* q, const KvStore& kv, const float* lse,
                       float* probs, uint8_t* keep);
 void exact_linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w, const float* b, float* y);

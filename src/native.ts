@@ -85,9 +85,9 @@ export interface Binding {
   /** State 1 (m1, l1 [rows]; acc1 [rows,dV]) absorbs state 2 over a disjoint key set. */
   attnMerge(rows: number, dV: number, m1: Float32Array, l1: Float32Array, acc1: Float32Array,
     m2: Float32Array, l2: Float32Array, acc2: Float32Array): void;
-  /** out [rows,dV] = acc / l, lse [rows] = m + log l (0 and -inf for rows that saw no key). */
+  /** out [rows,dV] = acc / l, lse [rows] = m + log l (0 and -inf for rows that saw no key); with sinks [H] (rows [B,H,T]), a sink logit per head joins each denominator. */
   attnFinalize(rows: number, dV: number, m: Float32Array, l: Float32Array, acc: Float32Array,
-    out: Float32Array, lse: Float32Array): void;
+    out: Float32Array, lse: Float32Array, sinks?: Float32Array | null, T?: number): void;
   /** probs [B,H,T,S] after dropout and keep [B,H,T,S] from the final lse [B,H,T]; either may be null. */
   attnProbs(dims: NativeDims, opts: NativeOpts, q: Float32Array, k: KvStorage, lse: Float32Array,
     probs: Float32Array | null, keep: Uint8Array | null, kScale?: Float32Array | null): void;

@@ -447,3 +447,45 @@ test.serial('ragged batches: per-row valid key ranges (left and right padding) a
   t.throws(() => binding.attnUpdate(d, { ...o, qOffsets: new Float32Array(3) } as never, q, k, v, f(rows), f(rows), f(rows * 8)),
     { instanceOf: TypeError, message: 'attnUpdate: opts.qOffsets must be an Int32Array or null, got Float32Array' });
 });
+
+test.serial('sink logits (one per head) join each row\'s softmax denominator at finalize, on every path', (t) => {
+  const rng = new Rng(51);
+  const before = getKernelPath();
+  const d = { B: 2, H: 3, Hkv: 1, T: 5, S: 90, sCap: 90, dK: 16, dV: 8 };
+  const q = rng.normalTensor([2, 3, 5, 16]).data, k = rng.normalTensor([2, 1, 90, 16]).data, v = rng.normalTensor([2, 1, 90, 8]).data;
+  const sinks = Float32Array.from([-1, 0.5, 30]);  // small, comparable and dominant
+  const o = { ...opts, scale: 0.25, causal: true, qOffset: 85 };
+  const rows = 30, u = 2 ** -24;
+  const ref = refAttentionBound(q, k, v, d, { scale: 0.25, causal: true, qOffset: 85, rescales: 4 });
+  try {
+    for (const path of ['auto', 'blas', 'rows', 'deterministic'] as const) {
+      setKernelPath(path);
+      const m = f(rows).fill(-Infinity), l = f(rows), acc = f(rows * 8), out = f(rows * 8), lse = f(rows);
+      binding.attnUpdate(d, o, q, k, v, m, l, acc);
+      binding.attnFinalize(rows, 8, m, l, acc, out, lse, sinks, 5);
+      // Softmax over [scores, sink] without the sink's value: out · w with w = 1 / (1 + e^(sink - lse)),
+      // lse ⊕ sink. w moves by at most w(1 - w)·Δlse, so the bound grows by |out|·Δlse (and a few roundings).
+      const want = new Float64Array(rows * 8), wantLse = new Float64Array(rows), bound = new Float64Array(rows * 8), lseBound = new Float64Array(rows);
+      for (let r = 0; r < rows; r++) {
+        const sink = sinks[Math.floor(r / 5) % 3]!, lr = ref.lse[r]!;
+        const w = 1 / (1 + Math.exp(sink - lr));
+        wantLse[r] = Math.max(lr, sink) + Math.log1p(Math.exp(-Math.abs(lr - sink)));
+        lseBound[r] = ref.lseBound[r]! + 8 * u * (1 + Math.abs(wantLse[r]!));
+        for (let c = 0; c < 8; c++) {
+          want[r * 8 + c] = ref.out[r * 8 + c]! * w;
+          bound[r * 8 + c] = ref.outBound[r * 8 + c]! + Math.abs(ref.out[r * 8 + c]!) * (ref.lseBound[r]! + 8 * u);
+        }
+      }
+      assertWithin(t, out, want, bound, `${path} output`, [2, 3, 5, 8]);
+      assertWithin(t, lse, wantLse, lseBound, `${path} lse`, [2, 3, 5]);
+    }
+  } finally {
+    setKernelPath(before);
+  }
+  // A row that saw no key: output 0, lse = its sink.
+  const out = f(8), lse = f(1);
+  binding.attnFinalize(1, 8, f(1).fill(-Infinity), f(1), f(8), out, lse, Float32Array.from([2.5]), 1);
+  t.deepEqual([...out, lse[0]], [0, 0, 0, 0, 0, 0, 0, 0, 2.5]);
+  t.throws(() => binding.attnFinalize(rows, 8, f(rows), f(rows), f(rows * 8), f(rows * 8), f(rows), f(4), 5),
+    { instanceOf: RangeError, message: 'attnFinalize: rows must be B·H·T for sinks [H]=[4] and T=5, got rows=30' });
+});
