@@ -114,7 +114,7 @@ const TSCONFIG = {
       t.true(files.includes(f), `the tarball lacks ${f}`);
     }
     const strays = files.filter((f) => /^(src|test|fixtures|bench|build|node_modules)\//.test(f) || f.endsWith('.ts') && !f.endsWith('.d.ts'));
-    t.deepEqual(strays, [], 'the tarball ships only dist/, bin/, native/, binding.gyp, README and package.json');
+    t.deepEqual(strays, [], 'the tarball ships only dist/, bin/, native/, binding.gyp, docs/, examples/*.mjs, README and package.json');
 
     const proj = join(work, 'consumer');
     await mkdir(proj);
