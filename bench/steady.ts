@@ -1,9 +1,10 @@
 // Steady-state cost of the public API against the raw kernel (issue 12), W1 core shapes
 // (q, k, v [1, 8, 2048, 64], no mask) and W2 (causal chunked prefill, chunks of 256):
-//   tsx bench/steady.ts [--threads 1,2] [--calls 20] [--windows 7]
-// For each path: ms per call in two call patterns (`calls` back to back; windows of 3 calls after
-// one warm-up call, median over `windows` windows), and minor page faults and Float32Array bytes
-// allocated per call in steady state. Paths: kernel = the binding calls alone on reused buffers
+//   tsx bench/steady.ts [--threads 1,2] [--calls 20] [--windows 7] [--only W1,W2 fresh,...]
+// For each path: ms per call in two call patterns (`calls` back to back; a window of 3 calls
+// after an idle gap and one warm-up call), medians over `windows` repetitions in which the paths
+// alternate, each also as a ratio to the kernel path; and minor page faults and Float32Array
+// bytes allocated per call in steady state. Paths: kernel = the binding calls alone on reused buffers
 // (bench/kernels.ts); out = attention(q, k, v, { out }) / forward(..., { cache, out }); fresh =
 // the same calls allocating their results.
 import os from 'node:os';
@@ -68,27 +69,46 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
 const loadavg = () => os.loadavg()[0].toFixed(1);
 
 const only = args.only?.split(',');
+const REPS = Number(args.windows);
 for (const threads of args.threads!.split(',').map(Number)) {
   setNumThreads(threads);
-  for (const [name, fn] of Object.entries(paths)) {
-    if (only && !only.some((o) => name.startsWith(o))) continue;
-    fn();
-    const N = Number(args.calls);
-    const f0 = process.resourceUsage().minorPageFault;
-    const t0 = performance.now();
-    for (let i = 0; i < N; i++) fn();
-    const backToBack = (performance.now() - t0) / N;
-    const faults = (process.resourceUsage().minorPageFault - f0) / N;
-    const windows: number[] = [];
-    for (let w = 0; w < Number(args.windows); w++) {
-      await new Promise((r) => setTimeout(r, 50)); // idle gap: lets GC and other work land between windows
-      fn();
-      const s0 = performance.now();
-      for (let i = 0; i < 3; i++) fn();
-      windows.push((performance.now() - s0) / 3);
+  for (const group of ['W1', 'W2']) {
+    const names = Object.keys(paths).filter((n) => n.startsWith(group) && (!only || only.some((o) => n.startsWith(o))));
+    if (!names.length) continue;
+    const b2b = new Map<string, number[]>(names.map((n) => [n, []]));
+    const win = new Map<string, number[]>(names.map((n) => [n, []]));
+    const faults = new Map<string, number>(), bytes = new Map<string, number>();
+    for (const n of names) {
+      paths[n]();
+      const f0 = process.resourceUsage().minorPageFault;
+      for (let i = 0; i < 3; i++) paths[n]();
+      faults.set(n, (process.resourceUsage().minorPageFault - f0) / 3);
+      bytes.set(n, allocatedBytes(paths[n]));
     }
-    const bytes = allocatedBytes(fn);
-    console.log(JSON.stringify({ threads, path: name, backToBackMs: +backToBack.toFixed(2), windowsOf3Ms: +median(windows).toFixed(2), pageFaultsPerCall: faults, allocatedBytesPerCall: bytes, load1: loadavg() }));
+    // Paths alternate within each repetition, so load drift hits them alike.
+    for (let r = 0; r < REPS; r++) {
+      for (const n of names) {
+        const fn = paths[n];
+        const N = Number(args.calls);
+        const t0 = performance.now();
+        for (let i = 0; i < N; i++) fn();
+        b2b.get(n)!.push((performance.now() - t0) / N);
+        await new Promise((res) => setTimeout(res, 50)); // idle gap: GC and other work may land here
+        fn();
+        const s0 = performance.now();
+        for (let i = 0; i < 3; i++) fn();
+        win.get(n)!.push((performance.now() - s0) / 3);
+      }
+    }
+    const kernel = names.find((n) => n.endsWith('kernel'));
+    for (const n of names) {
+      const row: Record<string, unknown> = { threads, path: n, backToBackMs: +median(b2b.get(n)!).toFixed(2), windowsOf3Ms: +median(win.get(n)!).toFixed(2), pageFaultsPerCall: faults.get(n), allocatedBytesPerCall: bytes.get(n), load1: loadavg() };
+      if (kernel && n !== kernel) {
+        row.backToBackVsKernel = +(median(b2b.get(n)!) / median(b2b.get(kernel)!)).toFixed(3);
+        row.windowsVsKernel = +(median(win.get(n)!) / median(win.get(kernel)!)).toFixed(3);
+      }
+      console.log(JSON.stringify(row));
+    }
   }
 }
 process.exit(0);
