@@ -105,10 +105,11 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
   const double flops = 2.0 * B * H * T * S * (d_k + d_v);
   const bool rows_path = path == KernelPath::Rows || (path == KernelPath::Auto && T <= FEW_ROWS);
   // The tile streams fp32 storage in place; other storage takes the block-converting paths.
-  const bool tile_path = !rows_path && path != KernelPath::Blas && kv.dtype == KvDtype::F32 && !has_score_mods(opts) &&
-                         tile_supported(d_k, d_v);
-  // Converted blocks stay in L1 on the memory-bound row path (64 keys x d <= 256 floats: 64 KiB).
-  const int64_t rows_block = kv.dtype == KvDtype::F32 ? SK : 64;
+  const bool tile_path = !rows_path && path != KernelPath::Blas && kv.dtype == KvDtype::F32 && !kv.pages.block_table &&
+                         !has_score_mods(opts) && tile_supported(d_k, d_v);
+  // Converted blocks stay in L1 on the memory-bound row path (64 keys x d <= 256 floats: 64 KiB);
+  // paged blocks never straddle a page.
+  const int64_t rows_block = kv_block_rows(kv, kv.dtype == KvDtype::F32 ? SK : 64), blas_block = kv_block_rows(kv, SK);
 
   if (rows_path) {
     // The T rows of each of a kv head's `group` query heads are contiguous in q, m, l and acc:
@@ -181,10 +182,10 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
     tls.keep.resize(SK);
     float* scores = tls.scores.data();
 
-    for (int64_t s0 = 0; s0 < S; s0 += SK) {
+    for (int64_t s0 = 0; s0 < S; s0 += blas_block) {
       const int64_t s_abs0 = opts.s_offset + s0;
       // Causal: keys after the block's last query are masked for every row; skip them.
-      const int64_t sk = visible(opts.causal, t_abs_last, s_abs0, std::min(SK, S - s0));
+      const int64_t sk = visible(opts.causal, t_abs_last, s_abs0, std::min(blas_block, S - s0));
       if (sk == 0) break;
       if (left_of_window(opts, q0 + t0, s_abs0 + sk - 1)) continue;
       // scores [tq, sk] = scale · q_bht · k_blockᵀ

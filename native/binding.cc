@@ -6,6 +6,7 @@
 #include <nan.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -384,9 +385,17 @@ struct UpdateArgs {
   kvs::AttnDims d;
   kvs::AttnOpts o;
   OptArrays arrays;
+  std::vector<int32_t> block_table;  // a copy: the async fold must not read a table JS may change
   const float* q;
   kvs::KvStore kv;
   float *m, *l, *acc;
+
+  // kv pointing at this object's own block table (UpdateArgs is copied into the async worker).
+  kvs::KvStore store() const {
+    kvs::KvStore s = kv;
+    s.pages.block_table = block_table.empty() ? nullptr : block_table.data();
+    return s;
+  }
 };
 
 // Whether arguments i and i + 1 were passed (i < 0: the call has no scale slots).
@@ -394,7 +403,7 @@ bool info_has(Checker& c, int i) { return i >= 0 && c.info.Length() >= i + 2; }
 
 // The key and value scales of int8 storage at info[i], info[i + 1] (null otherwise; both are
 // refused when given for other storage, so a caller cannot believe they were applied).
-bool read_scales(Checker& c, int i, const kvs::AttnDims& d, kvs::KvStore& kv) {
+bool read_scales(Checker& c, int i, const kvs::AttnDims& d, const std::array<int64_t, 3>& rows, kvs::KvStore& kv) {
   const bool given = info_has(c, i) && !(c.info[i]->IsNullOrUndefined() && c.info[i + 1]->IsNullOrUndefined());
   if (kv.dtype != kvs::KvDtype::I8) {
     if (given) c.type_error("kScale and vScale must be null unless opts.kvDtype is 'i8'");
@@ -405,30 +414,80 @@ bool read_scales(Checker& c, int i, const kvs::AttnDims& d, kvs::KvStore& kv) {
     return false;
   }
   const int64_t gk = kvs::q8_groups(d.d_k), gv = kvs::q8_groups(d.d_v);
-  const int64_t nk = c.product({d.B, d.H_kv, d.s_cap, gk}, "kScale"), nv = c.product({d.B, d.H_kv, d.s_cap, gv}, "vScale");
-  kv.k_scale = c.f32(i, "kScale", nk, shape("[B,H_kv,S_cap,ceil(d_k/32)]", {d.B, d.H_kv, d.s_cap, gk}));
-  kv.v_scale = c.f32(i + 1, "vScale", nv, shape("[B,H_kv,S_cap,ceil(d_v/32)]", {d.B, d.H_kv, d.s_cap, gv}));
+  const int64_t nk = c.product({rows[0], rows[1], rows[2], gk}, "kScale"), nv = c.product({rows[0], rows[1], rows[2], gv}, "vScale");
+  const bool paged = kv.pages.block_table;
+  kv.k_scale = c.f32(i, "kScale", nk, shape(paged ? "[pages,H_kv,pageSize,ceil(d_k/32)]" : "[B,H_kv,S_cap,ceil(d_k/32)]", {rows[0], rows[1], rows[2], gk}));
+  kv.v_scale = c.f32(i + 1, "vScale", nv, shape(paged ? "[pages,H_kv,pageSize,ceil(d_v/32)]" : "[B,H_kv,S_cap,ceil(d_v/32)]", {rows[0], rows[1], rows[2], gv}));
   return !c.failed;
+}
+
+// Paged storage (kvstore.h): opts.pageSize and opts.blockTable [B, sCap / pageSize]; k and v then
+// hold whole pages [pages, H_kv, pageSize, d], the page count taken from k's length. Every table
+// entry that covers keys [0, S) must name a page. Returns the storage's leading dims: [B, H_kv,
+// S_cap] or [pages, H_kv, pageSize].
+bool read_pages(Checker& c, UpdateArgs& a, std::array<int64_t, 3>& rows) {
+  const kvs::AttnDims& d = a.d;
+  rows = {d.B, d.H_kv, d.s_cap};
+  v8::Local<v8::Object> obj = c.info[1].As<v8::Object>();
+  v8::Local<v8::Value> page_v = c.field(obj, "opts", "pageSize");
+  if (c.failed || page_v->IsNullOrUndefined()) {
+    if (!c.failed && !c.field(obj, "opts", "blockTable")->IsNullOrUndefined())
+      c.type_error("opts.blockTable needs opts.pageSize");
+    return !c.failed;
+  }
+  kvs::KvPages& p = a.kv.pages;
+  p.page = c.integer(page_v, "opts.pageSize", 1, INT_MAX32);
+  if (!c.failed && d.s_cap % p.page != 0)
+    c.range_error("dims.sCap must be a multiple of opts.pageSize with paged storage, got sCap=" + std::to_string(d.s_cap) +
+                  ", pageSize=" + std::to_string(p.page));
+  p.max_blocks = c.failed ? 0 : d.s_cap / p.page;
+  p.H_kv = d.H_kv;
+  read_opt_array(c, obj, "blockTable", "[B,sCap/pageSize]", std::to_string(d.B) + "," + std::to_string(p.max_blocks),
+                 d.B * p.max_blocks, a.block_table);
+  if (!c.failed && a.block_table.empty()) c.type_error("opts.pageSize needs opts.blockTable");
+  if (c.failed) return false;
+  const int64_t per_page = c.product({d.H_kv, p.page, d.d_k}, "a page of k");
+  if (c.failed) return false;
+  const int64_t k_len = c.info[3]->IsTypedArray() ? (int64_t)c.info[3].As<v8::TypedArray>()->Length() : 0;
+  if (k_len == 0 || k_len % per_page != 0)
+    return c.range_error("expected k whole pages [pages,H_kv,pageSize,d_k]=[*," + std::to_string(d.H_kv) + "," +
+                         std::to_string(p.page) + "," + std::to_string(d.d_k) + "] (a positive multiple of " +
+                         std::to_string(per_page) + " elements), got " + std::to_string(k_len)), false;
+  const int64_t pages = k_len / per_page, used = (d.S + p.page - 1) / p.page;
+  for (int64_t b = 0; b < d.B; ++b)
+    for (int64_t j = 0; j < used; ++j) {
+      const int32_t e = a.block_table[b * p.max_blocks + j];
+      if (e < 0 || e >= pages)
+        return c.range_error("opts.blockTable[" + std::to_string(b) + "," + std::to_string(j) + "] must name a page in [0, " +
+                             std::to_string(pages) + "), got " + std::to_string(e)), false;
+    }
+  p.block_table = a.block_table.data();
+  rows = {pages, d.H_kv, p.page};
+  return true;
 }
 
 bool read_update_args(Checker& c, UpdateArgs& a, int scales_at) {
   a.d = read_dims(c, 0);
   a.kv = kvs::KvStore{};
   a.o = read_opts(c, 1, &a.kv.dtype, {a.d.B, a.d.H}, &a.arrays);
-  if (c.failed) return false;
+  std::array<int64_t, 3> rows{};
+  if (c.failed || !read_pages(c, a, rows)) return false;
   const kvs::AttnDims& d = a.d;
+  const bool paged = a.kv.pages.block_table;
+  const char* k_names = paged ? "[pages,H_kv,pageSize,d_k]" : "[B,H_kv,S_cap,d_k]";
+  const char* v_names = paged ? "[pages,H_kv,pageSize,d_v]" : "[B,H_kv,S_cap,d_v]";
   const int64_t nq = c.product({d.B, d.H, d.T, d.d_k}, "q");
-  const int64_t nk = c.product({d.B, d.H_kv, d.s_cap, d.d_k}, "k");
-  const int64_t nv = c.product({d.B, d.H_kv, d.s_cap, d.d_v}, "v");
+  const int64_t nk = c.product({rows[0], rows[1], rows[2], d.d_k}, "k");
+  const int64_t nv = c.product({rows[0], rows[1], rows[2], d.d_v}, "v");
   const int64_t nr = c.product({d.B, d.H, d.T}, "m");
   const int64_t na = c.product({d.B, d.H, d.T, d.d_v}, "acc");
   a.q = c.f32(2, "q", nq, shape("[B,H,T,d_k]", {d.B, d.H, d.T, d.d_k}));
-  a.kv.k = c.storage(3, "k", nk, shape("[B,H_kv,S_cap,d_k]", {d.B, d.H_kv, d.s_cap, d.d_k}), a.kv.dtype);
-  a.kv.v = c.storage(4, "v", nv, shape("[B,H_kv,S_cap,d_v]", {d.B, d.H_kv, d.s_cap, d.d_v}), a.kv.dtype);
+  a.kv.k = c.storage(3, "k", nk, shape(k_names, {rows[0], rows[1], rows[2], d.d_k}), a.kv.dtype);
+  a.kv.v = c.storage(4, "v", nv, shape(v_names, {rows[0], rows[1], rows[2], d.d_v}), a.kv.dtype);
   a.m = c.f32(5, "m", nr, shape("[B,H,T]", {d.B, d.H, d.T}));
   a.l = c.f32(6, "l", nr, shape("[B,H,T]", {d.B, d.H, d.T}));
   a.acc = c.f32(7, "acc", na, shape("[B,H,T,d_v]", {d.B, d.H, d.T, d.d_v}));
-  return !c.failed && read_scales(c, scales_at, d, a.kv);
+  return !c.failed && read_scales(c, scales_at, d, rows, a.kv);
 }
 
 // attnUpdate(dims, opts, q, k, v, m, l, acc[, kScale, vScale]): folds keys [0, S) into the state
@@ -437,7 +496,7 @@ NAN_METHOD(AttnUpdate) {
   Checker c{"attnUpdate", info};
   UpdateArgs a;
   if (!c.count_in(8, 10) || !read_update_args(c, a, 8)) return;
-  guarded(c, [&] { kvs::attn_update(a.d, with_arrays(a.o, a.arrays), a.q, a.kv, a.m, a.l, a.acc); });
+  guarded(c, [&] { kvs::attn_update(a.d, with_arrays(a.o, a.arrays), a.q, a.store(), a.m, a.l, a.acc); });
 }
 
 // The async folds of one isolate still queued or running. Node does not wait for nan's
@@ -472,7 +531,7 @@ class UpdateWorker : public Nan::AsyncWorker {
   }
   void Execute() override {
     try {
-      kvs::attn_update(a_.d, with_arrays(a_.o, a_.arrays), a_.q, a_.kv, a_.m, a_.l, a_.acc);
+      kvs::attn_update(a_.d, with_arrays(a_.o, a_.arrays), a_.q, a_.store(), a_.m, a_.l, a_.acc);
     } catch (...) {
       bool range;
       SetErrorMessage(("attnUpdateAsync: " + kernel_error(std::current_exception(), &range)).c_str());
@@ -574,6 +633,8 @@ NAN_METHOD(AttnProbs) {
   kvs::KvStore kv{};
   OptArrays arrays;
   const kvs::AttnOpts o = read_opts(c, 1, &kv.dtype, {d.B, d.H}, &arrays);
+  if (!c.failed && !c.field(info[1].As<v8::Object>(), "opts", "pageSize")->IsNullOrUndefined())
+    return c.type_error("paged storage (opts.pageSize) is read by attnUpdate only; pass contiguous keys");
   if (c.failed) return;
   const int64_t nq = c.product({d.B, d.H, d.T, d.d_k}, "q");
   const int64_t nk = c.product({d.B, d.H_kv, d.s_cap, d.d_k}, "k");

@@ -73,22 +73,50 @@ void i8_rows(const int8_t* src, const float* scale, int64_t rows, int64_t d, flo
 
 }  // namespace
 
-const float* kv_rows(const KvStore& kv, bool is_v, int64_t bh_kv, int64_t s_cap, int64_t d, int64_t s0, int64_t n,
-                     std::vector<float>& scratch) {
-  const int64_t first = (bh_kv * s_cap + s0) * d;  // element offset of row s0
+namespace {
+
+// Rows [0, n) starting at storage row `row` (counted in rows of d elements), as fp32 in `out`,
+// or in place for fp32 when out is null.
+const float* convert_rows(const KvStore& kv, bool is_v, int64_t row, int64_t d, int64_t n, float* out) {
   const void* base = is_v ? kv.v : kv.k;
-  if (kv.dtype == KvDtype::F32) return static_cast<const float*>(base) + first;
-  resize_scratch(scratch, n * d, "kv block");
-  float* out = scratch.data();
+  const int64_t first = row * d;
+  if (kv.dtype == KvDtype::F32) {
+    const float* src = static_cast<const float*>(base) + first;
+    if (out) std::copy(src, src + n * d, out);
+    return out ? out : src;
+  }
   switch (kv.dtype) {
     case KvDtype::F16: f16_rows(static_cast<const uint16_t*>(base) + first, n * d, out); break;
     case KvDtype::BF16: bf16_rows(static_cast<const uint16_t*>(base) + first, n * d, out); break;
-    default: {
-      const float* scale = (is_v ? kv.v_scale : kv.k_scale) + (bh_kv * s_cap + s0) * q8_groups(d);
-      i8_rows(static_cast<const int8_t*>(base) + first, scale, n, d, out);
-    }
+    default: i8_rows(static_cast<const int8_t*>(base) + first, (is_v ? kv.v_scale : kv.k_scale) + row * q8_groups(d), n, d, out);
   }
   return out;
+}
+
+}  // namespace
+
+const float* kv_rows(const KvStore& kv, bool is_v, int64_t bh_kv, int64_t s_cap, int64_t d, int64_t s0, int64_t n,
+                     std::vector<float>& scratch) {
+  const KvPages& p = kv.pages;
+  if (!p.block_table) {
+    if (kv.dtype == KvDtype::F32) return convert_rows(kv, is_v, bh_kv * s_cap + s0, d, n, nullptr);
+    resize_scratch(scratch, n * d, "kv block");
+    return convert_rows(kv, is_v, bh_kv * s_cap + s0, d, n, scratch.data());
+  }
+  // Storage row of logical position s of this (b, h_kv): page, then head, then row in page.
+  const int64_t b = bh_kv / p.H_kv, h_kv = bh_kv % p.H_kv;
+  auto storage_row = [&](int64_t s) {
+    return ((int64_t)p.block_table[b * p.max_blocks + s / p.page] * p.H_kv + h_kv) * p.page + s % p.page;
+  };
+  if (kv.dtype == KvDtype::F32 && s0 / p.page == (s0 + n - 1) / p.page)  // one page: in place
+    return convert_rows(kv, is_v, storage_row(s0), d, n, nullptr);
+  resize_scratch(scratch, n * d, "kv block");
+  for (int64_t s = s0; s < s0 + n;) {  // page by page
+    const int64_t run = std::min(s0 + n - s, p.page - s % p.page);
+    convert_rows(kv, is_v, storage_row(s), d, run, scratch.data() + (s - s0) * d);
+    s += run;
+  }
+  return scratch.data();
 }
 
 }  // namespace kvs

@@ -7,6 +7,7 @@
 // row s is k[s, d] · k_scale[s, d / Q8_GROUP] (symmetric, one scale per row and 32 channels: the
 // q8_0 scheme of llama.cpp's caches).
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -17,13 +18,28 @@ constexpr int64_t Q8_GROUP = 32;
 
 inline int64_t q8_groups(int64_t d) { return (d + Q8_GROUP - 1) / Q8_GROUP; }
 
+// Paged storage (vLLM-style): k, v (and int8 scales) are pools of pages [pages, H_kv, page, d];
+// batch row b's logical position s lives in page block_table[b · max_blocks + s / page] at row
+// s % page. Pages may be shared between rows (a common prefix).
+struct KvPages {
+  const int32_t* block_table = nullptr;  // [B, max_blocks]; null: contiguous storage
+  int64_t page = 0, max_blocks = 0, H_kv = 1;
+};
+
 struct KvStore {
   KvDtype dtype;
   const void* k;
   const void* v;
   const float* k_scale;  // int8 only
   const float* v_scale;  // int8 only
+  KvPages pages{};
 };
+
+// Rows per block that a path may request so that a block never straddles a page (fp32 pages are
+// then read in place); `block` for contiguous storage.
+inline int64_t kv_block_rows(const KvStore& kv, int64_t block) {
+  return kv.pages.block_table ? std::min(block, kv.pages.page) : block;
+}
 
 inline KvStore kv_f32(const float* k, const float* v) { return {KvDtype::F32, k, v, nullptr, nullptr}; }
 

@@ -41,6 +41,10 @@ export interface NativeOpts {
   kvRanges?: Int32Array | null;
   /** Ragged batches: [B] absolute position of each batch row's query 0 (instead of qOffset). */
   qOffsets?: Int32Array | null;
+  /** Paged storage (attnUpdate): k, v are pages [pages,H_kv,pageSize,d]; row b's position s is in page blockTable[b, s / pageSize]. */
+  pageSize?: number;
+  /** [B, sCap / pageSize] page of each block of each batch row. */
+  blockTable?: Int32Array | null;
 }
 
 export interface NativeInfo {

@@ -489,3 +489,73 @@ test.serial('sink logits (one per head) join each row\'s softmax denominator at 
   t.throws(() => binding.attnFinalize(rows, 8, f(rows), f(rows), f(rows * 8), f(rows * 8), f(rows), f(4), 5),
     { instanceOf: RangeError, message: 'attnFinalize: rows must be B·H·T for sinks [H]=[4] and T=5, got rows=30' });
 });
+
+test.serial('paged storage (a block table per row, shared prefix pages) equals the contiguous cache, every dtype and path, sync and async', async (t) => {
+  const rng = new Rng(61);
+  const before = getKernelPath();
+  const page = 16, B = 2, Hkv = 2, H = 4, S = 70, dK = 32, dV = 16, maxBlocks = 6, sCap = page * maxBlocks;
+  const k = rng.normalTensor([B, Hkv, S, dK]).data, v = rng.normalTensor([B, Hkv, S, dV]).data;
+  // Rows share their first two pages (the prefix) when their keys there are equal: make them so.
+  for (let h = 0; h < Hkv; h++) {
+    k.copyWithin(((1 * Hkv + h) * S) * dK, ((0 * Hkv + h) * S) * dK, ((0 * Hkv + h) * S + 2 * page) * dK);
+    v.copyWithin(((1 * Hkv + h) * S) * dV, ((0 * Hkv + h) * S) * dV, ((0 * Hkv + h) * S + 2 * page) * dV);
+  }
+  // Page pool in a scrambled order: row 0 uses pages 7,2,5,0,3; row 1 shares 7,2 then 1,6,4.
+  const table = Int32Array.from([7, 2, 5, 0, 3, -1, 7, 2, 1, 6, 4, -1]);
+  const pages = 8;
+  const pool = (x: Float32Array, d: number) => {
+    const out = new Float32Array(pages * Hkv * page * d).fill(NaN);  // unused pages: NaN would show
+    for (let b = 0; b < B; b++) for (let j = 0; j * page < S; j++) for (let h = 0; h < Hkv; h++) {
+      const n = Math.min(page, S - j * page), p = table[b * maxBlocks + j]!;
+      out.set(x.subarray(((b * Hkv + h) * S + j * page) * d, ((b * Hkv + h) * S + j * page + n) * d), ((p * Hkv + h) * page) * d);
+    }
+    return out;
+  };
+  const kp = pool(k, dK), vp = pool(v, dV);
+  const kq = quantizeQ8(kp.map((x) => (Number.isNaN(x) ? 0 : x)), dK), vq = quantizeQ8(vp.map((x) => (Number.isNaN(x) ? 0 : x)), dV);
+  const kcq = quantizeQ8(k, dK), vcq = quantizeQ8(v, dV);
+  const stores = {
+    f32: { paged: [kp, vp, null, null], contiguous: [k, v, null, null] },
+    bf16: { paged: [f32ToBf16(kp), f32ToBf16(vp), null, null], contiguous: [f32ToBf16(k), f32ToBf16(v), null, null] },
+    i8: { paged: [kq.q, vq.q, kq.scale, vq.scale], contiguous: [kcq.q, vcq.q, kcq.scale, vcq.scale] },
+  };
+  try {
+    for (const T of [1, 20]) {
+      const q = rng.normalTensor([B, H, T, dK]).data, rows = B * H * T;
+      const dims = { B, H, Hkv, T, S, sCap: S, dK, dV }, o = { ...opts, scale: 0.2, causal: true, qOffset: S - T };
+      for (const [dtype, st] of Object.entries(stores))
+        for (const path of ['auto', 'blas', 'rows', 'deterministic'] as const) {
+          setKernelPath(path);
+          const fold = async (paged: boolean, async: boolean) => {
+            const [kk, vv, ks, vs] = paged ? st.paged : st.contiguous;
+            const m = f(rows).fill(-Infinity), l = f(rows), acc = f(rows * dV), out = f(rows * dV), lse = f(rows);
+            const oo = { ...o, kvDtype: dtype as KvDtype, ...(paged ? { pageSize: page, blockTable: table } : {}) };
+            const dd = paged ? { ...dims, sCap } : dims;
+            const a = [dd, oo, q, kk, vv, m, l, acc, ks, vs] as Parameters<typeof binding.attnUpdate>;
+            if (async) await new Promise<void>((res, rej) => binding.attnUpdateAsync(...(a as [never, never, never, never, never, never, never, never, never, never]), (e?: Error) => (e ? rej(e) : res())));
+            else binding.attnUpdate(...a);
+            binding.attnFinalize(rows, dV, m, l, acc, out, lse);
+            return { out, lse };
+          };
+          const want = await fold(false, false);
+          for (const async of [false, true]) {
+            const got = await fold(true, async);
+            // The same converted values folded in blocks of at most one page: fp32 rounding of the
+            // extra rescales apart (|v| <= 5, lse ~ log S).
+            const label = `${dtype} ${path} T${T}${async ? ' async' : ''}`;
+            assertWithin(t, got.out, want.out, new Float64Array(rows * dV).fill(2e-5), `${label} output`, [B, H, T, dV]);
+            assertWithin(t, got.lse, want.lse, new Float64Array(rows).fill(1e-5), `${label} lse`, [B, H, T]);
+          }
+        }
+    }
+  } finally {
+    setKernelPath(before);
+  }
+  const dims = { B, H, Hkv, T: 1, S, sCap, dK, dV }, rows = B * H;
+  const bad = Int32Array.from(table);
+  bad[8] = 8;
+  t.throws(() => binding.attnUpdate(dims, { ...opts, pageSize: page, blockTable: bad } as never, f(rows * dK), kp, vp, f(rows), f(rows), f(rows * dV)),
+    { instanceOf: RangeError, message: 'attnUpdate: opts.blockTable[1,2] must name a page in [0, 8), got 8' });
+  t.throws(() => binding.attnUpdate(dims, { ...opts, pageSize: page, blockTable: table } as never, f(rows * dK), kp.subarray(1), vp, f(rows), f(rows), f(rows * dV)),
+    { instanceOf: RangeError, message: 'attnUpdate: expected k whole pages [pages,H_kv,pageSize,d_k]=[*,2,16,32] (a positive multiple of 1024 elements), got 8191' });
+});
