@@ -229,7 +229,10 @@ export class MultiHeadAttention {
     if (cache !== undefined && !(cache instanceof KvCache)) throw new ArgumentError(`Expected options.cache to be a KvCache or undefined, got ${show(cache)}`);
     if (!cache && !expectFlag('returnWeights', options.returnWeights) && xKv) return this.fused(xQ, xKv, options);
     const [B, T] = expectRank('x_q', xQ, ['B', 'T', 'd_model']);
-    const { numHeads: H, numKvHeads: Hkv, dK, dV } = this.config;
+    const { numHeads: H, dK, dV } = this.config;
+    // Everything checkable is checked before the cache is appended to: a rejected call leaves it as it was.
+    attentionOptions({ scale: this.config.scale, causal: options.causal, qOffset: options.qOffset ?? 0, dropout: options.dropout }, 0);
+    const outs = this.outputs(expectOptions('out', options.out), B, T, xQ.data, xKv?.data ?? null);
     const q = this.projectQ(xQ, { data: this.scratch.get('q', ['B', 'H', 'T', 'd_k'], [B, H, T, dK]), shape: [B, H, T, dK] });
     let k, v;
     if (cache) {
@@ -245,7 +248,6 @@ export class MultiHeadAttention {
       if (!xKv) throw new ShapeError('Expected x_kv shape [B,S,d_kv_in] (or a cache), got null');
       ({ k, v } = this.projectKvInto(xKv));
     }
-    const outs = this.outputs(expectOptions('out', options.out), B, T, xQ.data, xKv?.data ?? null);
     const o = { data: this.scratch.get('o', ['B', 'H', 'T', 'd_v'], [B, H, T, dV]), shape: [B, H, T, dV] };
     const r = attention(q, k, v, { scale: this.config.scale, causal: options.causal, qOffset: options.qOffset, dropout: options.dropout, returnWeights: options.returnWeights, out: { output: o, lse: outs.lse } });
     const result: ForwardResult = { output: this.projectOut(o, outs.output), lse: r.lse };

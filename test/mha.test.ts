@@ -100,3 +100,24 @@ test('MultiHeadAttention.random is reproducible from its seed and differs across
   const bound = Math.sqrt(6 / (16 + 16));
   t.true(a.weights.wQ.data.every((x) => Math.abs(x) <= bound), 'Xavier-uniform bound');
 });
+
+test('forward with a cache: a rejected out or option leaves the cache as it was', (t) => {
+  const mha = MultiHeadAttention.random({ dModel: 16, numHeads: 2 }, 4);
+  const rng = new Rng(41);
+  const cache = mha.newCache(1, 8);
+  const x = rng.normalTensor([1, 3, 16]);
+  t.throws(() => mha.forward(x, x, { cache, out: { output: { data: new Float32Array(47), shape: [1, 3, 16] } } }), {
+    name: 'ShapeError', message: 'Expected out.output shape [B,T,d_out]=[1,3,16] (48 floats), got 47',
+  });
+  t.throws(() => mha.forward(x, x, { cache, causal: 'yes' as never }), { name: 'ArgumentError', message: 'Expected causal to be true, false or undefined, got "yes"' });
+  t.throws(() => mha.forward(x, x, { cache, out: { output: { data: x.data, shape: [1, 3, 16] } } }), {
+    name: 'ArgumentError', message: 'Expected out.output not to overlap x_q, got bytes [0, 192) of the same ArrayBuffer as x_q [0, 192)',
+  });
+  t.is(cache.length, 0);
+  const out = { output: { data: new Float32Array(48), shape: [1, 3, 16] }, lse: { data: new Float32Array(6), shape: [1, 2, 3] } };
+  const r = mha.forward(x, x, { cache, causal: true, out });
+  t.is(r.output, out.output);
+  t.is(cache.length, 3);
+  const plain = mha.forward(x, x, { causal: true });
+  assertClose(t, out.output.data, plain.output.data, TOL, 'cached forward into out vs the fused pass', [1, 3, 16]);
+});
