@@ -16,6 +16,7 @@
 #include <system_error>
 #include <thread>
 #include <type_traits>
+#include <unordered_map>
 #include <vector>
 
 #include "attention.h"
@@ -35,6 +36,24 @@ std::string short_string(v8::Local<v8::Value> val) {
   v8::Local<v8::String> str = val.As<v8::String>();
   if (str->Length() > 200) return "<a string of " + std::to_string(str->Length()) + " characters>";
   return *Nan::Utf8String(str);
+}
+
+// The property name `key` (a string literal) as an internalized V8 string, made once per isolate:
+// building it on every read was most of a small call's cost.
+v8::Local<v8::String> key_string(const char* key) {
+  thread_local v8::Isolate* owner = nullptr;  // the isolate of this thread's cache
+  thread_local std::unordered_map<const char*, v8::Eternal<v8::String>> cache;
+  v8::Isolate* isolate = v8::Isolate::GetCurrent();
+  if (owner != isolate) {
+    cache.clear();
+    owner = isolate;
+  }
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    v8::Local<v8::String> str = v8::String::NewFromUtf8(isolate, key, v8::NewStringType::kInternalized).ToLocalChecked();
+    it = cache.emplace(key, v8::Eternal<v8::String>(isolate, str)).first;
+  }
+  return it->second.Get(isolate);
 }
 
 // A shape for error messages ("[B,H,T]=[1,8,16]"), formatted only when a check fails.
@@ -118,7 +137,7 @@ struct Checker {
     std::string why;
     {
       Nan::TryCatch trap;  // the TypeError below is thrown after it has closed
-      Nan::MaybeLocal<v8::Value> val = Nan::Get(obj, Nan::New(key).ToLocalChecked());
+      Nan::MaybeLocal<v8::Value> val = Nan::Get(obj, key_string(key));
       if (!val.IsEmpty() && !trap.HasCaught()) return val.ToLocalChecked();
       why = "it threw";
       if (trap.HasCaught() && !trap.Exception().IsEmpty()) {
