@@ -6,7 +6,7 @@ import { types } from 'node:util';
 import { lastValueFrom, toArray } from 'rxjs';
 import type * as Kv from '../src/index.ts';
 import type * as Streams from '../src/streams/index.ts';
-import { badF32, badInt, badNumber, badU8, detach, f32, FuzzTrap, Gen, object, scalar, storage, u8 } from './values.ts';
+import { badF32, badI32, badInt, badNumber, badString, badU8, detach, f32, FuzzTrap, Gen, object, scalar, storage, u8, viewD } from './values.ts';
 import type { KvDtype, V } from './values.ts';
 
 export type Fn = (...a: unknown[]) => unknown;
@@ -44,6 +44,8 @@ interface Ctx {
   /** The call's final arguments, for getters whose side effect touches another argument. */
   args: unknown[];
   state: boolean;
+  /** The typed arrays in opts (alibi, kvRanges, qOffsets, blockTable), for getters that detach them. */
+  optArrays?: ArrayBufferView[];
 }
 
 const intSlot = (name: string, valid: number): Slot => ({ name, ok: () => ({ v: valid, d: String(valid) }), bad: (g) => badInt(g, valid) });
@@ -54,10 +56,11 @@ const f32Slot = (name: string, n: number, nullable = false): Slot => ({
 });
 const u8Slot = (name: string, n: number): Slot => ({ name, ok: (g) => (g.chance(0.4) ? { v: null, d: 'null' } : u8(g, n)), bad: (g) => badU8(g, n) });
 
-type Field = number | boolean | string;
+type Field = number | boolean | string | ArrayBufferView;
+const fieldD = (v: Field) => (typeof v === 'string' ? `'${v}'` : ArrayBuffer.isView(v) ? viewD(v) : String(v));
 
 function objSlot(name: string, fields: Record<string, Field>, ctx: Ctx, badField: (g: Gen, k: string, v: Field) => V): Slot {
-  const okFields = (): Record<string, V> => Object.fromEntries(Object.entries(fields).map(([k, v]) => [k, { v, d: typeof v === 'string' ? `'${v}'` : String(v) }]));
+  const okFields = (): Record<string, V> => Object.fromEntries(Object.entries(fields).map(([k, v]) => [k, { v, d: fieldD(v) }]));
   return {
     name,
     ok: () => {
@@ -79,7 +82,14 @@ function objSlot(name: string, fields: Record<string, Field>, ctx: Ctx, badField
 /** A getter side effect: detach or shrink another argument's buffer, re-enter the addon, set threads, gc. */
 function sideEffect(g: Gen, ctx: Ctx): V | undefined {
   const { binding } = ctx.api;
-  switch (g.int(6)) {
+  switch (g.int(ctx.optArrays?.length ? 8 : 6)) {
+    case 6: case 7: {
+      // The binding copies the option arrays; detaching or overwriting them mid-read must not matter.
+      const arrs = ctx.optArrays!;
+      return g.chance(0.5)
+        ? { v: () => { for (const a of arrs) detach(a.buffer); }, d: 'detaches the opts arrays' }
+        : { v: () => { for (const a of arrs) if (a instanceof Int32Array) a.fill(2 ** 31 - 1); else if (a instanceof Float32Array) a.fill(NaN); }, d: 'overwrites the opts arrays (2^31-1, NaN)' };
+    }
     case 0: {
       const i = g.int(16);
       return { v: () => { const a = ctx.args[i]; if (ArrayBuffer.isView(a)) detach(a.buffer); }, d: `detaches argument ${i}` };
@@ -160,9 +170,111 @@ function optsFields(g: Gen, s: { S: number; T: number; dK: number }, sOffset = t
   };
 }
 
+const I32_MIN = -(2 ** 31), I32_MAX = 2 ** 31 - 1;
+
+/**
+ * The score-modifier and ragged-batch options (softcap, alibi [H], window, kvRanges [B,2],
+ * qOffsets [B]), each present with some probability, with valid or near-valid contents (extreme
+ * but accepted values: qOffsets ±2^31, kvRanges ending beyond S, huge slopes).
+ */
+function modFields(g: Gen, s: AttnSizes): Record<string, Field> {
+  const f: Record<string, Field> = {};
+  const some = g.chance(0.5); // half the calls use none, so the plain paths keep their share
+  if (!some) return f;
+  if (g.chance(0.35)) f.softcap = g.pick([0, 0, 30, 50, 1, 1e-30, 3.4e38, 1e-45]);
+  if (g.chance(0.35)) f.window = g.chance(0.8) ? g.range(0, s.S + 2) : g.pick([1, I32_MAX]);
+  if (g.chance(0.3)) {
+    const a = new Float32Array(s.H);
+    const mode = g.int(4);
+    for (let h = 0; h < s.H; h++) a[h] = mode === 0 ? 2 ** -(8 * (h + 1) / s.H) : mode === 1 ? 0 : mode === 2 ? g.pick([-1, 1e-45, 3.4e38, -3.4e38]) : 2 ** -(h + 1);
+    f.alibi = a;
+  }
+  if (g.chance(0.35)) {
+    const r = new Int32Array(2 * s.B);
+    for (let b = 0; b < s.B; b++) {
+      const near = g.chance(0.15);
+      const lo = near ? g.pick([0, s.S, s.S + 5, I32_MAX]) : g.range(0, s.S);
+      r[2 * b] = lo;
+      r[2 * b + 1] = near ? g.pick([lo, I32_MAX, lo + s.S + 3]) : g.range(lo, s.S);
+    }
+    f.kvRanges = r;
+  }
+  if (g.chance(0.3)) {
+    const o = new Int32Array(s.B);
+    for (let b = 0; b < s.B; b++) o[b] = g.chance(0.8) ? s.S - s.T + g.range(-3, 3) : g.pick([I32_MIN, I32_MAX, -(2 ** 31 - 1), 0, -1]);
+    f.qOffsets = o;
+  }
+  return f;
+}
+
+/** Paged storage for `s`: page size, block table, page count. sCap is rounded up to whole pages. */
+interface Paging { pageSize: number; pages: number; table: Int32Array }
+function paging(g: Gen, s: AttnSizes): Paging {
+  const p = g.pick([1, 2, 3, 4, 8, 16]);
+  s.sCap = g.chance(0.03) && s.S === 0 ? 0 : Math.ceil(Math.max(s.sCap, 1) / p) * p;
+  const maxBlocks = s.sCap / p, used = Math.ceil(s.S / p);
+  const pages = g.range(1, s.B * maxBlocks + 2);
+  const table = new Int32Array(s.B * maxBlocks);
+  const shared = g.chance(0.3); // every row reads the same pages (a shared prefix)
+  for (let b = 0; b < s.B; b++) {
+    for (let j = 0; j < maxBlocks; j++) {
+      // Entries past the used blocks are never read and may hold anything.
+      table[b * maxBlocks + j] = j >= used && g.chance(0.3) ? g.pick([-1, I32_MIN, I32_MAX, pages]) : shared ? (j % pages) : g.int(pages);
+    }
+  }
+  return { pageSize: p, pages, table };
+}
+
+/** A wrong value for a paging field: page sizes that don't divide sCap, table entries out of range, ... */
+function badPageField(g: Gen, k: string, s: AttnSizes, pg: Paging): V {
+  if (k === 'pageSize') {
+    return g.chance(0.5) ? g.pick<V>([{ v: pg.pageSize + 1, d: `${pg.pageSize + 1} (does not divide sCap ${s.sCap})` }, { v: s.sCap + 1, d: `sCap+1` }, { v: I32_MAX, d: '2^31-1' }]) : badInt(g, pg.pageSize);
+  }
+  // blockTable
+  if (g.chance(0.5) && pg.table.length) {
+    const t = pg.table.slice();
+    const used = Math.ceil(s.S / pg.pageSize), maxBlocks = s.sCap / pg.pageSize;
+    const b = g.int(s.B), j = used ? g.int(used) : g.int(Math.max(1, maxBlocks));
+    const e = g.pick([-1, pg.pages, pg.pages + 1, I32_MIN, I32_MAX, -(2 ** 30)]);
+    t[b * maxBlocks + j] = e;
+    return { v: t, d: `${viewD(t)} with [${b},${j}]=${e}${j < used ? '' : ' (unused)'}` };
+  }
+  return g.chance(0.2) ? { v: null, d: 'null (pageSize without a table)' } : badI32(g, pg.table);
+}
+
+/** A wrong value for a modifier option. */
+function badModField(g: Gen, k: string, s: AttnSizes): V {
+  switch (k) {
+    case 'softcap': return g.chance(0.4) ? g.pick<V>([{ v: -1, d: '-1' }, { v: -1e-45, d: '-1e-45' }, { v: -0, d: '-0' }]) : badNumber(g);
+    case 'window': return badInt(g, 4);
+    case 'alibi': {
+      if (g.chance(0.5)) {
+        const a = new Float32Array(s.H).fill(0.5);
+        const x = g.pick([NaN, Infinity, -Infinity]);
+        a[g.int(s.H)] = x;
+        return { v: a, d: `f32(${s.H}) with a ${x}` };
+      }
+      return badF32(g, s.H);
+    }
+    case 'kvRanges': {
+      if (g.chance(0.6)) {
+        const r = new Int32Array(2 * s.B);
+        for (let b = 0; b < s.B; b++) { r[2 * b] = 0; r[2 * b + 1] = s.S; }
+        const b = g.int(s.B);
+        const [lo, hi] = g.pick<[number, number]>([[s.S, 0], [3, 2], [-1, s.S], [I32_MIN, 0], [I32_MAX, I32_MIN], [0, -1], [I32_MAX, I32_MAX - 1]]);
+        r[2 * b] = lo; r[2 * b + 1] = hi;
+        return { v: r, d: `${viewD(r)} row ${b} [${lo}, ${hi})` };
+      }
+      return badI32(g, new Int32Array(2 * s.B));
+    }
+    case 'qOffsets': return badI32(g, new Int32Array(s.B));
+    default: return badInt(g, 1);
+  }
+}
+
 const badDimField = (g: Gen, _k: string, v: Field) => badInt(g, v as number);
 const badOptField = (g: Gen, k: string, v: Field): V => {
-  if (k === 'kvDtype') return g.pick<V>([{ v: 'F16', d: "'F16'" }, { v: 'fp16', d: "'fp16'" }, { v: 'int8', d: "'int8'" }, { v: '', d: "''" }, { v: 'f32', d: "'f32'" }, { v: 'i8', d: "'i8'" }, { v: 'f16', d: "'f16'" }, { v: 'bf16', d: "'bf16'" }, scalar(g)]);
+  if (k === 'kvDtype') return g.chance(0.2) ? badString(g) : g.pick<V>([{ v: 'F16', d: "'F16'" }, { v: 'fp16', d: "'fp16'" }, { v: 'int8', d: "'int8'" }, { v: '', d: "''" }, { v: 'f32', d: "'f32'" }, { v: 'i8', d: "'i8'" }, { v: 'f16', d: "'f16'" }, { v: 'bf16', d: "'bf16'" }, scalar(g)]);
   if (k === 'causal') return g.pick<V>([{ v: 1, d: '1' }, { v: 'true', d: "'true'" }, { v: null, d: 'null' }, { v: undefined, d: 'undefined' }, { v: new Boolean(false), d: 'new Boolean(false)' }, { v: {}, d: '{}' }]);
   return k === 'scale' || k === 'dropoutP' ? badNumber(g) : badInt(g, v as number);
 };
@@ -186,28 +298,39 @@ function storageSlot(name: string, dtype: KvDtype, n: number): Slot {
   };
 }
 
+/** Attention slots and the storage's leading rows: B·H_kv·S_cap, or pages·H_kv·pageSize when paged. */
+interface AttnArgs { slots: Slot[]; lead: number }
+
 /**
- * dims, opts, q, k (and v, m, l, acc), then the int8 scales: kScale and vScale (only kScale
- * when !withV) [B,H_kv,S_cap,ceil(d/32)] for kvDtype 'i8'; for other storage usually no scale
- * arguments, sometimes nulls or arrays (refused).
+ * dims, opts, q, k (and v, m, l, acc); the scales come from scaleSlots. opts may carry the score
+ * modifiers and ragged-batch arrays (modFields) and, with `paged` (attnUpdate), paged storage:
+ * pageSize and blockTable, k and v then whole pages. Bad opts fields for those come from
+ * badModField / badPageField; getters and Proxies over them from objSlot.
  */
-function attnSlots(g: Gen, s: AttnSizes, ctx: Ctx, withV: boolean): Slot[] {
+function attnSlots(g: Gen, s: AttnSizes, ctx: Ctx, withV: boolean, paged: boolean): AttnArgs {
   const dtype: KvDtype = g.chance(0.7) ? 'f32' : g.pick(['f16', 'bf16', 'i8'] as const);
+  const pg = paged ? paging(g, s) : undefined;
   const dims = objSlot('dims', { ...s }, ctx, badDimField);
-  const opts = objSlot('opts', optsFields(g, s, true, dtype), ctx, badOptField);
-  const slots = [dims, opts, f32Slot('q', numel(s.B, s.H, s.T, s.dK)), storageSlot('k', dtype, numel(s.B, s.Hkv, s.sCap, s.dK))];
+  const fields: Record<string, Field> = { ...optsFields(g, s, true, dtype), ...modFields(g, s) };
+  if (pg) Object.assign(fields, { pageSize: pg.pageSize, blockTable: pg.table });
+  ctx.optArrays = Object.values(fields).filter((x): x is Int32Array => ArrayBuffer.isView(x));
+  const opts = objSlot('opts', fields, ctx, (g2, k, v) =>
+    k === 'pageSize' || k === 'blockTable' ? badPageField(g2, k, s, pg!) : k in MOD_KEYS ? badModField(g2, k, s) : badOptField(g2, k, v));
+  const lead = pg ? pg.pages * s.Hkv * pg.pageSize : numel(s.B, s.Hkv, s.sCap);
+  const slots = [dims, opts, f32Slot('q', numel(s.B, s.H, s.T, s.dK)), storageSlot('k', dtype, lead * s.dK)];
   if (withV) {
     const rows = numel(s.B, s.H, s.T);
-    slots.push(storageSlot('v', dtype, numel(s.B, s.Hkv, s.sCap, s.dV)), f32Slot('m', rows), f32Slot('l', rows), f32Slot('acc', rows * s.dV));
+    slots.push(storageSlot('v', dtype, lead * s.dV), f32Slot('m', rows), f32Slot('l', rows), f32Slot('acc', rows * s.dV));
   }
-  return slots;
+  return { slots, lead };
 }
+const MOD_KEYS = { softcap: 1, alibi: 1, window: 1, kvRanges: 1, qOffsets: 1 };
 
 /** The scale arguments after the arrays (see attnSlots); `attnProbs` takes kScale only. */
-function scaleSlots(g: Gen, s: AttnSizes, opts: Slot, both: boolean): Slot[] {
-  const dtype = (opts.ok(g).v as { kvDtype?: string }).kvDtype;
+function scaleSlots(g: Gen, s: AttnSizes, a: AttnArgs, both: boolean): Slot[] {
+  const dtype = (a.slots[1].ok(g).v as { kvDtype?: string }).kvDtype;
   const groups = (d: number) => Math.ceil(d / 32);
-  const kS = f32Slot('kScale', numel(s.B, s.Hkv, s.sCap, groups(s.dK))), vS = f32Slot('vScale', numel(s.B, s.Hkv, s.sCap, groups(s.dV)));
+  const kS = f32Slot('kScale', a.lead * groups(s.dK)), vS = f32Slot('vScale', a.lead * groups(s.dV));
   if (dtype === 'i8') return g.chance(0.97) ? (both ? [kS, vS] : [kS]) : [];
   if (g.chance(0.85)) return [];
   const nul: Slot = { name: 'null', ok: () => ({ v: null, d: 'null' }), bad: () => ({ v: undefined, d: 'undefined' }) };
@@ -232,15 +355,15 @@ const sizeOf = (g: Gen): 'small' | 'large' => (g.chance(0.005) ? 'large' : 'smal
 
 const attnUpdate = simple('attnUpdate', (g, ctx) => {
   const s = attnSizes(g, sizeOf(g));
-  const slots = attnSlots(g, s, ctx, true);
-  return [...slots, ...scaleSlots(g, s, slots[1], true)];
+  const a = attnSlots(g, s, ctx, true, g.chance(0.3));
+  return [...a.slots, ...scaleSlots(g, s, a, true)];
 });
 
 function attnUpdateAsync(g: Gen, api: Api): Call {
   const ctx: Ctx = { api, args: [], state: false };
   const s = attnSizes(g, g.chance(0.03) ? 'medium' : 'small');
-  const slots = attnSlots(g, s, ctx, true);
-  slots.push(...scaleSlots(g, s, slots[1], true));
+  const a = attnSlots(g, s, ctx, true, g.chance(0.3));
+  const slots = [...a.slots, ...scaleSlots(g, s, a, true)];
   slots.push({ name: 'callback', ok: () => ({ v: null, d: 'callback' }), bad: (g2) => scalar(g2) });
   const cbAt = slots.length - 1;
   const vs = buildArgs(g, slots, ctx);
@@ -250,13 +373,16 @@ function attnUpdateAsync(g: Gen, api: Api): Call {
   const userCallback = last >= 0 && typeof vs[last].v === 'function' ? (vs[last].v as Fn) : undefined;
   const cbIndex = userCallback ? last : vs.length === slots.length && vs[cbAt].d === 'callback' ? cbAt : -1;
   // What the caller does while the fold runs on the worker thread.
-  const action = g.int(14);
+  const action = g.int(ctx.optArrays?.length ? 16 : 14);
+  const optArrays = ctx.optArrays ?? [];
+  const fillInt = g.chance(0.5) ? -(2 ** 31) : 2 ** 31 - 1;
   const target = g.int(6) + 2;
   const whileRunning = [
     '', '', '', '', '',
     `detaches argument ${target}`, 'detaches every buffer', 'shrinks resizable buffers', 'runs attnUpdate on the same arrays',
     'sets threads', 'starts a second attnUpdateAsync on the same arrays', 'fills the arrays with NaN',
     'the callback runs attnUpdate', 'the callback sets threads',
+    'overwrites the opts arrays (blockTable, kvRanges, qOffsets with -2^31 / 2^31-1, alibi with NaN)', 'detaches the opts arrays',
   ][action];
   const threads = g.pick([1, 2, 3]);
   // Only buffers of 64 KiB and more are unmapped when freed (MALLOC_MMAP_THRESHOLD_); gc only then.
@@ -303,6 +429,9 @@ function attnUpdateAsync(g: Gen, api: Api): Call {
           case 9: api.binding.setNumThreads(threads); break;
           case 10: start(); break;
           case 11: for (const a of views) if (a.length) a.fill(NaN); break;
+          // The fold must use the binding's copies of the option arrays.
+          case 14: for (const a of optArrays) { if (a instanceof Int32Array) a.fill(fillInt); else if (a instanceof Float32Array) a.fill(NaN); } break;
+          case 15: for (const a of optArrays) detach(a.buffer); gc?.(); break;
         }
       } finally {
         await done;
@@ -315,15 +444,35 @@ const attnMerge = simple('attnMerge', (g) => {
   const rows = g.chance(0.95) ? g.range(1, 40) : g.range(1000, 5000), dV = g.pick(HEAD_DIMS);
   return [intSlot('rows', rows), intSlot('dV', dV), f32Slot('m1', rows), f32Slot('l1', rows), f32Slot('acc1', rows * dV), f32Slot('m2', rows), f32Slot('l2', rows), f32Slot('acc2', rows * dV)];
 });
+/**
+ * attnFinalize(rows, dV, m, l, acc, out, lse[, sinks [H], T]) with rows = B·H·T: half the calls
+ * without sinks, some with null sinks, the rest with sink logits (finite, NaN/Inf, huge).
+ */
 const attnFinalize = simple('attnFinalize', (g) => {
-  const rows = g.chance(0.95) ? g.range(1, 40) : g.range(1000, 5000), dV = g.pick(HEAD_DIMS);
-  return [intSlot('rows', rows), intSlot('dV', dV), f32Slot('m', rows), f32Slot('l', rows), f32Slot('acc', rows * dV), f32Slot('out', rows * dV), f32Slot('lse', rows)];
+  const B = g.range(1, 3), H = g.pick([1, 2, 3, 4, 8]), T = g.range(1, 6);
+  const rows = g.chance(0.95) ? B * H * T : B * H * g.range(200, 600), dV = g.pick(HEAD_DIMS);
+  const base = [intSlot('rows', rows), intSlot('dV', dV), f32Slot('m', rows), f32Slot('l', rows), f32Slot('acc', rows * dV), f32Slot('out', rows * dV), f32Slot('lse', rows)];
+  if (g.chance(0.5)) return base;
+  const sinks: Slot = {
+    name: 'sinks',
+    ok: (g2) => (g2.chance(0.15) ? { v: null, d: 'null' } : f32(g2, H)),
+    bad: (g2) => g2.pick<(g3: Gen) => V>([
+      (g3) => badF32(g3, H),
+      () => ({ v: new Float32Array(H + 1), d: `f32(${H + 1}) (rows not divisible by H·T)` }),
+      () => ({ v: new Float32Array(0), d: 'f32(0)' }),
+      () => ({ v: new Float32Array(rows + 1), d: `f32(rows+1=${rows + 1})` }),
+      () => ({ v: new Float32Array(2 ** 20), d: 'f32(2^20)' }),
+    ])(g2),
+  };
+  const t: Slot = { name: 'T', ok: () => ({ v: rows / (B * H), d: String(rows / (B * H)) }), bad: (g2) => (g2.chance(0.3) ? { v: rows + 1, d: 'rows+1' } : badInt(g2, T)) };
+  return [...base, sinks, t];
 });
 const attnProbs = simple('attnProbs', (g, ctx) => {
   const s = attnSizes(g, sizeOf(g));
-  const slots = attnSlots(g, s, ctx, false);
+  // Paging is refused here (attnUpdate only): a few calls check that.
+  const slots = attnSlots(g, s, ctx, false, g.chance(0.03));
   const np = numel(s.B, s.H, s.T, s.S);
-  return [...slots, f32Slot('lse', numel(s.B, s.H, s.T)), f32Slot('probs', np, true), u8Slot('keep', np), ...scaleSlots(g, s, slots[1], false)];
+  return [...slots.slots, f32Slot('lse', numel(s.B, s.H, s.T)), f32Slot('probs', np, true), u8Slot('keep', np), ...scaleSlots(g, s, slots, false)];
 });
 
 function gemmSizes(g: Gen): [number, number, number] {
@@ -370,15 +519,57 @@ function kernelPathSlot(api: Api): Slot {
   return {
     name: 'path',
     ok: (g) => { const p = g.pick(names); return { v: p, d: `'${p}'` }; },
-    bad: (g) => g.pick<V>([{ v: 'TILE', d: "'TILE'" }, { v: '', d: "''" }, { v: 'auto\0', d: "'auto\\0'" }, { v: 'x'.repeat(10000), d: "'x'*10000" }, scalar(g), { v: new String('auto'), d: "new String('auto')" }]),
+    bad: (g) => g.pick<V>([{ v: 'TILE', d: "'TILE'" }, { v: '', d: "''" }, { v: 'auto\0', d: "'auto\\0'" }, { v: 'x'.repeat(10000), d: "'x'*10000" }, scalar(g), { v: new String('auto'), d: "new String('auto')" }, badString(g)]),
   };
 }
 const setKernelPath = simple('setKernelPath', (_g, ctx) => [kernelPathSlot(ctx.api)], (_g, ctx) => (ctx.state = true));
 
-const poolCheck = simple('poolCheck', (g) => {
+/** A result that contradicts the export's contract (counted as an unclear error). */
+class FuzzCheck extends Error {
+  constructor(what: string) {
+    super(`fuzz check failed: ${what}`);
+    this.name = 'FuzzCheck';
+  }
+}
+
+// poolCheck(tasks, throwAt): returns 8·tasks steps unless task throwAt < tasks throws (an
+// expected Error "internal error: task N failed"; fuzz/worker.ts tallies it as expected).
+function poolCheck(g: Gen, api: Api): Call {
   const tasks = g.chance(0.995) ? g.range(0, 64) : g.pick([1000, 65536]);
-  return [intSlot('tasks', tasks), intSlot('throwAt', g.chance(0.5) ? -1 : g.range(0, tasks))];
+  const inner = simple('poolCheck', () => [intSlot('tasks', tasks), intSlot('throwAt', g.chance(0.5) ? -1 : g.range(0, tasks + 1))])(g, api);
+  return {
+    ...inner,
+    run: () => {
+      const r = inner.run();
+      if (typeof r !== 'number' || r % 8 !== 0 || r > 8 * (1 << 20)) throw new FuzzCheck(`poolCheck returned ${String(r)}`);
+      return r;
+    },
+  };
+}
+
+// Getters: no arguments (sometimes extra ones, which they ignore); the results must keep their contract.
+const getter = (target: string, check: (r: unknown, api: Api) => string | undefined): Maker => (g, api) => {
+  const extra: V[] = g.chance(0.8) ? [] : [scalar(g), ...(g.chance(0.5) ? [badString(g)] : [])];
+  const fn = api.binding[target];
+  return {
+    target,
+    d: describeArgs(extra),
+    state: target === 'resetKernelCounts',
+    run: () => {
+      const r = fn(...extra.map((x) => x.v));
+      const bad = check(r, api);
+      if (bad) throw new FuzzCheck(`${target}() returned ${bad}`);
+      return r;
+    },
+  };
+};
+const getKernelPath = getter('getKernelPath', (r, api) => (typeof r === 'string' && api.paths.includes(r) ? undefined : String(r)));
+const kernelCounts = getter('kernelCounts', (r) => {
+  if (r === null || typeof r !== 'object') return String(r);
+  const badEntry = Object.entries(r).find(([, n]) => !Number.isSafeInteger(n) || (n as number) < 0);
+  return badEntry ? `${badEntry[0]}: ${String(badEntry[1])}` : Object.keys(r).length ? undefined : 'no counters';
 });
+const resetKernelCounts = getter('resetKernelCounts', (r) => (r === undefined ? undefined : String(r)));
 
 /** Any export this file has no signature for: 0-4 arguments from every pool. */
 function generic(target: string): Maker {
@@ -392,6 +583,7 @@ function generic(target: string): Maker {
 
 const EXPORTS: Record<string, Maker> = {
   attnUpdate, attnUpdateAsync, attnMerge, attnFinalize, attnProbs, linear, mhaForward, projectHeads, mergeProject, setNumThreads, info, setKernelPath, poolCheck,
+  getKernelPath, kernelCounts, resetKernelCounts,
 };
 
 // ---- public API ---------------------------------------------------------------------------
@@ -750,6 +942,97 @@ parentPort.postMessage('done');`;
   if (errors.length) throw errors[0];
 }
 
+// A worker_threads isolate that queues attnUpdateAsync folds (contiguous or paged, f32 or int8
+// with scales) and posts 'queued'; then, by workerData.end: 'exit' calls process.exit() in the
+// worker, 'throw' throws uncaught, 'detach' detaches every buffer first, 'wait' lets the folds
+// finish. The isolate cleanup hook must drain the folds before the isolate goes.
+const ASYNC_WORKER = `const { parentPort, workerData: w } = require('node:worker_threads');
+const b = require(w.path);
+const F = (n) => new Float32Array(n).fill(0.01);
+const d = { B: 1, H: w.H, Hkv: w.H, T: w.T, S: w.S, sCap: w.S, dK: 64, dV: 64 };
+const o = { scale: 0.125, causal: w.causal, qOffset: w.S - w.T, sOffset: 0, dropoutP: 0, seed: 0 };
+const rows = w.H * w.T, kvN = w.H * w.S * 64;
+let pending = 0;
+const all = [];
+for (let i = 0; i < w.folds; i++) {
+  const opts = { ...o };
+  let k, v, extra = [];
+  if (w.i8) { opts.kvDtype = 'i8'; k = new Int8Array(kvN).fill(3); v = new Int8Array(kvN).fill(-3); extra = [F(w.H * w.S * 2), F(w.H * w.S * 2)]; }
+  else { k = F(kvN); v = F(kvN); }
+  if (w.paged) { opts.pageSize = 16; opts.blockTable = Int32Array.from({ length: w.S / 16 }, (_, j) => (w.S / 16 - 1 - j)); }
+  if (w.i8) extra = [F(w.H * w.S * 2), F(w.H * w.S * 2)];
+  const arrs = [F(rows * 64), k, v, F(rows).fill(-Infinity), F(rows), F(rows * 64), ...extra];
+  all.push(...arrs);
+  pending++;
+  b.attnUpdateAsync(d, opts, ...arrs, () => { if (--pending === 0 && w.end === 'wait') parentPort.postMessage('done'); });
+}
+if (w.end === 'detach') for (const a of all) structuredClone(a.buffer, { transfer: [a.buffer] });
+parentPort.postMessage('queued');
+if (w.end === 'exit') process.exit(w.code);
+if (w.end === 'throw') throw new Error('worker throws with folds queued');`;
+
+/** worker_threads queueing attnUpdateAsync, then terminated, exiting, throwing, or left to finish. */
+function workerAsync(g: Gen, api: Api): Call {
+  const n = g.range(1, 2);
+  const cfg = Array.from({ length: n }, () => ({
+    H: g.pick([1, 4, 8]), T: g.pick([1, 16, 64, 256]), S: g.pick([64, 256, 2048]), causal: g.chance(0.5),
+    folds: g.range(1, 4), i8: g.chance(0.3), paged: g.chance(0.4), code: g.pick([0, 1, 7]),
+    end: g.pick(['terminate', 'terminate', 'terminate-now', 'exit', 'throw', 'detach', 'wait'] as const),
+  }));
+  const mainToo = g.chance(0.5);
+  return {
+    target: 'worker_threads.async',
+    d: `${cfg.map((c) => `worker queues ${c.folds} attnUpdateAsync(H ${c.H}, T ${c.T}, S ${c.S}${c.i8 ? ', i8' : ''}${c.paged ? ', paged' : ''}) then ${c.end}${c.end === 'exit' ? `(${c.code})` : ''}`).join('; ')}${mainToo ? '; main thread folds too' : ''}`,
+    state: true,
+    run: async () => {
+      const { Worker } = await import('node:worker_threads');
+      const path = new URL('../build/Release/kvstream.node', import.meta.url).pathname;
+      const runs = cfg.map((c) => new Promise<void>((res) => {
+        const wk = new Worker(ASYNC_WORKER, { eval: true, workerData: { path, ...c } });
+        wk.on('error', () => { /* the 'throw' ending; errors in the worker are its own */ });
+        wk.once('exit', () => res());
+        if (c.end === 'terminate-now') void wk.terminate();
+        wk.on('message', (m) => { if (m === 'done' || c.end.startsWith('terminate') || c.end === 'detach') void wk.terminate(); });
+      }));
+      if (mainToo) {
+        await new Promise<void>((res, rej) => {
+          const f = (k: number) => new Float32Array(k);
+          const d = { B: 1, H: 4, Hkv: 4, T: 16, S: 512, sCap: 512, dK: 64, dV: 64 };
+          api.binding.attnUpdateAsync(d, { scale: 0.125, causal: true, qOffset: 496, sOffset: 0, dropoutP: 0, seed: 0 }, f(4096), f(131072), f(131072), f(64), f(64), f(4096), (e?: Error) => (e ? rej(e) : res()));
+        });
+      }
+      await Promise.all(runs);
+    },
+  };
+}
+
+/**
+ * The main thread calling process.exit() while a worker's (or its own) attnUpdateAsync runs:
+ * in a separate process (it ends it). A crash there is re-raised here, so it is reported and
+ * replayed like any other.
+ */
+function processExit(g: Gen): Call {
+  const inWorker = g.chance(0.7), code = g.pick([0, 2]);
+  return {
+    target: 'process.exit',
+    d: `process.exit(${code}) on the main thread while ${inWorker ? "a worker's" : 'its own'} attnUpdateAsync runs`,
+    run: async () => {
+      const { spawnSync } = await import('node:child_process');
+      const path = new URL('../build/Release/kvstream.node', import.meta.url).pathname;
+      const wd = JSON.stringify({ path, H: 8, T: 256, S: 2048, causal: false, folds: 2, i8: false, paged: false, code: 0, end: 'wait' });
+      const script = inWorker
+        ? `const { Worker } = require('node:worker_threads'); const w = new Worker(${JSON.stringify(ASYNC_WORKER)}, { eval: true, workerData: ${wd} }); w.on('message', () => process.exit(${code}));`
+        : `const w = ${wd}; const parentPort = { postMessage() {} }; ${ASYNC_WORKER.replace(/^const \{ parentPort, workerData: w \} = require\('node:worker_threads'\);/, '')}\nprocess.exit(${code});`;
+      const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60_000 });
+      if (r.signal) {
+        process.stderr.write(`fuzz worker: the process.exit subprocess died by ${r.signal}: ${r.stderr.slice(-1500)}\n`);
+        process.kill(process.pid, r.signal);
+      }
+      if (r.status !== code) throw new FuzzCheck(`the process.exit(${code}) subprocess exited with ${r.status}: ${r.stderr.slice(-300)}`);
+    },
+  };
+}
+
 /**
  * Call `index` of `seed`: an addon export (about 70%, each export equally likely), a public API
  * entry point (about 30%), or rarely kernels on worker_threads.
@@ -757,6 +1040,8 @@ parentPort.postMessage('done');`;
 export function makeCall(seed: number, index: number, api: Api): Call {
   const g = new Gen(seed, index);
   if (g.chance(0.0002)) return workerThreads(g, api);
+  if (g.chance(0.0004)) return workerAsync(g, api);
+  if (g.chance(0.00005)) return processExit(g);
   if (g.chance(0.25)) return pickWeighted(g, Object.keys(API), API_WEIGHT, (t) => API[t])(g, api);
   return pickWeighted(g, Object.keys(api.binding).sort(), EXPORT_WEIGHT, (t) => EXPORTS[t] ?? generic(t))(g, api);
 }

@@ -373,3 +373,67 @@ export function object(g: Gen, fields: Record<string, V>, sideEffect?: (g: Gen) 
     default: return scalar(g);
   }
 }
+
+/** An Int32Array holding `vals`, in an accepted form (plain, subarray, shared, length-tracking resizable). */
+export function i32(g: Gen, vals: ArrayLike<number>): V {
+  const n = vals.length;
+  const kind = g.chance(0.85) ? 'plain' : g.pick(['sub', 'sab', 'rab-track']);
+  let a: Int32Array;
+  if (kind === 'sub') a = new Int32Array(n + 2).subarray(2);
+  else if (kind === 'sab') a = new Int32Array(new SharedArrayBuffer(4 * n));
+  else if (kind === 'rab-track') a = new Int32Array(newRab(4 * n, 4 * n + 64));
+  else a = new Int32Array(n);
+  a.set(vals);
+  return { v: a, d: `${viewD(a)}${kind === 'plain' ? '' : ' ' + kind}` };
+}
+
+/** A short description of a typed array: its type, length and first values. */
+export function viewD(a: ArrayBufferView): string {
+  const t = a as unknown as { length?: number; [i: number]: unknown };
+  let n: number;
+  try { n = t.length ?? a.byteLength; } catch { return 'typed array (length throws)'; }
+  const name = (a.constructor as { name?: string }).name?.replace('Array', '') ?? '?';
+  const head: string[] = [];
+  for (let i = 0; i < Math.min(n, 6); i++) head.push(String(t[i]));
+  return `${name}(${n})[${head.join(',')}${n > 6 ? ',…' : ''}]`;
+}
+
+/**
+ * An Int32Array-shaped option of n elements (valid contents `vals`) that is wrong: short, long,
+ * another element type, detached, out of bounds, an Array, a Proxy, or a scalar.
+ */
+export function badI32(g: Gen, vals: ArrayLike<number>): V {
+  const n = vals.length;
+  switch (g.int(12)) {
+    case 0: return { v: new Int32Array(Math.max(0, n - 1)), d: `i32(${Math.max(0, n - 1)} short)` };
+    case 1: return { v: new Int32Array(n + 1), d: `i32(${n + 1} long)` };
+    case 2: return { v: Uint32Array.from(vals, (x) => x >>> 0), d: `u32(${n})` };
+    case 3: return { v: Float32Array.from(vals), d: `f32(${n})` };
+    case 4: return { v: new BigInt64Array(n), d: `BigInt64Array(${n})` };
+    case 5: { const a = Int32Array.from(vals); detach(a.buffer); return { v: a, d: `i32(detached, was ${n})` }; }
+    case 6: {
+      const rab = newRab(4 * n + 16, 4 * n + 64);
+      const a = new Int32Array(rab, 16, n);
+      rab.resize(8);
+      return { v: a, d: `i32(${n} rab out of bounds)` };
+    }
+    case 7: return { v: Array.from(vals), d: `Array(${n})` };
+    case 8: return { v: new Proxy(Int32Array.from(vals), {}), d: `Proxy(i32(${n}))` };
+    case 9: return { v: new DataView(new ArrayBuffer(4 * n)), d: 'DataView' };
+    case 10: return { v: Int16Array.from(vals), d: `i16(${n})` };
+    default: return scalar(g);
+  }
+}
+
+/** A huge or odd string for a name argument (kvDtype, setKernelPath). */
+export function badString(g: Gen): V {
+  switch (g.int(7)) {
+    case 0: return { v: 'x'.repeat(1 << 24), d: "'x'*2^24" };
+    case 1: return { v: 'é'.repeat(300), d: "'é'*300" };
+    case 2: return { v: '\u{1F600}'.repeat(100), d: "'😀'*100" };
+    case 3: return { v: 'f16\0', d: "'f16\\0'" };
+    case 4: return { v: '\ud800', d: 'lone surrogate' };
+    case 5: return { v: 'a'.repeat(199) + 'é', d: "'a'*199+'é'" };
+    default: return { v: new String('f32'), d: "new String('f32')" };
+  }
+}

@@ -25,9 +25,14 @@ function hasTrap(e: unknown, depth = 0): boolean {
 
 let KvstreamError: new (...a: never[]) => Error;
 
-/** 'trap' (our own error propagated), 'clear', 'engine' or 'unclear'. */
+// poolCheck's self-test result: task throwAt threw, and the pool passes that on as an Error.
+const POOL_THROW = /^poolCheck: internal error: task \d+ failed$/;
+const isPoolThrow = (e: unknown) => e instanceof Error && e.constructor === Error && POOL_THROW.test(e.message);
+
+/** 'trap' (our own error propagated), 'clear' (including poolCheck's expected Error), 'engine' or 'unclear'. */
 export function classify(e: unknown): 'trap' | 'clear' | 'engine' | 'unclear' {
   if (hasTrap(e)) return 'trap';
+  if (isPoolThrow(e)) return 'clear';
   if (!(e instanceof TypeError || e instanceof RangeError || e instanceof KvstreamError)) return 'unclear';
   const inner = e instanceof KvstreamError && e.cause instanceof Error ? e.cause : e;
   return ENGINE.test(e.message) || ENGINE.test(inner.message) ? 'engine' : 'clear';
@@ -38,7 +43,7 @@ const message = (e: unknown) => (e instanceof Error ? e.message : String(e)).sli
 const signature = (target: string, e: unknown) => `${target} ${className(e)}: ${message(e).replace(/\d+(\.\d+)?(e[-+]?\d+)?/g, 'N').slice(0, 160)}`;
 
 function record(stats: Stats, call: Call, e: unknown, where: string): void {
-  const cls = e instanceof FuzzTrap ? 'FuzzTrap' : className(e);
+  const cls = e instanceof FuzzTrap ? 'FuzzTrap' : isPoolThrow(e) ? 'Error (poolCheck throwAt, expected)' : className(e);
   stats.threw[cls] = (stats.threw[cls] ?? 0) + 1;
   const kind = classify(e);
   if (kind !== 'unclear' && kind !== 'engine') return;
