@@ -972,7 +972,7 @@ if (w.end === 'exit') process.exit(w.code);
 if (w.end === 'throw') throw new Error('worker throws with folds queued');`;
 
 /** worker_threads queueing attnUpdateAsync, then terminated, exiting, throwing, or left to finish. */
-function workerAsync(g: Gen, api: Api): Call {
+export function workerAsync(g: Gen, api: Api): Call {
   const n = g.range(1, 2);
   const cfg = Array.from({ length: n }, () => ({
     H: g.pick([1, 4, 8]), T: g.pick([1, 16, 64, 256]), S: g.pick([64, 256, 2048]), causal: g.chance(0.5),
@@ -1011,7 +1011,7 @@ function workerAsync(g: Gen, api: Api): Call {
  * in a separate process (it ends it). A crash there is re-raised here, so it is reported and
  * replayed like any other.
  */
-function processExit(g: Gen): Call {
+export function processExit(g: Gen): Call {
   const inWorker = g.chance(0.7), code = g.pick([0, 2]);
   return {
     target: 'process.exit',
@@ -1057,3 +1057,4 @@ function pickWeighted(g: Gen, names: string[], weight: Record<string, number>, m
   for (const t of names) if ((x -= weight[t] ?? 1) < 0) return make(t);
   return make(names[names.length - 1]);
 }
+
