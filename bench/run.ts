@@ -309,7 +309,11 @@ if (want('W5') && !args['no-w5']) {
     for (let s = 0; s < S; s += 4096) writeSync(fd, new Uint8Array(block.buffer));
     closeSync(fd);
   }
-  const run = (threads: number, mode: string, readAhead = '2') => JSON.parse(spawnSync(process.execPath, ['--import=tsx', 'bench/w5.ts', path, String(threads), mode, readAhead], { encoding: 'utf8' }).stdout);
+  const run = (threads: number, mode: string, readAhead = '2') => {
+    const r = spawnSync(process.execPath, ['--import=tsx', 'bench/w5.ts', path, String(threads), mode, readAhead], { encoding: 'utf8' });
+    if (r.status !== 0 || !r.stdout.trim()) throw new Error(`bench/w5.ts ${threads} ${mode} ${readAhead} failed (exit ${r.status}): ${r.stderr.trim().split('\n').slice(-3).join(' | ')}`);
+    return JSON.parse(r.stdout);
+  };
   run(1, 'raw'); // warm the page cache
   // The stream's flops: k and v projections of every token, the 64 queries' attention over
   // them, and one output projection per chunk of 1024 (attendChunk emits a partial output).
