@@ -945,14 +945,16 @@ parentPort.postMessage('done');`;
 // A worker_threads isolate that queues attnUpdateAsync folds (contiguous or paged, f32 or int8
 // with scales) and posts 'queued'; then, by workerData.end: 'exit' calls process.exit() in the
 // worker, 'throw' throws uncaught, 'detach' detaches every buffer first, 'wait' lets the folds
-// finish. The isolate cleanup hook must drain the folds before the isolate goes.
+// finish. With w.chain, each completion callback queues another fold on the same arrays (up to
+// w.chain more), so folds are still being queued while the isolate is torn down. The isolate
+// cleanup hook must drain the folds before the isolate goes.
 const ASYNC_WORKER = `const { parentPort, workerData: w } = require('node:worker_threads');
 const b = require(w.path);
 const F = (n) => new Float32Array(n).fill(0.01);
 const d = { B: 1, H: w.H, Hkv: w.H, T: w.T, S: w.S, sCap: w.S, dK: 64, dV: 64 };
 const o = { scale: 0.125, causal: w.causal, qOffset: w.S - w.T, sOffset: 0, dropoutP: 0, seed: 0 };
 const rows = w.H * w.T, kvN = w.H * w.S * 64;
-let pending = 0;
+let pending = 0, chain = w.chain;
 const all = [];
 for (let i = 0; i < w.folds; i++) {
   const opts = { ...o };
@@ -963,8 +965,14 @@ for (let i = 0; i < w.folds; i++) {
   if (w.i8) extra = [F(w.H * w.S * 2), F(w.H * w.S * 2)];
   const arrs = [F(rows * 64), k, v, F(rows).fill(-Infinity), F(rows), F(rows * 64), ...extra];
   all.push(...arrs);
-  pending++;
-  b.attnUpdateAsync(d, opts, ...arrs, () => { if (--pending === 0 && w.end === 'wait') parentPort.postMessage('done'); });
+  const fold = () => {
+    pending++;
+    b.attnUpdateAsync(d, opts, ...arrs, () => {
+      if (chain > 0) { chain--; fold(); }
+      if (--pending === 0 && w.end === 'wait') parentPort.postMessage('done');
+    });
+  };
+  fold();
 }
 if (w.end === 'detach') for (const a of all) structuredClone(a.buffer, { transfer: [a.buffer] });
 parentPort.postMessage('queued');
@@ -976,13 +984,13 @@ export function workerAsync(g: Gen, api: Api): Call {
   const n = g.range(1, 2);
   const cfg = Array.from({ length: n }, () => ({
     H: g.pick([1, 4, 8]), T: g.pick([1, 16, 64, 256]), S: g.pick([64, 256, 2048]), causal: g.chance(0.5),
-    folds: g.range(1, 4), i8: g.chance(0.3), paged: g.chance(0.4), code: g.pick([0, 1, 7]),
+    folds: g.range(1, 4), i8: g.chance(0.3), paged: g.chance(0.4), code: g.pick([0, 1, 7]), chain: g.chance(0.3) ? g.pick([1, 3, 20]) : 0,
     end: g.pick(['terminate', 'terminate', 'terminate-now', 'exit', 'throw', 'detach', 'wait'] as const),
-  }));
+  })).map((c) => (c.end === 'wait' ? { ...c, chain: Math.min(c.chain, 3) } : c)); // waiting on 20 more large folds is slow
   const mainToo = g.chance(0.5);
   return {
     target: 'worker_threads.async',
-    d: `${cfg.map((c) => `worker queues ${c.folds} attnUpdateAsync(H ${c.H}, T ${c.T}, S ${c.S}${c.i8 ? ', i8' : ''}${c.paged ? ', paged' : ''}) then ${c.end}${c.end === 'exit' ? `(${c.code})` : ''}`).join('; ')}${mainToo ? '; main thread folds too' : ''}`,
+    d: `${cfg.map((c) => `worker queues ${c.folds} attnUpdateAsync(H ${c.H}, T ${c.T}, S ${c.S}${c.i8 ? ', i8' : ''}${c.paged ? ', paged' : ''})${c.chain ? `, each callback queueing another (${c.chain} more),` : ''} then ${c.end}${c.end === 'exit' ? `(${c.code})` : ''}`).join('; ')}${mainToo ? '; main thread folds too' : ''}`,
     state: true,
     run: async () => {
       const { Worker } = await import('node:worker_threads');
@@ -1012,14 +1020,14 @@ export function workerAsync(g: Gen, api: Api): Call {
  * replayed like any other.
  */
 export function processExit(g: Gen): Call {
-  const inWorker = g.chance(0.7), code = g.pick([0, 2]);
+  const inWorker = g.chance(0.7), code = g.pick([0, 2]), chain = g.chance(0.5) ? 20 : 0;
   return {
     target: 'process.exit',
-    d: `process.exit(${code}) on the main thread while ${inWorker ? "a worker's" : 'its own'} attnUpdateAsync runs`,
+    d: `process.exit(${code}) on the main thread while ${inWorker ? "a worker's" : 'its own'} attnUpdateAsync runs${chain ? ' (callbacks queueing more)' : ''}`,
     run: async () => {
       const { spawnSync } = await import('node:child_process');
       const path = new URL('../build/Release/kvstream.node', import.meta.url).pathname;
-      const wd = JSON.stringify({ path, H: 8, T: 256, S: 2048, causal: false, folds: 2, i8: false, paged: false, code: 0, end: 'wait' });
+      const wd = JSON.stringify({ path, H: 8, T: 256, S: 2048, causal: false, folds: 2, i8: false, paged: false, code: 0, end: 'wait', chain });
       const script = inWorker
         ? `const { Worker } = require('node:worker_threads'); const w = new Worker(${JSON.stringify(ASYNC_WORKER)}, { eval: true, workerData: ${wd} }); w.on('message', () => process.exit(${code}));`
         : `const w = ${wd}; const parentPort = { postMessage() {} }; ${ASYNC_WORKER.replace(/^const \{ parentPort, workerData: w \} = require\('node:worker_threads'\);/, '')}\nprocess.exit(${code});`;
