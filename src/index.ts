@@ -1,13 +1,13 @@
 export * from './errors.ts';
 export * from './tensor.ts';
 export { attention, OnlineSoftmaxState } from './attention.ts';
-export type { AttentionOptions, AttentionResult, Dropout, KvView, StateOptions } from './attention.ts';
+export type { AttentionOptions, AttentionOut, AttentionResult, Dropout, FinalizeOptions, KvView, StateOptions } from './attention.ts';
 export { KvCache } from './kvcache.ts';
 export type { KvCacheConfig } from './kvcache.ts';
 export { MultiHeadAttention, resolveConfig, weightShapes } from './mha.ts';
 export type { ForwardOptions, ForwardResult, MhaConfig, MhaWeights, ResolvedMhaConfig } from './mha.ts';
 export { getKernelPath, info, kernelCounts, resetKernelCounts, setKernelPath, setNumThreads } from './native.ts';
-export type { KernelPath, NativeInfo } from './native.ts';
+export type { KernelPath, KvDtype, KvStorage, NativeInfo } from './native.ts';
 export { Rng, philox4x32 } from './random.ts';
 export * from './operators/index.ts';
 export * from './fixtures/index.ts';
