@@ -30,6 +30,13 @@ namespace {
 using Args = Nan::NAN_METHOD_ARGS_TYPE;
 constexpr int64_t INT_MAX32 = 2147483647;
 
+// At most n bytes of s, cut at a UTF-8 character boundary.
+std::string utf8_prefix(const std::string& s, size_t n) {
+  if (s.size() <= n) return s;
+  while (n > 0 && (s[n] & 0xC0) == 0x80) --n;  // s[n] continues a character: back off to its start
+  return s.substr(0, n) + "…";
+}
+
 // A caller's string for a message or a name lookup, converted only up to 200 characters (a huge
 // string must not make the conversion allocate without bound).
 std::string short_string(v8::Local<v8::Value> val) {
@@ -235,7 +242,10 @@ struct Checker {
     return p;
   }
 
+  // A number as JS prints it where it matters here (NaN, Infinity; integers without exponent).
   static std::string num(double d) {
+    if (std::isnan(d)) return "NaN";
+    if (std::isinf(d)) return d > 0 ? "Infinity" : "-Infinity";
     char buf[32];
     snprintf(buf, sizeof buf, "%.17g", d);
     return buf;
@@ -257,7 +267,10 @@ struct Checker {
     if (val->IsProxy()) return "a Proxy";
     if (val->IsBigInt()) return "bigint";
     if (val->IsSymbol()) return "symbol";
-    return "object";
+    if (val->IsDataView()) return "DataView";
+    if (val->IsArrayBuffer()) return "ArrayBuffer";
+    if (val->IsSharedArrayBuffer()) return "SharedArrayBuffer";
+    return "a plain object";
   }
 };
 
@@ -292,7 +305,7 @@ kvs::KvDtype read_kv_dtype(Checker& c, v8::Local<v8::Object> obj) {
   const std::string name = short_string(val);
   for (kvs::KvDtype d : {kvs::KvDtype::F32, kvs::KvDtype::F16, kvs::KvDtype::BF16, kvs::KvDtype::I8})
     if (name == Checker::dtype_name(d)) return d;
-  c.range_error("opts.kvDtype must be one of 'f32', 'f16', 'bf16', 'i8', got '" + name.substr(0, 64) + "'");
+  c.range_error("opts.kvDtype must be one of 'f32', 'f16', 'bf16', 'i8', got '" + utf8_prefix(name, 64) + "'");
   return kvs::KvDtype::F32;
 }
 
@@ -425,7 +438,9 @@ bool info_has(Checker& c, int i) { return i >= 0 && c.info.Length() >= i + 2; }
 bool read_scales(Checker& c, int i, const kvs::AttnDims& d, const std::array<int64_t, 3>& rows, kvs::KvStore& kv) {
   const bool given = info_has(c, i) && !(c.info[i]->IsNullOrUndefined() && c.info[i + 1]->IsNullOrUndefined());
   if (kv.dtype != kvs::KvDtype::I8) {
-    if (given) c.type_error("kScale and vScale must be null unless opts.kvDtype is 'i8'");
+    if (given)
+      c.type_error("kScale and vScale must be null unless opts.kvDtype is 'i8', got " + Checker::describe(c.info[i]) +
+                   " and " + Checker::describe(c.info[i + 1]));
     return !c.failed;
   }
   if (!info_has(c, i)) {
@@ -456,9 +471,9 @@ bool read_pages(Checker& c, UpdateArgs& a, std::array<int64_t, 3>& rows) {
   }
   kvs::KvPages& p = a.kv.pages;
   p.page = c.integer(page_v, "opts.pageSize", 1, INT_MAX32);
-  if (!c.failed && d.s_cap % p.page != 0)
-    c.range_error("dims.sCap must be a multiple of opts.pageSize with paged storage, got sCap=" + std::to_string(d.s_cap) +
-                  ", pageSize=" + std::to_string(p.page));
+  if (!c.failed && (d.s_cap == 0 || d.s_cap % p.page != 0))
+    c.range_error("dims.sCap must be a positive multiple of opts.pageSize with paged storage, got sCap=" +
+                  std::to_string(d.s_cap) + ", pageSize=" + std::to_string(p.page));
   p.max_blocks = c.failed ? 0 : d.s_cap / p.page;
   p.H_kv = d.H_kv;
   read_opt_array(c, obj, "blockTable", "[B,sCap/pageSize]", std::to_string(d.B) + "," + std::to_string(p.max_blocks),
@@ -670,7 +685,7 @@ NAN_METHOD(AttnProbs) {
     if (!c.failed && info.Length() < 8) return c.type_error("int8 storage (opts.kvDtype 'i8') needs a kScale argument");
     kv.k_scale = c.f32(7, "kScale", ns, shape("[B,H_kv,S_cap,ceil(d_k/32)]", {d.B, d.H_kv, d.s_cap, g}));
   } else if (!c.failed && info.Length() == 8 && !info[7]->IsNullOrUndefined()) {
-    c.type_error("kScale must be null unless opts.kvDtype is 'i8'");
+    c.type_error("kScale must be null unless opts.kvDtype is 'i8', got " + Checker::describe(info[7]));
   }
   if (c.failed) return;
   guarded(c, [&] { kvs::attn_probs(d, with_arrays(o, arrays), q, kv, lse, probs, keep); });
@@ -790,7 +805,7 @@ NAN_METHOD(SetKernelPath) {
       return c.range_error("path 'tile' needs the AVX-512 tile kernel, which this CPU or build lacks (info().tile is false)");
     return kvs::set_kernel_path(p);
   }
-  c.range_error("path must be one of 'auto', 'tile', 'blas', 'rows', 'deterministic', got '" + name.substr(0, 64) + "'");
+  c.range_error("path must be one of 'auto', 'tile', 'blas', 'rows', 'deterministic', got '" + utf8_prefix(name, 64) + "'");
 }
 
 NAN_METHOD(GetKernelPath) {

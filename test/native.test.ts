@@ -242,7 +242,7 @@ test('storage arrays are checked against opts.kvDtype, and int8 needs its scales
   t.throws(() => binding.attnUpdate(dims, { ...opts, kvDtype: 'f16' } as never, q, f(20), h(20), m, l, acc), { instanceOf: TypeError, message: "attnUpdate: k must be a Uint16Array for kvDtype 'f16', got Float32Array" });
   t.throws(() => binding.attnUpdate(dims, { ...opts, kvDtype: 'i8' } as never, q, i8(20), i8(20), m, l, acc), { instanceOf: TypeError, message: "attnUpdate: int8 storage (opts.kvDtype 'i8') needs kScale and vScale arguments" });
   t.throws(() => binding.attnUpdate(dims, { ...opts, kvDtype: 'i8' } as never, q, i8(20), i8(20), m, l, acc, f(5), f(4)), { instanceOf: RangeError, message: 'attnUpdate: expected vScale [B,H_kv,S_cap,ceil(d_v/32)]=[1,1,5,1] (5 floats), got 4' });
-  t.throws(() => binding.attnUpdate(dims, { ...opts, kvDtype: 'bf16' } as never, q, h(20), h(20), m, l, acc, f(5), f(5)), { instanceOf: TypeError, message: "attnUpdate: kScale and vScale must be null unless opts.kvDtype is 'i8'" });
+  t.throws(() => binding.attnUpdate(dims, { ...opts, kvDtype: 'bf16' } as never, q, h(20), h(20), m, l, acc, f(5), f(5)), { instanceOf: TypeError, message: "attnUpdate: kScale and vScale must be null unless opts.kvDtype is 'i8', got Float32Array and Float32Array" });
   t.throws(() => binding.attnUpdate(dims, { ...opts, kvDtype: 'fp8' } as never, q, h(20), h(20), m, l, acc), { instanceOf: RangeError, message: "attnUpdate: opts.kvDtype must be one of 'f32', 'f16', 'bf16', 'i8', got 'fp8'" });
   t.throws(() => binding.attnUpdate(dims, opts, q, f(20), f(20), m, l, acc, null as never), { instanceOf: TypeError, message: 'attnUpdate: expected 8 or 10 arguments, got 9' });
 });
