@@ -68,7 +68,7 @@ export interface KvView extends Tensor {
 }
 
 function expectKv(name: string, t: KvView, B: number, Hkv: number, S: number, d: number, dimName: string): void {
-  const cap = t.capacity ?? S;
+  const cap = expectObject(name, t).capacity ?? S;
   expectDim(`${name}.capacity`, cap, S);
   expectShape(name, t, ['B', 'H_kv', 'S', dimName], [B, Hkv, S, d], cap);
 }

@@ -140,3 +140,11 @@ test('finalize options and reset checks', (t) => {
   t.deepEqual(s.finalize().output.data, a.output.data, 'a spent state is usable again after reset()');
   t.is(s.keysSeen, 4);
 });
+
+test('update with a missing key or value chunk names it (not an engine TypeError)', (t) => {
+  const rng = new Rng(77);
+  const state = new OnlineSoftmaxState(rng.normalTensor([1, 1, 1, 4]), { dV: 4 });
+  const k = rng.normalTensor([1, 1, 3, 4]);
+  t.throws(() => state.update(k, null as never), { name: 'ArgumentError', message: 'Expected v to be an object, got null' });
+  t.throws(() => state.update(undefined as never, k), { name: 'ShapeError', message: 'Expected k rank 4 [B,H_kv,S,d_k], got undefined' });
+});
