@@ -1036,7 +1036,10 @@ export function processExit(g: Gen): Call {
         process.stderr.write(`fuzz worker: the process.exit subprocess died by ${r.signal}: ${r.stderr.slice(-1500)}\n`);
         process.kill(process.pid, r.signal);
       }
-      if (r.status !== code) throw new FuzzCheck(`the process.exit(${code}) subprocess exited with ${r.status}: ${r.stderr.slice(-300)}`);
+      if (r.status !== code) {
+        process.stderr.write(`fuzz worker: the process.exit(${code}) subprocess exited with ${r.status}: ${r.stderr.slice(-3000)}\n`);
+        throw new FuzzCheck(`the process.exit(${code}) subprocess exited with ${r.status}: ${r.stderr.split('\n').find((l) => /Error|error/.test(l))?.slice(0, 200) ?? r.stderr.slice(0, 200)}`);
+      }
     },
   };
 }
