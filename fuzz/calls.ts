@@ -1029,13 +1029,14 @@ export function processExit(g: Gen): Call {
       const path = new URL('../build/Release/kvstream.node', import.meta.url).pathname;
       const wd = JSON.stringify({ path, H: 8, T: 256, S: 2048, causal: false, folds: 2, i8: false, paged: false, code: 0, end: 'wait', chain });
       const script = inWorker
-        ? `const { Worker } = require('node:worker_threads'); const w = new Worker(${JSON.stringify(ASYNC_WORKER)}, { eval: true, workerData: ${wd} }); w.on('message', () => process.exit(${code}));`
+        ? `const { Worker } = require('node:worker_threads'); const w = new Worker(${JSON.stringify(ASYNC_WORKER)}, { eval: true, workerData: ${wd} }); w.on('message', () => process.exit(${code})); w.on('error', (e) => { console.error('worker error: ' + e.message); process.exit(97); });`
         : `const w = ${wd}; const parentPort = { postMessage() {} }; ${ASYNC_WORKER.replace(/^const \{ parentPort, workerData: w \} = require\('node:worker_threads'\);/, '')}\nprocess.exit(${code});`;
       const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60_000 });
       if (r.signal) {
         process.stderr.write(`fuzz worker: the process.exit subprocess died by ${r.signal}: ${r.stderr.slice(-1500)}\n`);
         process.kill(process.pid, r.signal);
       }
+      // 97: the worker threw (e.g. the addon failed to load while the lead rebuilt it).
       if (r.status !== code) {
         process.stderr.write(`fuzz worker: the process.exit(${code}) subprocess exited with ${r.status}: ${r.stderr.slice(-3000)}\n`);
         throw new FuzzCheck(`the process.exit(${code}) subprocess exited with ${r.status}: ${r.stderr.split('\n').find((l) => /Error|error/.test(l))?.slice(0, 200) ?? r.stderr.slice(0, 200)}`);
