@@ -233,13 +233,17 @@ struct Checker {
   // a * b * ..., failing when the product leaves int64 or the element count a typed array may have.
   int64_t product(std::initializer_list<int64_t> dims, const char* what) {
     int64_t p = 1;
+    bool over = false;
+    for (int64_t d : dims) over = over || __builtin_mul_overflow(p, d, &p) || p > ((int64_t)1 << 32);
+    if (!over) return p;
+    std::string shape, total;
+    double n = 1;
     for (int64_t d : dims) {
-      if (__builtin_mul_overflow(p, d, &p) || p > ((int64_t)1 << 32)) {
-        range_error(std::string(what) + " has more elements than a typed array can hold");
-        return 0;
-      }
+      shape += (shape.empty() ? "" : ",") + std::to_string(d);
+      n *= (double)d;
     }
-    return p;
+    range_error(std::string(what) + " [" + shape + "] has " + num(n) + " elements, more than a typed array can hold (2^32)");
+    return 0;
   }
 
   // A number as JS prints it where it matters here (NaN, Infinity; integers without exponent).

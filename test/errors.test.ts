@@ -94,7 +94,7 @@ test('binding: lengths, dims, divisibility and size products', (t) => {
     t.throws(update(args), { instanceOf: RangeError, message });
   }
   const huge = good(); huge[0] = { ...dims, B: 65536, H: 65536, Hkv: 1, T: 65536 };
-  t.throws(update(huge), { instanceOf: RangeError, message: 'attnUpdate: q has more elements than a typed array can hold' });
+  t.throws(update(huge), { instanceOf: RangeError, message: 'attnUpdate: q [65536,65536,65536,2] has 562949953421312 elements, more than a typed array can hold (2^32)' });
   const p = good(); p[1] = { ...opts, dropoutP: 1 };
   t.throws(update(p), { instanceOf: RangeError, message: 'attnUpdate: opts.dropoutP must be a finite number in [0, 1), got 1' });
   t.throws(() => binding.projectHeads(f(6), f(12), null, f(11), 1, 2, 3, 2, 2), { instanceOf: RangeError, message: 'projectHeads: expected out [B,heads,T,d]=[1,2,2,2] (8 floats), got 11' });
