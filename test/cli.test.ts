@@ -20,7 +20,7 @@ function node(args: string[]): Promise<CliResult> {
     let stdout = '', stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
     child.stderr.on('data', (d) => (stderr += d));
-    child.on('exit', (code) => done({ code, stdout, stderr }));
+    child.on('close', (code) => done({ code, stdout, stderr }));  // after stdout has been read
   });
 }
 

@@ -12,7 +12,8 @@ export function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliRes
     let stdout = '', stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
     child.stderr.on('data', (d) => (stderr += d));
-    child.on('exit', (code) => resolve({ code, stdout, stderr }));
+    // 'close', not 'exit': exit can fire before the last of stdout has been read.
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
   });
 }
 
