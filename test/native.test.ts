@@ -58,7 +58,7 @@ test('attnUpdateAsync refuses shared and resizable buffers, which another thread
 });
 
 test('KVSTREAM_NUM_THREADS is parsed strictly and capped; a bad value is an error at first use, not a crash', (t) => {
-  t.is(threadsFromEnv(undefined), undefined);
+  t.is(threadsFromEnv(''), undefined);  // empty = unset (undefined would read the real variable)
   t.is(threadsFromEnv('2'), 2);
   t.is(threadsFromEnv('256'), 256);
   for (const bad of ['0', '-1', 'abc', '1e9', '100000000', ' 2', '2x', '257', '1.5']) {
