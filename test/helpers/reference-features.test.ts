@@ -1,0 +1,329 @@
+// The feature reference checked against closed forms and against reference.ts's plain reference
+// (written separately), so that tests built on it stand on something checked.
+import test from 'ava';
+import type { ExecutionContext } from 'ava';
+import { Rng } from '../../src/random.ts';
+import { refAttention } from './reference.ts';
+import {
+  keyVisible, quantizeQ8, refAlibiSlopes, refFeatures, refRope, roundBf16, roundF16, roundHalfEven, storageErrorBound, storageRound,
+} from './reference-features.ts';
+import type { FeatureDims, FeatureOpts } from './reference-features.ts';
+
+const normal = (n: number, seed: number) => new Rng(seed, 7).normalTensor([n]).data;
+
+/** Largest |a - b| must be <= tol; the message names it and where. */
+function close(t: ExecutionContext, a: ArrayLike<number>, b: ArrayLike<number>, tol: number, what: string) {
+  t.is(a.length, b.length, `${what}: lengths`);
+  let worst = 0, at = -1;
+  for (let i = 0; i < a.length; i++) {
+    const e = a[i] === b[i] ? 0 : Math.abs(a[i] - b[i]);
+    if (!(e <= worst)) [worst, at] = [Number.isNaN(e) ? Infinity : e, i];
+  }
+  t.true(worst <= tol, `${what}: largest difference ${worst} at ${at} (${a[at]} vs ${b[at]}), allowed ${tol}`);
+}
+
+const dims = (o: Partial<FeatureDims> = {}): FeatureDims => ({ B: 2, H: 4, Hkv: 2, T: 5, S: 9, dK: 8, dV: 6, ...o });
+function inputs(d: FeatureDims, seed = 1) {
+  return { q: normal(d.B * d.H * d.T * d.dK, seed), k: normal(d.B * d.Hkv * d.S * d.dK, seed + 1), v: normal(d.B * d.Hkv * d.S * d.dV, seed + 2) };
+}
+
+test('with no feature, refFeatures is reference.ts refAttention (causal and not, grouped heads)', (t) => {
+  const d = dims();
+  const { q, k, v } = inputs(d);
+  for (const causal of [false, true]) {
+    const a = refFeatures(q, k, v, d, { scale: 0.4, causal, qOffset: 4 });
+    const b = refAttention(q, k, v, d, { scale: 0.4, causal, qOffset: 4 });
+    close(t, a.out, b.out, 1e-14, `out causal=${causal}`);
+    close(t, a.lse, b.lse, 1e-14, `lse causal=${causal}`);
+  }
+});
+
+test('window 1 with causal: each query sees only its own key (output = its value, lse = its score)', (t) => {
+  const d = dims({ T: 9, S: 9 });
+  const { q, k, v } = inputs(d, 3);
+  const r = refFeatures(q, k, v, d, { scale: 0.5, causal: true, qOffset: 0, window: 1 });
+  for (let b = 0; b < d.B; b++)
+    for (let h = 0; h < d.H; h++)
+      for (let t2 = 0; t2 < d.T; t2++) {
+        const row = (b * d.H + h) * d.T + t2, kv = (b * d.Hkv + Math.floor(h / 2)) * d.S + t2;
+        let dot = 0;
+        for (let i = 0; i < d.dK; i++) dot += q[row * d.dK + i] * k[kv * d.dK + i];
+        t.true(Math.abs(r.lse[row] - 0.5 * dot) < 1e-14, `lse row ${row}`);
+        close(t, r.out.subarray(row * d.dV, (row + 1) * d.dV), v.subarray(kv * d.dV, (kv + 1) * d.dV), 1e-15, `out row ${row}`);
+      }
+});
+
+test('window W sees the last W keys: equals plain attention over those keys', (t) => {
+  const d = dims({ T: 4, S: 12 });
+  const { q, k, v } = inputs(d, 5);
+  const W = 5, qOffset = 8; // queries 8..11 see keys (t - 5, t]
+  const r = refFeatures(q, k, v, d, { scale: 0.3, causal: true, qOffset, window: W });
+  for (let t2 = 0; t2 < d.T; t2++) {
+    // keys [tAbs - W + 1, tAbs] as a plain non-causal pass of query t alone
+    const lo = qOffset + t2 - W + 1;
+    const sub = sliceKeys(k, v, d, lo, qOffset + t2 + 1), qt = sliceQuery(q, d, t2);
+    const p = refAttention(qt, sub.k, sub.v, { ...d, T: 1, S: W }, { scale: 0.3, causal: false, qOffset: 0 });
+    close(t, pick(r.lse, d, t2, 1), p.lse, 1e-14, `lse t=${t2}`);
+    close(t, pick(r.out, d, t2, d.dV), p.out, 1e-14, `out t=${t2}`);
+  }
+});
+
+test('sink tokens with a window: visible keys are s < n or the window (and the mask rule itself)', (t) => {
+  const o: FeatureOpts = { scale: 1, causal: true, window: 3, sinkTokens: 2 };
+  const seen = (tAbs: number) => Array.from({ length: 12 }, (_, s) => s).filter((s) => keyVisible(o, 0, tAbs, s));
+  t.deepEqual(seen(10), [0, 1, 8, 9, 10]);
+  t.deepEqual(seen(3), [0, 1, 2, 3]);
+  t.deepEqual(seen(0), [0]);
+  // Attention over the gathered visible keys (positions kept for the mask-free pass) equals it.
+  const d = dims({ B: 1, T: 3, S: 12 });
+  const { q, k, v } = inputs(d, 9);
+  const r = refFeatures(q, k, v, d, { ...o, scale: 0.35, qOffset: 9 });
+  for (let t2 = 0; t2 < d.T; t2++) {
+    const keep = seen(9 + t2);
+    const g = gatherKeys(k, v, d, keep), qt = sliceQuery(q, d, t2);
+    const p = refAttention(qt, g.k, g.v, { ...d, T: 1, S: keep.length }, { scale: 0.35, causal: false, qOffset: 0 });
+    close(t, pick(r.lse, d, t2, 1), p.lse, 1e-14, `lse t=${t2}`);
+    close(t, pick(r.out, d, t2, d.dV), p.out, 1e-14, `out t=${t2}`);
+  }
+});
+
+test('kvRanges and qOffsets: each row equals plain attention over its own slice at its own offset', (t) => {
+  const d = dims({ B: 3, T: 3, S: 10 });
+  const { q, k, v } = inputs(d, 11);
+  const kvRanges = [0, 10, 3, 10, 2, 7], qOffsets = [7, 7, 4]; // full, left-padded 3, ragged [2,7)
+  const r = refFeatures(q, k, v, d, { scale: 0.35, causal: true, kvRanges, qOffsets });
+  for (let b = 0; b < d.B; b++) {
+    const [lo, hi] = [kvRanges[2 * b], kvRanges[2 * b + 1]];
+    const one = { ...d, B: 1 };
+    const qb = q.subarray(b * d.H * d.T * d.dK, (b + 1) * d.H * d.T * d.dK);
+    const kb = k.subarray(b * d.Hkv * d.S * d.dK, (b + 1) * d.Hkv * d.S * d.dK), vb = v.subarray(b * d.Hkv * d.S * d.dV, (b + 1) * d.Hkv * d.S * d.dV);
+    const sub = sliceKeys(kb, vb, one, lo, hi);
+    // Causal at qOffsets[b] over keys starting at lo: query t sees slice key j iff lo + j <= qOffsets[b] + t.
+    const p = refAttention(qb, sub.k, sub.v, { ...one, S: hi - lo }, { scale: 0.35, causal: true, qOffset: qOffsets[b] - lo });
+    close(t, r.lse.subarray(b * d.H * d.T, (b + 1) * d.H * d.T), p.lse, 1e-14, `lse b=${b}`);
+    close(t, r.out.subarray(b * d.H * d.T * d.dV, (b + 1) * d.H * d.T * d.dV), p.out, 1e-14, `out b=${b}`);
+  }
+  // A row that sees no key: output 0 and lse -inf.
+  const empty = refFeatures(q, k, v, d, { scale: 0.35, causal: true, kvRanges: [0, 10, 8, 10, 0, 0], qOffsets: [7, 5, 4] });
+  t.is(empty.lse[d.H * d.T], -Infinity);
+  t.true(empty.out.subarray(d.H * d.T * d.dV, 2 * d.H * d.T * d.dV).every((x) => x === 0));
+  t.true(empty.lse.subarray(2 * d.H * d.T).every((x) => x === -Infinity));
+});
+
+test('ALiBi over equal keys: probabilities are exp(-slope·distance) normalised', (t) => {
+  const d = dims({ B: 1, H: 2, Hkv: 1, T: 1, S: 6, dK: 4, dV: 6 });
+  const q = normal(d.H * d.dK, 2);
+  const k = new Float64Array(d.S * d.dK);
+  for (let s = 0; s < d.S; s++) k.set([0.3, -0.2, 0.5, 0.1], s * d.dK);
+  const v = new Float64Array(d.S * d.dV);
+  for (let s = 0; s < d.S; s++) v[s * d.dV + s] = 1; // one-hot: out = the probabilities
+  const slopes = [0.5, 0.125];
+  const r = refFeatures(q, k, v, d, { scale: 1, causal: true, qOffset: 5, alibi: slopes });
+  for (let h = 0; h < d.H; h++) {
+    const w = Array.from({ length: d.S }, (_, s) => Math.exp(-slopes[h] * (5 - s)));
+    const sum = w.reduce((a, b) => a + b, 0);
+    close(t, r.out.subarray(h * d.dV, (h + 1) * d.dV), w.map((x) => x / sum), 1e-15, `probs h=${h}`);
+  }
+  // Bloom's slopes: 8 heads 2^-1..2^-8; 12 heads adds the odd steps of 16.
+  close(t, refAlibiSlopes(8), Array.from({ length: 8 }, (_, i) => 2 ** -(i + 1)), 0, 'slopes H=8');
+  close(t, refAlibiSlopes(12), [...Array.from({ length: 8 }, (_, i) => 2 ** -(i + 1)), 2 ** -0.5, 2 ** -1.5, 2 ** -2.5, 2 ** -3.5], 1e-16, 'slopes H=12');
+});
+
+test('softcap: a huge cap changes nothing; a small one bounds every score by the cap', (t) => {
+  const d = dims();
+  const { q, k, v } = inputs(d, 21);
+  const plain = refFeatures(q, k, v, d, { scale: 2, causal: true });
+  const huge = refFeatures(q, k, v, d, { scale: 2, causal: true, softcap: 1e9 });
+  close(t, huge.out, plain.out, 1e-12, 'out');
+  close(t, huge.lse, plain.lse, 1e-12, 'lse');
+  // cap 0.5: softmax over scores in (-0.5, 0.5): lse within log(n) ± 0.5, weights within e^±1 of uniform.
+  const capped = refFeatures(q, k, v, d, { scale: 2, causal: true, softcap: 0.5 });
+  const qOffset = d.S - d.T;
+  for (let row = 0; row < d.B * d.H * d.T; row++) {
+    const n = qOffset + (row % d.T) + 1;
+    t.true(Math.abs(capped.lse[row] - Math.log(n)) < 0.5, `row ${row}: lse ${capped.lse[row]} vs log ${n}`);
+  }
+  // One visible key with q·k·scale = x: lse = cap·tanh(x/cap) exactly.
+  const one = refFeatures([1, 2], [3, 0.5], [7], { B: 1, H: 1, Hkv: 1, T: 1, S: 1, dK: 2, dV: 1 }, { scale: 0.5, softcap: 1.5 });
+  t.true(Math.abs(one.lse[0] - 1.5 * Math.tanh(2 / 1.5)) < 1e-15);
+  t.is(one.out[0], 7);
+});
+
+test('head sinks: -inf is no sink; a sink is a key of score sink_h and value 0; a row with no key gives 0 and sink_h', (t) => {
+  const d = dims();
+  const { q, k, v } = inputs(d, 31);
+  const plain = refFeatures(q, k, v, d, { scale: 0.3, causal: true });
+  const none = refFeatures(q, k, v, d, { scale: 0.3, causal: true, sinks: [-Infinity, -Infinity, -Infinity, -Infinity] });
+  close(t, none.out, plain.out, 0, 'out');
+  close(t, none.lse, plain.lse, 0, 'lse');
+  // q = 0: every score 0. With sink 0 the denominator has n + 1 equal terms.
+  const zq = new Float64Array(q.length);
+  const s = refFeatures(zq, k, v, d, { scale: 0.3, causal: true, sinks: [0, 0, 0, 0] }), u = refFeatures(zq, k, v, d, { scale: 0.3, causal: true });
+  for (let row = 0; row < d.B * d.H * d.T; row++) {
+    const n = d.S - d.T + (row % d.T) + 1;
+    t.true(Math.abs(s.lse[row] - Math.log(n + 1)) < 1e-14, `lse row ${row}`);
+    close(t, s.out.subarray(row * d.dV, (row + 1) * d.dV), Array.from(u.out.subarray(row * d.dV, (row + 1) * d.dV), (x) => (x * n) / (n + 1)), 1e-14, `out row ${row}`);
+  }
+  // Sink per head (head 1 large: its output shrinks by e^(lse_plain - lse_sink)).
+  const sinks = [-1, 3, 0.5, -20];
+  const w = refFeatures(q, k, v, d, { scale: 0.3, causal: true, sinks });
+  for (let row = 0; row < d.B * d.H * d.T; row++) {
+    const h = Math.floor(row / d.T) % d.H;
+    const want = Math.log(Math.exp(plain.lse[row]) + Math.exp(sinks[h]));
+    t.true(Math.abs(w.lse[row] - want) < 1e-13, `lse row ${row}`);
+    close(t, w.out.subarray(row * d.dV, (row + 1) * d.dV), Array.from(plain.out.subarray(row * d.dV, (row + 1) * d.dV), (x) => x * Math.exp(plain.lse[row] - want)), 1e-14, `out row ${row}`);
+  }
+  const empty = refFeatures(q, k, v, d, { scale: 0.3, causal: true, qOffset: -10, sinks });
+  for (let row = 0; row < d.B * d.H * d.T; row++) t.is(empty.lse[row], sinks[Math.floor(row / d.T) % d.H]);
+  t.true(empty.out.every((x) => x === 0));
+});
+
+test('rope: position 0 is the identity, norms of pairs are kept, scores depend on the position difference only', (t) => {
+  const rd = { B: 2, H: 3, T: 4, d: 16 };
+  const x = normal(rd.B * rd.H * rd.T * rd.d, 41), y = normal(rd.B * rd.H * rd.T * rd.d, 42);
+  for (const style of ['half', 'interleaved'] as const) {
+    for (const dim of [16, 8]) {
+      close(t, refRope(x.subarray(0, rd.B * rd.H * rd.d), { ...rd, T: 1 }, 0, { dim, style }), x.subarray(0, rd.B * rd.H * rd.d), 0, `${style} dim ${dim}: identity at 0`);
+      const r = refRope(x, rd, 5, { dim, style, theta: 500 });
+      const pairs = (z: ArrayLike<number>, o: number) => Array.from({ length: dim / 2 }, (_, i) =>
+        style === 'half' ? Math.hypot(z[o + i], z[o + i + dim / 2]) : Math.hypot(z[o + 2 * i], z[o + 2 * i + 1]));
+      for (let row = 0; row < rd.B * rd.H * rd.T; row++) {
+        close(t, pairs(r, row * rd.d), pairs(x, row * rd.d), 1e-14, `${style} dim ${dim}: pair norms row ${row}`);
+        close(t, r.subarray(row * rd.d + dim, (row + 1) * rd.d), x.subarray(row * rd.d + dim, (row + 1) * rd.d), 0, `${style} dim ${dim}: pass-through`);
+      }
+      // <rope(x, p), rope(y, p')> depends on p - p' only.
+      const one = { B: 1, H: 1, T: 1, d: 16 };
+      const dot = (p1: number, p2: number) => {
+        const a = refRope(x.subarray(0, 16), one, [p1], { dim, style }), b = refRope(y.subarray(0, 16), one, [p2], { dim, style });
+        return a.reduce((s, ai, i) => s + ai * b[i], 0);
+      };
+      t.true(Math.abs(dot(7, 3) - dot(104, 100)) < 1e-12, `${style} dim ${dim}: relative`);
+      t.true(Math.abs(dot(7, 3) - dot(3, 7)) > 1e-6, `${style} dim ${dim}: not symmetric (the test can fail)`);
+    }
+  }
+  // Interleaved is half-split under the channel permutation (2i, 2i+1) <-> (i, i + d/2).
+  const one = { B: 1, H: 1, T: 1, d: 8 };
+  const xi = x.subarray(0, 8);
+  const perm = [0, 4, 1, 5, 2, 6, 3, 7]; // interleaved channel c holds half-split channel perm[c]
+  const xh = new Float64Array(8);
+  perm.forEach((p, c) => (xh[p] = xi[c]));
+  const ri = refRope(xi, one, [13], { style: 'interleaved' }), rh = refRope(xh, one, [13], { style: 'half' });
+  close(t, perm.map((p) => rh[p]), ri, 1e-15, 'interleaved = permuted half');
+  // One pair by hand: angle = pos·theta^(-2i/dim), i = 1 of dim 4.
+  const r1 = refRope([1, 0, 0, 0], { B: 1, H: 1, T: 1, d: 4 }, [3], { dim: 4, theta: 100, style: 'interleaved' });
+  t.deepEqual(Array.from(r1), [Math.cos(3), Math.sin(3), 0, 0]);
+  const r2 = refRope([0, 0, 1, 0], { B: 1, H: 1, T: 1, d: 4 }, [3], { dim: 4, theta: 100, style: 'interleaved' });
+  close(t, r2, [0, 0, Math.cos(0.3), Math.sin(0.3)], 1e-16, 'pair 1');
+});
+
+test('fp16 rounding: ties to even, subnormals, overflow', (t) => {
+  t.is(roundF16(1 + 2 ** -11), 1); // tie: to even (1)
+  t.is(roundF16(1 + 3 * 2 ** -11), 1 + 2 ** -9); // tie: to even (up)
+  t.is(roundF16(1 + 2 ** -11 + 2 ** -20), 1 + 2 ** -10);
+  t.is(roundF16(65504), 65504);
+  t.is(roundF16(65519.99), 65504);
+  t.is(roundF16(65520), Infinity);
+  t.is(roundF16(-65520), -Infinity);
+  t.is(roundF16(2 ** -24), 2 ** -24);
+  t.is(roundF16(2 ** -25), 0); // tie between 0 and 2^-24: even is 0
+  t.is(roundF16(1.5 * 2 ** -24), 2 ** -23);
+  t.is(roundF16(2 ** -14 - 2 ** -25), 2 ** -14); // largest subnormal + half quantum: tie, even is 2^-14
+  t.is(roundF16(-0.1), -0.0999755859375); // numpy: float(np.float16(-0.1))
+  t.is(roundF16(3.14159), 3.140625);
+  t.true(Number.isNaN(roundF16(NaN)));
+});
+
+test('bf16 rounding: the upper half of the fp32, ties to even (against the bit formula)', (t) => {
+  const f = new Float32Array(1), u = new Uint32Array(f.buffer);
+  const bits = (x: number) => {
+    f[0] = x;
+    const b = u[0];
+    u[0] = (((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) << 16) >>> 0;
+    return f[0];
+  };
+  const xs = [...normal(2000, 51), 1 + 2 ** -8, 1 + 3 * 2 ** -8, 2 ** -130, 3.3e38, -1e-40, 0, -0];
+  for (const x of xs) t.is(roundBf16(x), bits(x), `x = ${x}`);
+  t.is(roundBf16(1 + 2 ** -8), 1);
+  t.is(roundBf16(1 + 3 * 2 ** -8), 1 + 2 ** -6);
+});
+
+test('int8 q8: scale per 32 channels, the largest maps to ±127, ties to even, groups of zeros stay 0', (t) => {
+  const x = new Float32Array(70);
+  x.set(normal(64, 61));
+  x[5] = -4; // group 0's max
+  for (let i = 64; i < 70; i++) x[i] = 0;
+  const r = quantizeQ8(x, 1, 70);
+  t.is(r.scale.length, 3);
+  t.is(r.scale[0], Math.fround(4 / 127));
+  t.is(r.q[5], -127);
+  t.is(r.scale[2], 0);
+  t.true(Array.from(r.q.subarray(64)).every((v) => v === 0));
+  // Exact ties: max 127·s with s = 1 makes x = 2.5 a tie, rounded to 2 (even); 3.5 to 4.
+  const tie = quantizeQ8([127, 2.5, 3.5, -2.5, -0.5], 1, 5);
+  t.deepEqual(Array.from(tie.q), [127, 2, 4, -2, 0]); // Int8Array has no -0
+  t.true(roundHalfEven(-0.5) === 0);
+  t.is(roundHalfEven(2.5), 2);
+  t.is(roundHalfEven(-1.5), -2);
+});
+
+test('storage rounding stays within storageErrorBound, and the bound is tight within 2x somewhere', (t) => {
+  const rows = 8, d = 40;
+  const x = Float32Array.from(normal(rows * d, 71), (z, i) => z * (i % 7 === 0 ? 30 : 1));
+  for (const dtype of ['fp16', 'bf16', 'int8'] as const) {
+    const y = storageRound(x, rows, d, dtype), bound = storageErrorBound(x, rows, d, dtype);
+    let worst = 0, at = 0;
+    for (let i = 0; i < x.length; i++) {
+      const r = Math.abs(y[i] - x[i]) / bound[i];
+      if (r > worst) [worst, at] = [r, i];
+    }
+    t.true(worst <= 1, `${dtype}: error ${Math.abs(y[at] - x[at])} at ${at} is ${worst}x its bound`);
+    t.true(worst > 0.5, `${dtype}: the bound is not loose (largest ratio ${worst})`);
+    // Inputs known within dx: enc(x + e) vs enc(x) within the widened bound.
+    const e = Float64Array.from(x, (z) => Math.abs(z) * 1e-6 + 1e-7);
+    const moved = Float32Array.from(x, (z, i) => z + (i % 2 ? e[i] : -e[i]));
+    const ym = storageRound(moved, rows, d, dtype), wide = storageErrorBound(x, rows, d, dtype, e);
+    for (let i = 0; i < x.length; i++) if (!(Math.abs(ym[i] - y[i]) <= wide[i])) t.fail(`${dtype}: moved input at ${i}: ${Math.abs(ym[i] - y[i])} > ${wide[i]}`);
+  }
+});
+
+test('dtype in refFeatures rounds k and v first (equal to passing rounded k, v as fp32)', (t) => {
+  const d = dims({ dK: 40, dV: 36 });
+  const { q, k, v } = inputs(d, 81);
+  const rowsK = d.B * d.Hkv * d.S;
+  for (const dtype of ['fp16', 'bf16', 'int8'] as const) {
+    const a = refFeatures(q, k, v, d, { scale: 0.2, causal: true, dtype });
+    const b = refFeatures(q, storageRound(k, rowsK, d.dK, dtype), storageRound(v, rowsK, d.dV, dtype), d, { scale: 0.2, causal: true });
+    close(t, a.out, b.out, 0, `${dtype} out`);
+    const c = refFeatures(q, k, v, d, { scale: 0.2, causal: true });
+    let diff = 0;
+    for (let i = 0; i < a.out.length; i++) diff = Math.max(diff, Math.abs(a.out[i] - c.out[i]));
+    t.true(diff > 0, `${dtype}: rounding changes the output`);
+  }
+});
+
+// --- helpers: slices and gathers of keys, one query row ---
+
+function sliceKeys(k: ArrayLike<number>, v: ArrayLike<number>, d: FeatureDims, lo: number, hi: number) {
+  return gatherKeys(k, v, d, Array.from({ length: hi - lo }, (_, j) => lo + j));
+}
+function gatherKeys(k: ArrayLike<number>, v: ArrayLike<number>, d: FeatureDims, keys: number[]) {
+  const n = keys.length, ko = new Float64Array(d.B * d.Hkv * n * d.dK), vo = new Float64Array(d.B * d.Hkv * n * d.dV);
+  for (let bh = 0; bh < d.B * d.Hkv; bh++)
+    keys.forEach((s, j) => {
+      for (let i = 0; i < d.dK; i++) ko[(bh * n + j) * d.dK + i] = k[(bh * d.S + s) * d.dK + i];
+      for (let i = 0; i < d.dV; i++) vo[(bh * n + j) * d.dV + i] = v[(bh * d.S + s) * d.dV + i];
+    });
+  return { k: ko, v: vo };
+}
+/** Query t of every (b, h) as [B,H,1,dK]. */
+function sliceQuery(q: ArrayLike<number>, d: FeatureDims, t: number) {
+  const out = new Float64Array(d.B * d.H * d.dK);
+  for (let bh = 0; bh < d.B * d.H; bh++) for (let i = 0; i < d.dK; i++) out[bh * d.dK + i] = q[(bh * d.T + t) * d.dK + i];
+  return out;
+}
+/** Row t of every (b, h) of x [B,H,T,w] as [B,H,1,w]. */
+function pick(x: Float64Array, d: FeatureDims, t: number, w: number) {
+  const out = new Float64Array(d.B * d.H * w);
+  for (let bh = 0; bh < d.B * d.H; bh++) out.set(x.subarray((bh * d.T + t) * w, (bh * d.T + t + 1) * w), bh * w);
+  return out;
+}
