@@ -1,4 +1,4 @@
-import { concatMap, defer, finalize, map } from 'rxjs';
+import { defer, finalize, map } from 'rxjs';
 import type { OperatorFunction } from 'rxjs';
 import { OnlineSoftmaxState } from '../attention.ts';
 import type { Dropout } from '../attention.ts';
@@ -7,6 +7,7 @@ import { ArgumentError } from '../errors.ts';
 import { alloc, expectDim, expectFlag, expectOptions, show } from '../tensor.ts';
 import type { Tensor } from '../tensor.ts';
 import type { KvChunk } from './chunks.ts';
+import { awaitEach } from '../streams/awaitEach.ts';
 
 export interface AttendOptions {
   causal?: boolean;
@@ -16,9 +17,10 @@ export interface AttendOptions {
   /** Absolute position of token 0 of the stream (keys already seen elsewhere, e.g. a prompt). */
   sOffset?: number;
   /**
-   * Fold each chunk on a worker thread (updateAsync), keeping the event loop free. RxJS has no
-   * back-pressure: with `fromNpy`, pass it a `demand` that this stage's output drives, or the
-   * source reads ahead while the kernel runs.
+   * Fold each chunk on a worker thread (updateAsync), keeping the event loop free. Chunks are
+   * folded one at a time (awaitEach), each holding its source's read-ahead credit until its
+   * output has been delivered: fromNpy and the stream sources read at most their highWaterMark
+   * (default 2) chunks ahead of the kernel, with nothing wired (docs/streams.md).
    */
   async?: boolean;
 }
@@ -60,7 +62,7 @@ export function attendChunk<C extends KvChunk>(mha: MultiHeadAttention, xQ: Tens
       };
       return source.pipe(
         async
-          ? concatMap(async (chunk: C) => {
+          ? awaitEach(async (chunk: C) => {
               await state!.updateAsync(chunk.k, chunk.v, sOffset + chunk.start);
               return emit(chunk);
             })

@@ -5,12 +5,21 @@ import { ArgumentError, FixtureError, KvstreamError } from '../errors.ts';
 import { NpyFile } from '../io/npyfile.ts';
 import { expectDim, expectOptions } from '../tensor.ts';
 import { chunkSizes } from './chunks.ts';
+import { ticket } from '../streams/credit.ts';
+import { expectHighWaterMark } from '../streams/pull.ts';
 import type { TokenChunk } from './chunks.ts';
 
 export interface FromNpyOptions {
   /**
-   * Pace for asynchronous consumers: with it, one chunk is read per value `demand` emits (after
-   * the first, read on subscribe). Without it, chunk i+1 is read once next(chunk i) has returned.
+   * Most chunks out at once (default 2, an integer in [1, 64]): read and not yet released by
+   * the pipeline, besides `readAhead`. A chunk is released when next(chunk) returns, unless an
+   * asynchronous kvstream stage (awaitEach, attendChunk({ async: true }), toReadable,
+   * toAsyncIterable) holds it until it is done with it (docs/streams.md).
+   */
+  highWaterMark?: number;
+  /**
+   * Explicit pacing instead of highWaterMark: one chunk is read per value `demand` emits (after
+   * the first, read on subscribe).
    */
   demand?: Observable<unknown>;
   /** Called with the file's bytes read so far after every read (progress, tests). */
@@ -25,19 +34,24 @@ export interface FromNpyOptions {
 
 /**
  * Source: a float32 `.npy` of shape [B,S,d] on disk, read chunk by chunk along S. A highland
- * generator reads one chunk per pull; without `readAhead`, at most one chunk is read ahead of
- * the consumer, and only once it has taken the previous one.
+ * generator reads one chunk per pull. Chunks read and not released never exceed
+ * highWaterMark + readAhead; a synchronous pipeline releases each chunk when next() returns,
+ * and without `readAhead` the next read starts only then.
  * The file is closed on completion, on error and on unsubscribe.
  */
 export function fromNpy(path: string, chunking: number | readonly number[], options: FromNpyOptions = {}): Observable<TokenChunk> {
   expectOptions('options', options);
   const readAhead = options.readAhead === undefined ? 0 : expectDim('readAhead', options.readAhead, 0);
   if (readAhead > 16) throw new ArgumentError(`Expected readAhead to be an integer in [0, 16], got ${readAhead}`);
+  const { demand } = options;
+  const highWaterMark = expectHighWaterMark(options.highWaterMark);
   return new Observable<TokenChunk>((subscriber) => {
     let file: NpyFile | undefined;
     let sizes: number[] = [];
     let index = 0, start = 0;
-    let credit = 1; // chunks the consumer may receive before its next demand
+    let credit = 1; // with demand: chunks the consumer may receive before its next demand
+    let out = 0; // without demand: chunks delivered and not released (credit.ts)
+    let delivering = false; // a next() is running: only readAhead may read meanwhile
     let finished = false; // completion or error is under way
     let demandSub: Subscription | undefined;
     let torn = false; // unsubscribed: a read or open still in flight closes the file itself
@@ -76,9 +90,12 @@ export function fromNpy(path: string, chunking: number | readonly number[], opti
     const buffered: TokenChunk[] = [];
     let inFlight = false;
     let ended: { err?: unknown } | undefined;
-    // Reads run while fewer than readAhead + credit chunks are buffered or in flight.
+    // Reads run while fewer than readAhead + room chunks are buffered or in flight; room is the
+    // demand credit, or what highWaterMark leaves (none while a next() runs, so a synchronous
+    // consumer never has a read under it that readAhead did not ask for).
+    const room = () => readAhead + (demand ? credit : delivering ? 0 : Math.max(0, highWaterMark - out));
     const fetch = () => {
-      if (inFlight || ended || subscriber.closed || buffered.length >= readAhead + credit) return;
+      if (inFlight || ended || subscriber.closed || buffered.length >= room()) return;
       inFlight = true;
       stream.pull((err, chunk) => {
         inFlight = false;
@@ -88,13 +105,29 @@ export function fromNpy(path: string, chunking: number | readonly number[], opti
         pull();
       });
     };
+    const freed = () => {
+      out--;
+      pull();
+    };
     const pull = () => {
-      while (!subscriber.closed && credit > 0 && buffered.length > 0) {
-        credit--;
+      while (!subscriber.closed && !delivering && (demand ? credit > 0 : out < highWaterMark) && buffered.length > 0) {
         const chunk = buffered.shift()!;
-        fetch(); // with readAhead, the next read starts before the consumer works on this chunk
-        subscriber.next(chunk);
-        if (!options.demand) credit++;
+        if (demand) {
+          credit--;
+          fetch(); // with readAhead, the next read starts before the consumer works on this chunk
+          subscriber.next(chunk);
+          continue;
+        }
+        out++;
+        delivering = true;
+        fetch();
+        const t = ticket(freed);
+        try {
+          t.deliver(() => subscriber.next(chunk));
+        } finally {
+          delivering = false;
+        }
+        t.release(); // the source's own hold: next() has returned
       }
       if (subscriber.closed) return;
       if (buffered.length === 0 && ended) {
@@ -105,8 +138,8 @@ export function fromNpy(path: string, chunking: number | readonly number[], opti
       }
       fetch();
     };
-    if (options.demand) {
-      demandSub = options.demand.subscribe(() => {
+    if (demand) {
+      demandSub = demand.subscribe(() => {
         credit++;
         pull();
       });

@@ -9,3 +9,4 @@ export type { ToReadableOptions } from './toReadable.ts';
 export { toAsyncIterable } from './toAsyncIterable.ts';
 export { toNpyBytes } from './toNpyBytes.ts';
 export type { HighlandLike, HighlandNil, PullOptions, StreamSource } from './pull.ts';
+export { awaitEach } from './awaitEach.ts';

@@ -6,6 +6,7 @@ import { Observable } from 'rxjs';
 import type { Subscriber, Subscription } from 'rxjs';
 import { ArgumentError } from '../errors.ts';
 import { show } from '../tensor.ts';
+import { ticket } from './credit.ts';
 
 /** highland's end-of-stream marker `_.nil`, as @types/highland brands it. */
 export interface HighlandNil {
@@ -21,14 +22,30 @@ export interface HighlandLike<T> {
 /** Anything the stream sources read: a Node Readable, an async or sync iterable, a highland stream. */
 export type StreamSource<T> = AsyncIterable<T> | Iterable<T> | HighlandLike<T>;
 
-/** Pacing for asynchronous consumers, as fromNpy's: one more item per value `demand` emits. */
+/** Pacing: how far a source may run ahead of the stages after it. */
 export interface PullOptions {
   /**
-   * With it, the first chunk is produced on subscribe and one more per value `demand` emits
-   * (toReadable/toAsyncIterable drive one). Without it, chunk i+1 is produced once next(chunk i)
-   * has returned.
+   * Most chunks the source has out at once (default 2, an integer in [1, 64]): produced and not
+   * yet released by the pipeline. A chunk is released when the subscriber's next() returns,
+   * unless an asynchronous kvstream stage (awaitEach, attendChunk({ async: true }), toReadable,
+   * toAsyncIterable) holds it; it then is released once that stage is done with it. See
+   * docs/streams.md.
+   */
+  highWaterMark?: number;
+  /**
+   * Explicit pacing instead (highWaterMark is then unused): the first chunk is produced on
+   * subscribe and one more per value `demand` emits.
    */
   demand?: Observable<unknown>;
+}
+
+/** The highWaterMark option, checked: default 2, an integer in [1, 64]. */
+export function expectHighWaterMark(highWaterMark: number | undefined): number {
+  if (highWaterMark === undefined) return 2;
+  if (!Number.isInteger(highWaterMark) || highWaterMark < 1 || highWaterMark > 64) {
+    throw new ArgumentError(`Expected highWaterMark to be an integer in [1, 64], got ${show(highWaterMark)}`);
+  }
+  return highWaterMark;
 }
 
 /** One item at a time from a source; `close` ends it early (destroys a Readable or highland stream). */
@@ -64,20 +81,23 @@ export function puller<T>(name: string, source: StreamSource<T>): Puller<T> {
 
 /**
  * A cold source: each subscription calls `open` for a fresh producer, then `produce()` once per
- * chunk (resolving undefined at the end) — once per credit: one on subscribe, then one per
- * `demand` value, or one per returned next() without `demand`. `close` runs once on completion,
- * error or unsubscribe (a produce() still in flight is then ignored). Errors go to
- * subscriber.error after close, through `wrap`.
+ * chunk (resolving undefined at the end), while fewer than `highWaterMark` chunks are out
+ * (produced or being produced, and not released; see credit.ts), or with `demand` once on
+ * subscribe and once per `demand` value. `close` runs once on completion, error or unsubscribe
+ * (a produce() still in flight is then ignored). Errors go to subscriber.error after close,
+ * through `wrap`.
  */
 export function pullSource<C, P extends { produce(): Promise<C | undefined>; close(): Promise<void> }>(
   open: () => P,
   options: PullOptions,
   wrap: (e: unknown) => unknown = (e) => e,
 ): Observable<C> {
+  const { demand } = options;
+  const highWaterMark = expectHighWaterMark(options.highWaterMark);
   return new Observable<C>((subscriber: Subscriber<C>) => {
     let producer: P | undefined;
-    let credit = 1; // chunks the consumer may receive before its next demand
-    let waiting = false; // a produce is owed once credit arrives
+    let credit = 1; // with demand: chunks the consumer may receive before its next demand
+    let out = 0; // without demand: chunks produced or being produced, not released
     let busy = false; // a produce() is in flight
     let closed = false;
     let demandSub: Subscription | undefined;
@@ -93,13 +113,14 @@ export function pullSource<C, P extends { produce(): Promise<C | undefined>; clo
       const err = wrap(e);
       close().then(() => subscriber.error(err), () => subscriber.error(err));
     };
+    const freed = () => {
+      out--;
+      pull();
+    };
     const pull = () => {
-      if (closed || busy) return;
-      if (credit === 0) {
-        waiting = true;
-        return;
-      }
-      credit--;
+      if (closed || busy || (demand ? credit === 0 : out >= highWaterMark)) return;
+      if (demand) credit--;
+      else out++;
       busy = true;
       (async () => {
         producer ??= open();
@@ -111,21 +132,22 @@ export function pullSource<C, P extends { produce(): Promise<C | undefined>; clo
           close().then(() => subscriber.complete(), (e: unknown) => subscriber.error(wrap(e)));
           return;
         }
-        subscriber.next(chunk);
-        if (!options.demand) credit++;
+        if (demand) subscriber.next(chunk);
+        else {
+          const t = ticket(freed);
+          t.deliver(() => subscriber.next(chunk));
+          t.release(); // the source's own hold: next() has returned
+        }
         pull();
       }, (e: unknown) => {
         busy = false;
         fail(e);
       });
     };
-    if (options.demand) {
-      demandSub = options.demand.subscribe(() => {
+    if (demand) {
+      demandSub = demand.subscribe(() => {
         credit++;
-        if (waiting) {
-          waiting = false;
-          pull();
-        }
+        pull();
       });
     }
     pull();

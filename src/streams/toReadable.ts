@@ -1,13 +1,17 @@
 import { Readable } from 'node:stream';
 import type { Observable, Subscription } from 'rxjs';
+import { retain } from './credit.ts';
+import type { Hold } from './credit.ts';
 
 export interface ToReadableOptions {
   /**
-   * Signalled once per read the stream asks for after the first (pass the same Subject as the
-   * source's `demand` option): the source then produces only as fast as the Readable's consumer
-   * reads, at most `highWaterMark` + 1 chunks ahead. The Observable must then emit one value per
-   * source chunk (map, projectKv, attendChunk; not filter or last), or a read waits forever.
-   * Without it, every value the Observable emits is buffered in the Readable until read.
+   * Not needed for kvstream's sources (fromNpy, fromTokens, fromNpyBytes): each value held in
+   * the Readable keeps its chunk's read-ahead credit until the consumer has taken it, so the
+   * source runs at most its own highWaterMark chunks ahead. For a source paced by `demand`:
+   * signalled once per read the stream asks for after the first (pass the same Subject as the
+   * source's `demand` option), at most this `highWaterMark` + 1 chunks ahead; the Observable
+   * must then emit one value per source chunk (map, projectKv, attendChunk; not filter or last),
+   * or a read waits forever.
    */
   demand?: { next(value?: undefined): void };
   /** Values (object mode) or bytes (byte mode) the Readable buffers before pausing (default 1 value / 64 KiB). */
@@ -21,17 +25,33 @@ export interface ToReadableOptions {
  * async iteration or highland (`_(toReadable(obs))`). The Observable is subscribed on the first
  * read; completion ends the Readable, an error destroys it with that error, and destroying the
  * Readable (an early break, a failed pipeline) unsubscribes, which closes the source.
+ * Credit (docs/streams.md): a value keeps its source chunk's credit while it sits in the
+ * Readable's buffer, and releases it at the consumer's next read after taking it.
  */
 export function toReadable<T>(source: Observable<T>, options: ToReadableOptions = {}): Readable {
   const { demand, bytes = false } = options;
   let sub: Subscription | undefined;
+  const holds: { hold: Hold; bytes: number }[] = []; // one per value pushed and not yet released
+  let queued = 0; // bytes (byte mode) or values pushed whose holds are in `holds`
+  /** Releases the holds of values the consumer has taken (no longer in the buffer). */
+  const releaseTaken = (buffered: number) => {
+    while (holds.length && queued - holds[0].bytes >= buffered) {
+      const { hold, bytes: n } = holds.shift()!;
+      queued -= n;
+      hold.release();
+    }
+  };
   return new Readable({
     objectMode: !bytes,
     highWaterMark: options.highWaterMark ?? (bytes ? 64 * 1024 : 1),
     read() {
+      releaseTaken(this.readableLength);
       if (sub) return demand?.next();
       sub = source.subscribe({
         next: (value) => {
+          const n = bytes ? byteLength(value) : 1;
+          holds.push({ hold: retain(), bytes: n });
+          queued += n;
           this.push(value);
         },
         error: (e: unknown) => this.destroy(e instanceof Error ? e : new Error(String(e))),
@@ -40,7 +60,14 @@ export function toReadable<T>(source: Observable<T>, options: ToReadableOptions 
     },
     destroy(err, callback) {
       sub?.unsubscribe();
+      releaseTaken(0);
       callback(err);
     },
   });
+}
+
+/** What push() adds to a byte-mode Readable's length. */
+function byteLength(value: unknown): number {
+  if (typeof value === 'string') return Buffer.byteLength(value);
+  return (value as Uint8Array | null)?.byteLength ?? 0;
 }
