@@ -1,9 +1,27 @@
-// KV cache: owns storage [B,H_kv,capacity,d], the valid length S and append. Kernels read the
-// storage in place through `keys()` / `values()` (KvView with capacity); positions [0, S) are
-// valid and every append fills the half-open range [S, S + n).
-import type { KvView } from './attention.ts';
-import { ShapeError } from './errors.ts';
-import { expectAllocatable, expectDim, MAX_TENSOR_BYTES, expectObject, expectRank, expectShape } from './tensor.ts';
+// KV cache: owns the key/value storage, appends chunks at absolute positions [length, length + n),
+// and gives attention the parts to fold (`parts()`), each read in place. Three layouts:
+//  - contiguous (default): k [B,H_kv,capacity,d_k], v [B,H_kv,capacity,d_v]; position s at slot s.
+//  - ring (`window` W, optional `sinkTokens` N0): per head, N0 sink slots then R ring slots
+//    (capacity = N0 + R). Positions [0, N0) sit at slots [0, N0) forever; the last `ringHeld`
+//    positions >= N0 sit at slots N0 + (ringStart + j) % R, oldest first. After an append of n
+//    the ring holds at least the last W + n - 1 positions (it grows, relinearising, for a bigger
+//    chunk), which is what the chunk's queries can see under the window mask.
+//  - paged (`pageSize` P): a pool of pages [pages,H_kv,P,d] shared by forks and selections
+//    (refcounted, copy on write) and a block table [B,maxBlocks] per cache; batch row b's
+//    position s is row s % P of page blockTable[b, s / P] (-1: no page).
+// Storage is of `dtype`: fp32 (Float32Array), fp16 / bf16 (Uint16Array bits), int8 (Int8Array,
+// with fp32 scales [rows, ceil(d/32)]: element = q · scale of its row and group of 32 channels).
+// Appends are encoded by the addon (kvEncode); keys are rotated first when `rope` is set.
+// All batch rows share one length (ragged rows are masked by attention's kvRanges).
+import { CACHE_DTYPES, NATIVE_DTYPE } from './attention.ts';
+import type { CacheDtype, KvView } from './attention.ts';
+import { ArgumentError, ShapeError } from './errors.ts';
+import { bf16ToF32, f16ToF32 } from './io/npy.ts';
+import { addon } from './native.ts';
+import type { KvStorage } from './native.ts';
+import { applyRope, resolveRope } from './rope.ts';
+import type { ResolvedRope, RopeOptions } from './rope.ts';
+import { expectAllocatable, expectDim, expectObject, expectOptions, expectRank, expectShape, MAX_TENSOR_BYTES, show } from './tensor.ts';
 import type { Tensor } from './tensor.ts';
 
 export interface KvCacheConfig {
@@ -12,117 +30,586 @@ export interface KvCacheConfig {
   dK: number;
   dV: number;
   /**
-   * Positions to reserve up front (default 16); storage doubles when full. Each of the K and V
-   * storages [B,H_kv,capacity,d] must fit MAX_TENSOR_BYTES (2 GiB), here and when growing.
+   * Positions to reserve up front per batch row (default 16); storage doubles when full. With
+   * `window`: the initial ring slots (it grows to what the ring rule needs; more than `window`
+   * leaves room to crop back). With `pageSize`: the initial pool, in positions per row. Each
+   * storage (K and V) must fit MAX_TENSOR_BYTES (2 GiB, counted as 4 bytes an element).
    */
   capacity?: number;
+  /** Storage type (default 'fp32'); appends are encoded on the way in, snapshot() decodes. */
+  dtype?: CacheDtype;
+  /** Sliding window W: a ring buffer keeping (at least) the last W positions; parts carry `window: W`. */
+  window?: number;
+  /** StreamingLLM sink tokens (with `window`): positions [0, sinkTokens) are also kept forever. */
+  sinkTokens?: number;
+  /** Paged storage: pages of this many positions and a block table per batch row (not with `window`). */
+  pageSize?: number;
+  /** Keys are rotated on append at their absolute positions (or options.positions), once: cached rotated. */
+  rope?: RopeOptions;
 }
+
+/** One run of positions to fold: keys/values read in place, at absolute positions [sOffset, sOffset + S). */
+export interface KvPart {
+  /** [B,H_kv,S,d_k] */
+  k: KvView;
+  /** [B,H_kv,S,d_v] */
+  v: KvView;
+  /** Absolute position of the part's row 0. */
+  sOffset: number;
+  /** Window mask for this part: the cache's window on ring parts, 0 (none) on the sink part; absent otherwise. */
+  window?: number;
+}
+
+export interface AppendOptions {
+  /** [B,n] rope position ids of the new keys (default length + i for every row); needs `rope`. */
+  positions?: Int32Array;
+}
+
+type Layout = 'contiguous' | 'ring' | 'paged';
+
+/** K or V storage: rows of d elements of one dtype (+ int8 scales [rows, ceil(d/32)]). */
+class Store {
+  readonly data: KvStorage;
+  readonly scale: Float32Array | undefined;
+  readonly groups: number;
+
+  /** `dims` (named `names`) multiply to the row count times d; checked against the size limit. */
+  constructor(readonly dtype: CacheDtype, readonly d: number, name: string, names: readonly string[], dims: readonly number[]) {
+    const n = expectAllocatable(name, names, dims);
+    this.groups = Math.ceil(d / 32);
+    this.data = dtype === 'fp32' ? new Float32Array(n) : dtype === 'int8' ? new Int8Array(n) : new Uint16Array(n);
+    this.scale = dtype === 'int8' ? new Float32Array((n / d) * this.groups) : undefined;
+  }
+
+  /** Encodes src[srcOff ..] (rows × d fp32) into rows [row, row + rows). */
+  encode(row: number, src: Float32Array, srcOff: number, rows: number): void {
+    if (rows <= 0) return;
+    const d = this.d, from = src.subarray(srcOff, srcOff + rows * d);
+    if (this.dtype === 'fp32') (this.data as Float32Array).set(from, row * d);
+    else {
+      const scale = this.scale ? this.scale.subarray(row * this.groups, (row + rows) * this.groups) : null;
+      addon.kvEncode(NATIVE_DTYPE[this.dtype] as 'f16' | 'bf16' | 'i8', from, this.data.subarray(row * d, (row + rows) * d) as Uint16Array | Int8Array, scale, rows, d);
+    }
+  }
+
+  /** Copies rows [srcRow, srcRow + rows) of `src` (same dtype and d) to rows [row, row + rows). */
+  copyFrom(src: Store, srcRow: number, row: number, rows: number): void {
+    if (rows <= 0) return;
+    const d = this.d, g = this.groups;
+    (this.data as Float32Array).set((src.data as Float32Array).subarray(srcRow * d, (srcRow + rows) * d), row * d);
+    if (this.scale && src.scale) this.scale.set(src.scale.subarray(srcRow * g, (srcRow + rows) * g), row * g);
+  }
+
+  /** Decodes rows [row, row + rows) to fp32 into out[outOff ..]. */
+  decode(row: number, rows: number, out: Float32Array, outOff: number): void {
+    if (rows <= 0) return;
+    const d = this.d, bits = this.data.subarray(row * d, (row + rows) * d);
+    if (this.dtype === 'fp32') out.set(bits as Float32Array, outOff);
+    else if (this.dtype === 'fp16') out.set(f16ToF32(bits as Uint16Array), outOff);
+    else if (this.dtype === 'bf16') out.set(bf16ToF32(bits as Uint16Array), outOff);
+    else {
+      const g = this.groups, scale = this.scale!;
+      for (let r = 0; r < rows; r++)
+        for (let i = 0; i < d; i++) out[outOff + r * d + i] = Math.fround(bits[r * d + i] * scale[(row + r) * g + (i >> 5)]);
+    }
+  }
+}
+
+/**
+ * Pages [pages,H_kv,pageSize,d] for K and V, shared by a paged cache and its forks/selections.
+ * refs[p] counts the block-table entries naming page p; free pages are a stack.
+ */
+class PagePool {
+  k: Store;
+  v: Store;
+  refs: Int32Array;
+  private free: Int32Array;
+  private nFree: number;
+
+  constructor(readonly dtype: CacheDtype, readonly Hkv: number, readonly pageSize: number, readonly dK: number, readonly dV: number, public pages: number) {
+    this.k = this.store('k', dK, pages);
+    this.v = this.store('v', dV, pages);
+    this.refs = new Int32Array(pages);
+    this.free = new Int32Array(pages);
+    for (let i = 0; i < pages; i++) this.free[i] = pages - 1 - i; // taken lowest first
+    this.nFree = pages;
+  }
+
+  private store(name: 'k' | 'v', d: number, pages: number): Store {
+    return new Store(this.dtype, d, `${name} page pool`, ['pages', 'H_kv', 'pageSize', name === 'k' ? 'd_k' : 'd_v'], [pages, this.Hkv, this.pageSize, d]);
+  }
+
+  /** Makes at least n pages free, doubling the pool (capped at the size limit) when short. */
+  reserve(n: number): void {
+    if (n <= this.nFree) return;
+    const perPage = this.Hkv * this.pageSize * Math.max(this.dK, this.dV);
+    const maxPages = Math.floor(MAX_TENSOR_BYTES / 4 / perPage);
+    const need = this.pages + n - this.nFree;
+    const pages = Math.max(need, Math.min(2 * this.pages, maxPages)); // over maxPages only when need is: store() throws
+    const k = this.store('k', this.dK, pages), v = this.store('v', this.dV, pages);
+    const rows = this.pages * this.Hkv * this.pageSize;
+    k.copyFrom(this.k, 0, 0, rows);
+    v.copyFrom(this.v, 0, 0, rows);
+    const refs = new Int32Array(pages), free = new Int32Array(pages);
+    refs.set(this.refs);
+    free.set(this.free.subarray(0, this.nFree));
+    let nFree = this.nFree;
+    for (let p = pages - 1; p >= this.pages; p--) free[nFree++] = p;
+    [this.k, this.v, this.refs, this.free, this.nFree, this.pages] = [k, v, refs, free, nFree, pages];
+  }
+
+  /** A free page with one reference (reserve first). */
+  take(): number {
+    const p = this.free[--this.nFree];
+    this.refs[p] = 1;
+    return p;
+  }
+
+  release(p: number): void {
+    if (--this.refs[p] === 0) this.free[this.nFree++] = p;
+  }
+
+  /** Copies page `src` (all heads and rows) to page `dst`. */
+  copyPage(src: number, dst: number): void {
+    const rows = this.Hkv * this.pageSize;
+    this.k.copyFrom(this.k, src * rows, dst * rows, rows);
+    this.v.copyFrom(this.v, src * rows, dst * rows, rows);
+  }
+}
+
+/** A paged cache's block table, held apart so a collected cache can return its pages. */
+interface Blocks {
+  pool: PagePool;
+  /** [B, maxBlocks] page numbers, -1 for none. */
+  table: Int32Array;
+}
+
+const pageReturn = new FinalizationRegistry<Blocks>((blocks) => {
+  for (const p of blocks.table) if (p >= 0) blocks.pool.release(p);
+});
+
+const DTYPE_LIST = CACHE_DTYPES.map((x) => `'${x}'`).join(', ');
+const MAX_POSITION = 2 ** 31 - 1;
 
 export class KvCache {
   readonly batch: number;
   readonly numKvHeads: number;
   readonly dK: number;
   readonly dV: number;
-  private kData: Float32Array;
-  private vData: Float32Array;
-  private cap: number;
+  readonly dtype: CacheDtype;
+  /** Sliding window W (0: none). */
+  readonly window: number;
+  readonly sinkTokens: number;
+  /** Page size (0: not paged). */
+  readonly pageSize: number;
+  readonly rope: ResolvedRope | undefined;
+  private readonly layout: Layout;
+  private readonly config: KvCacheConfig;
+  // Contiguous and ring: K, V storage [B,H_kv,slots,d]; `spare` stores are reorder's second buffer.
+  private k!: Store;
+  private v!: Store;
+  private spare: { k: Store; v: Store } | undefined;
+  private slots = 0;
   private len = 0;
+  // Ring: R = slots - sinkTokens ring slots.
+  private ringStart = 0;
+  private ringHeld = 0;
+  // Paged.
+  private blocks!: Blocks;
+  private maxBlocks = 0;
+  private spareTable: Int32Array | undefined;
+  // Rotated keys of the last append [B,H_kv,n,d_k] (rope only), reused while n fits.
+  private ropeBuf: Float32Array | undefined;
 
-  constructor(config: KvCacheConfig) {
+  /** `pool` is internal (forks and selections of a paged cache share it); callers leave it out. */
+  constructor(config: KvCacheConfig, pool?: PagePool) {
     expectObject('config', config);
+    this.config = { ...config };
     this.batch = expectDim('batch', config.batch);
     this.numKvHeads = expectDim('numKvHeads', config.numKvHeads);
     this.dK = expectDim('dK', config.dK);
     this.dV = expectDim('dV', config.dV);
-    this.cap = expectDim('capacity', config.capacity ?? 16);
-    this.kData = new Float32Array(this.storageSize('k', this.cap, this.dK));
-    this.vData = new Float32Array(this.storageSize('v', this.cap, this.dV));
+    const capacity = expectDim('capacity', config.capacity ?? 16);
+    const dtype = config.dtype ?? 'fp32';
+    if (!CACHE_DTYPES.includes(dtype)) throw new ArgumentError(`Expected dtype to be one of ${DTYPE_LIST}, got ${show(dtype)}`);
+    this.dtype = dtype;
+    this.window = config.window === undefined ? 0 : expectDim('window', config.window);
+    this.sinkTokens = config.sinkTokens === undefined ? 0 : expectDim('sinkTokens', config.sinkTokens, 0);
+    this.pageSize = config.pageSize === undefined ? 0 : expectDim('pageSize', config.pageSize);
+    if (this.sinkTokens > 0 && !this.window) {
+      throw new ArgumentError(`Expected sinkTokens only with a window (sinks plus the last window positions), got sinkTokens=${this.sinkTokens} and window ${show(config.window)}`);
+    }
+    if (this.pageSize && this.window) {
+      throw new ArgumentError(`Expected either window or pageSize (a paged window cache is not supported), got window=${this.window} and pageSize=${this.pageSize}`);
+    }
+    this.rope = config.rope === undefined ? undefined : resolveRope(config.rope, this.dK);
+    this.layout = this.pageSize ? 'paged' : this.window ? 'ring' : 'contiguous';
+    if (this.layout === 'paged') {
+      this.maxBlocks = Math.ceil(capacity / this.pageSize);
+      this.blocks = { pool: pool ?? new PagePool(dtype, this.numKvHeads, this.pageSize, this.dK, this.dV, this.batch * this.maxBlocks), table: this.newTable(this.maxBlocks) };
+      pageReturn.register(this, this.blocks);
+    } else {
+      this.slots = this.sinkTokens + capacity;
+      [this.k, this.v] = this.newStores(this.slots);
+    }
   }
 
-  /** Valid positions S. */
+  /** Positions appended so far: the next absolute position. */
   get length(): number {
     return this.len;
   }
 
-  /** Positions stored per head before the next growth. */
+  /** Positions stored per head before the next growth (ring: sink + ring slots; paged: blocks · pageSize). */
   get capacity(): number {
-    return this.cap;
+    return this.layout === 'paged' ? this.maxBlocks * this.pageSize : this.slots;
   }
 
-  /** Appends k [B,H_kv,n,d_k] and v [B,H_kv,n,d_v]; returns the half-open range [start, end) they now occupy. */
-  append(k: Tensor, v: Tensor): { start: number; end: number } {
+  /** Positions held (readable by parts()): length, or for a ring the sinks plus the ring's positions. */
+  get held(): number {
+    return this.layout === 'ring' ? Math.min(this.len, this.sinkTokens) + this.ringHeld : this.len;
+  }
+
+  /**
+   * Appends k [B,H_kv,n,d_k] and v [B,H_kv,n,d_v] at absolute positions [length, length + n);
+   * returns that range. With `rope`, the keys are rotated at those positions (or at
+   * options.positions [B,n]) before they are stored. A rejected call leaves the cache unchanged.
+   */
+  append(k: Tensor, v: Tensor, options?: AppendOptions): { start: number; end: number } {
     const [, , n] = expectRank('k', k, ['B', 'H_kv', 'n', 'd_k']);
     expectShape('k', k, ['B', 'H_kv', 'n', 'd_k'], [this.batch, this.numKvHeads, n, this.dK]);
     expectShape('v', v, ['B', 'H_kv', 'n', 'd_v'], [this.batch, this.numKvHeads, n, this.dV]);
+    const o = expectOptions('options', options);
     const start = this.len, end = start + n;
-    if (end > this.cap) this.grow(end);
-    copyRows(k.data, n, this.kData, this.cap, start, this.batch * this.numKvHeads, this.dK);
-    copyRows(v.data, n, this.vData, this.cap, start, this.batch * this.numKvHeads, this.dV);
+    if (end > MAX_POSITION) throw new ShapeError(`Expected length + n <= ${MAX_POSITION} (32-bit positions), got ${start} + ${n}`);
+    if (o.positions !== undefined) {
+      if (!this.rope) throw new ArgumentError('Expected options.positions only for a cache with rope, got positions and no rope config');
+      if (!(o.positions instanceof Int32Array) || o.positions.length !== this.batch * n) {
+        throw new ShapeError(`Expected options.positions shape [B,n]=[${this.batch},${n}] (${this.batch * n} elements) as an Int32Array, got ${show(o.positions)}`);
+      }
+    }
+    const keys = this.rope ? this.rotate(k, o.positions ?? start) : k;
+    if (this.layout === 'contiguous') this.appendContiguous(keys.data, v.data, n);
+    else if (this.layout === 'ring') this.appendRing(keys.data, v.data, n);
+    else this.appendPaged(keys.data, v.data, n);
     this.len = end;
     return { start, end };
   }
 
-  /** Keys [B,H_kv,S,d_k], read in place (no copy); valid until the next append. */
+  /** The one rope call site: k [B,H_kv,n,d_k] rotated at `positions` into the cache's buffer. */
+  private rotate(k: Tensor, positions: number | Int32Array): Tensor {
+    const n = k.shape[2], size = this.batch * this.numKvHeads * n * this.dK;
+    if (!this.ropeBuf || this.ropeBuf.length < size) this.ropeBuf = new Float32Array(expectAllocatable('rotated keys', ['B', 'H_kv', 'n', 'd_k'], k.shape));
+    return applyRope(k, positions, this.rope!, { data: this.ropeBuf.subarray(0, size), shape: k.shape });
+  }
+
+  private appendContiguous(k: Float32Array, v: Float32Array, n: number): void {
+    const end = this.len + n;
+    if (end > this.slots) this.regrow(Math.max(end, Math.min(2 * this.slots, this.maxSlots())), this.len);
+    for (let bh = 0; bh < this.batch * this.numKvHeads; bh++) {
+      this.k.encode(bh * this.slots + this.len, k, bh * n * this.dK, n);
+      this.v.encode(bh * this.slots + this.len, v, bh * n * this.dV, n);
+    }
+  }
+
+  private appendRing(k: Float32Array, v: Float32Array, n: number): void {
+    const N0 = this.sinkTokens, W = this.window, end = this.len + n;
+    const nSink = Math.max(0, Math.min(n, N0 - this.len)), m = n - nSink;
+    // The ring rule: hold the last min(ring positions, W + n - 1).
+    const need = Math.min(Math.max(0, end - N0), W + n - 1);
+    let R = this.slots - N0;
+    if (need > R) {
+      this.regrow(N0 + Math.max(need, Math.min(2 * R, W + n - 1, this.maxSlots() - N0)), 0);
+      R = this.slots - N0;
+    }
+    const a = (this.ringStart + this.ringHeld) % R, m1 = Math.min(m, R - a); // m <= R: no slot written twice
+    for (let bh = 0; bh < this.batch * this.numKvHeads; bh++) {
+      const row = bh * this.slots, ks = bh * n * this.dK, vs = bh * n * this.dV;
+      this.k.encode(row + this.len, k, ks, nSink);
+      this.v.encode(row + this.len, v, vs, nSink);
+      this.k.encode(row + N0 + a, k, ks + nSink * this.dK, m1);
+      this.v.encode(row + N0 + a, v, vs + nSink * this.dV, m1);
+      this.k.encode(row + N0, k, ks + (nSink + m1) * this.dK, m - m1);
+      this.v.encode(row + N0, v, vs + (nSink + m1) * this.dV, m - m1);
+    }
+    this.ringHeld += m;
+    if (this.ringHeld > R) {
+      this.ringStart = (this.ringStart + this.ringHeld - R) % R;
+      this.ringHeld = R;
+    }
+  }
+
+  private appendPaged(k: Float32Array, v: Float32Array, n: number): void {
+    const P = this.pageSize, start = this.len, end = start + n, B = this.batch, Hkv = this.numKvHeads;
+    const j0 = Math.floor(start / P), j1 = Math.ceil(end / P);
+    if (j1 > this.maxBlocks) this.growTable(Math.max(j1, 2 * this.maxBlocks));
+    const pool = this.blocks.pool;
+    // Pages to take: missing blocks and shared ones (copy on write), reserved before any write.
+    let want = 0;
+    for (let b = 0; b < B; b++)
+      for (let j = j0; j < j1; j++) {
+        const p = this.blocks.table[b * this.maxBlocks + j];
+        if (p < 0 || pool.refs[p] > 1) want++;
+      }
+    pool.reserve(want);
+    const table = this.blocks.table;
+    for (let b = 0; b < B; b++)
+      for (let j = j0; j < j1; j++) {
+        const at = b * this.maxBlocks + j;
+        let p = table[at];
+        if (p < 0) p = table[at] = pool.take();
+        else if (pool.refs[p] > 1) {
+          const q = pool.take();
+          pool.copyPage(p, q);
+          pool.release(p);
+          p = table[at] = q;
+        }
+        const s0 = Math.max(start, j * P), s1 = Math.min(end, (j + 1) * P);
+        for (let h = 0; h < Hkv; h++) {
+          const row = (p * Hkv + h) * P + (s0 - j * P), src = (b * Hkv + h) * n + (s0 - start);
+          pool.k.encode(row, k, src * this.dK, s1 - s0);
+          pool.v.encode(row, v, src * this.dV, s1 - s0);
+        }
+      }
+  }
+
+  /**
+   * What attention must fold, in position order: one part (contiguous, paged), or for a ring the
+   * sink part (window 0) and one or two ring parts (window W). Views read the storage in place
+   * and are valid until the next append, crop, reorder or reset. Empty cache: no parts.
+   */
+  parts(): KvPart[] {
+    if (this.len === 0) return [];
+    if (this.layout === 'contiguous') return [{ k: this.view(this.k, 0, this.len), v: this.view(this.v, 0, this.len), sOffset: 0 }];
+    if (this.layout === 'paged') {
+      const pool = this.blocks.pool, cap = this.maxBlocks * this.pageSize, pages = { pageSize: this.pageSize, blockTable: this.blocks.table };
+      const view = (s: Store, d: number): KvView => ({ data: s.data, shape: [this.batch, this.numKvHeads, this.len, d], capacity: cap, dtype: this.dtype, pages, ...(s.scale ? { scale: s.scale } : {}) });
+      return [{ k: view(pool.k, this.dK), v: view(pool.v, this.dV), sOffset: 0 }];
+    }
+    const N0 = this.sinkTokens, R = this.slots - N0, parts: KvPart[] = [];
+    const sinks = Math.min(this.len, N0);
+    if (sinks > 0) parts.push({ k: this.view(this.k, 0, sinks), v: this.view(this.v, 0, sinks), sOffset: 0, window: 0 });
+    const n1 = Math.min(this.ringHeld, R - this.ringStart), n2 = this.ringHeld - n1, first = this.len - this.ringHeld;
+    if (n1 > 0) parts.push({ k: this.view(this.k, N0 + this.ringStart, n1), v: this.view(this.v, N0 + this.ringStart, n1), sOffset: first, window: this.window });
+    if (n2 > 0) parts.push({ k: this.view(this.k, N0, n2), v: this.view(this.v, N0, n2), sOffset: first + n1, window: this.window });
+    return parts;
+  }
+
+  private view(s: Store, start: number, S: number): KvView {
+    const view: { -readonly [K in keyof KvView]: KvView[K] } = { data: s.data, shape: [this.batch, this.numKvHeads, S, s.d], capacity: this.slots };
+    if (start) view.start = start;
+    if (this.dtype !== 'fp32') view.dtype = this.dtype;
+    if (s.scale) view.scale = s.scale;
+    return view;
+  }
+
+  /** Keys [B,H_kv,S,d_k] of a contiguous cache, read in place; valid until the next append. */
   keys(): KvView {
-    return { data: this.kData, shape: [this.batch, this.numKvHeads, this.len, this.dK], capacity: this.cap };
+    this.expectContiguous('keys()');
+    return this.view(this.k, 0, this.len);
   }
 
-  /** Values [B,H_kv,S,d_v], read in place (no copy); valid until the next append. */
+  /** Values [B,H_kv,S,d_v] of a contiguous cache, read in place; valid until the next append. */
   values(): KvView {
-    return { data: this.vData, shape: [this.batch, this.numKvHeads, this.len, this.dV], capacity: this.cap };
+    this.expectContiguous('values()');
+    return this.view(this.v, 0, this.len);
   }
 
-  /** Compact copies k [B,H_kv,S,d_k], v [B,H_kv,S,d_v] of the first S positions (default all). */
-  snapshot(S = this.len): { k: Tensor; v: Tensor } {
+  private expectContiguous(what: string): void {
+    if (this.layout !== 'contiguous') throw new ArgumentError(`Expected a contiguous cache for ${what}, got a ${this.layout} cache (fold parts(), or state.updateCache(cache))`);
+  }
+
+  /**
+   * fp32 copies k [B,H_kv,S,d_k], v [B,H_kv,S,d_v] of the first S held positions in position
+   * order (default all held: a ring's sinks, then its ring positions oldest first).
+   */
+  snapshot(S = this.held): { k: Tensor; v: Tensor } {
     expectDim('S', S, 0);
-    if (S > this.len) throw new ShapeError(`Expected S <= cache length ${this.len}, got ${S}`);
-    const heads = this.batch * this.numKvHeads;
-    return {
-      k: { data: compact(this.kData, this.cap, S, heads, this.dK), shape: [this.batch, this.numKvHeads, S, this.dK] },
-      v: { data: compact(this.vData, this.cap, S, heads, this.dV), shape: [this.batch, this.numKvHeads, S, this.dV] },
-    };
+    if (S > this.held) throw new ShapeError(`Expected S <= positions held ${this.held}, got ${S}`);
+    const B = this.batch, Hkv = this.numKvHeads;
+    const k = new Float32Array(expectAllocatable('k snapshot', ['B', 'H_kv', 'S', 'd_k'], [B, Hkv, S, this.dK]));
+    const v = new Float32Array(expectAllocatable('v snapshot', ['B', 'H_kv', 'S', 'd_v'], [B, Hkv, S, this.dV]));
+    // Runs of rows (store, first row of head bh, count) in position order, per head.
+    for (let b = 0; b < B; b++)
+      for (let h = 0; h < Hkv; h++) {
+        const bh = b * Hkv + h;
+        let at = 0;
+        const copy = (ks: Store, vs: Store, row: number, rows: number) => {
+          rows = Math.min(rows, S - at);
+          ks.decode(row, rows, k, (bh * S + at) * this.dK);
+          vs.decode(row, rows, v, (bh * S + at) * this.dV);
+          at += rows;
+        };
+        if (this.layout === 'paged') {
+          const pool = this.blocks.pool, P = this.pageSize;
+          for (let j = 0; at < S; j++) copy(pool.k, pool.v, (this.blocks.table[b * this.maxBlocks + j] * Hkv + h) * P, P);
+        } else {
+          for (const part of this.parts()) {
+            const start = part.k.start ?? 0;
+            copy(this.k, this.v, bh * this.slots + start, part.k.shape[2]);
+          }
+        }
+      }
+    return { k: { data: k, shape: [B, Hkv, S, this.dK] }, v: { data: v, shape: [B, Hkv, S, this.dV] } };
   }
 
-  /** Rolls back to the first n positions (n <= length). */
+  /**
+   * Rolls back to the first n positions (n <= length): appending again then equals never having
+   * appended past n. A ring cache must still hold the window - 1 positions before n that the
+   * next queries can see (or every position since the sinks, if none was overwritten).
+   */
   crop(n: number): void {
     expectDim('n', n, 0);
     if (n > this.len) throw new ShapeError(`Expected crop length <= cache length ${this.len}, got ${n}`);
+    if (this.layout === 'ring') {
+      const N0 = this.sinkTokens, first = this.len - this.ringHeld;
+      const lowest = first > N0 ? Math.min(this.len, first + this.window - 1) : 0;
+      if (n < lowest) {
+        throw new ShapeError(
+          `Expected crop length n >= ${lowest} for this window cache (it holds positions [${first}, ${this.len}) after ${N0} sinks, ` +
+            `and the next queries see the ${this.window - 1} positions before n), got ${n}; give it capacity > window to crop further back`,
+        );
+      }
+      this.ringHeld = Math.max(0, n - Math.max(first, N0));
+      if (this.ringHeld === 0) this.ringStart = 0;
+    } else if (this.layout === 'paged') {
+      this.dropBlocks(Math.ceil(n / this.pageSize));
+    }
     this.len = n;
   }
 
-  /** Empties the cache; storage is kept for reuse. */
+  /** Empties the cache; storage is kept for reuse (a paged cache returns its pages to the pool). */
   reset(): void {
-    this.len = 0;
+    if (this.layout === 'paged') this.dropBlocks(0);
+    this.len = this.ringStart = this.ringHeld = 0;
   }
 
-  private storageSize(name: string, capacity: number, d: number): number {
-    return expectAllocatable(`${name} cache storage`, ['B', 'H_kv', 'capacity', name === 'k' ? 'd_k' : 'd_v'], [this.batch, this.numKvHeads, capacity, d]);
+  /** Releases every page of blocks >= j0 of every row. */
+  private dropBlocks(j0: number): void {
+    const { pool, table } = this.blocks;
+    for (let b = 0; b < this.batch; b++)
+      for (let j = j0; j < this.maxBlocks; j++) {
+        const at = b * this.maxBlocks + j;
+        if (table[at] >= 0) pool.release(table[at]);
+        table[at] = -1;
+      }
   }
 
-  /** Storage for at least `needed` positions: double the capacity, capped at the size limit. */
-  private grow(needed: number): void {
-    const heads = this.batch * this.numKvHeads;
-    const maxCap = Math.floor(MAX_TENSOR_BYTES / 4 / (heads * Math.max(this.dK, this.dV)));
-    const capacity = Math.max(needed, Math.min(2 * this.cap, maxCap)); // over maxCap only when needed is: then storageSize throws
-    const k = new Float32Array(this.storageSize('k', capacity, this.dK));
-    const v = new Float32Array(this.storageSize('v', capacity, this.dV));
-    copyRows(this.kData, this.len, k, capacity, 0, heads, this.dK, this.cap);
-    copyRows(this.vData, this.len, v, capacity, 0, heads, this.dV, this.cap);
-    this.kData = k;
-    this.vData = v;
-    this.cap = capacity;
+  /**
+   * Beam reorder in place: batch row b <- old row indices[b] (indices [B], rows may repeat).
+   * Paged: block-table rows are remapped (pages shared, copied on the next write); otherwise the
+   * rows are copied (through a second buffer kept for the next reorder).
+   */
+  reorder(indices: readonly number[] | Int32Array): void {
+    const idx = this.expectIndices('indices', indices, this.batch);
+    if (this.layout === 'paged') {
+      const { pool, table } = this.blocks, mb = this.maxBlocks;
+      const next = this.spareTable?.length === table.length ? this.spareTable : new Int32Array(table.length);
+      for (let b = 0; b < this.batch; b++) next.set(table.subarray(idx[b] * mb, (idx[b] + 1) * mb), b * mb);
+      for (const p of next) if (p >= 0) pool.refs[p]++;
+      for (const p of table) if (p >= 0) pool.release(p);
+      this.spareTable = table;
+      this.blocks.table = next;
+      return;
+    }
+    const spare = this.spare ? [this.spare.k, this.spare.v] : this.newStores(this.slots);
+    const rows = this.layout === 'ring' ? this.slots : this.len;
+    copyBatchRows(this.k, spare[0], idx, this.numKvHeads, this.slots, this.slots, rows);
+    copyBatchRows(this.v, spare[1], idx, this.numKvHeads, this.slots, this.slots, rows);
+    this.spare = { k: this.k, v: this.v };
+    [this.k, this.v] = spare;
+  }
+
+  /**
+   * A new cache of batch indices.length whose row b is this cache's row indices[b] (batch select,
+   * or repeat for beams: [0,0,0,1,1,1]). Paged: shares the pages (copy on write).
+   */
+  select(indices: readonly number[] | Int32Array): KvCache {
+    const idx = this.expectIndices('indices', indices);
+    const B = idx.length;
+    if (this.layout === 'paged') {
+      const c = new KvCache({ ...this.config, batch: B, capacity: this.maxBlocks * this.pageSize }, this.blocks.pool);
+      const mb = this.maxBlocks, table = c.blocks.table;
+      for (let b = 0; b < B; b++) table.set(this.blocks.table.subarray(idx[b] * mb, (idx[b] + 1) * mb), b * mb);
+      for (const p of table) if (p >= 0) this.blocks.pool.refs[p]++;
+      c.len = this.len;
+      return c;
+    }
+    const c = new KvCache({ ...this.config, batch: B, capacity: this.slots - this.sinkTokens });
+    const rows = this.layout === 'ring' ? this.slots : this.len;
+    copyBatchRows(this.k, c.k, idx, this.numKvHeads, this.slots, c.slots, rows);
+    copyBatchRows(this.v, c.v, idx, this.numKvHeads, this.slots, c.slots, rows);
+    [c.len, c.ringStart, c.ringHeld] = [this.len, this.ringStart, this.ringHeld];
+    return c;
+  }
+
+  /** An independent copy (paged: sharing every page until one side writes to it). */
+  fork(): KvCache {
+    return this.select(Array.from({ length: this.batch }, (_, b) => b));
+  }
+
+  private expectIndices(name: string, indices: readonly number[] | Int32Array, length?: number): readonly number[] | Int32Array {
+    if (!Array.isArray(indices) && !(indices instanceof Int32Array)) throw new ArgumentError(`Expected ${name} to be an array of batch rows, got ${show(indices)}`);
+    if (length !== undefined && indices.length !== length) throw new ShapeError(`Expected ${name} shape [B]=[${length}] (one source row per batch row), got ${indices.length} elements`);
+    if (indices.length === 0) throw new ShapeError(`Expected ${name} to name at least one batch row, got 0 elements`);
+    for (let i = 0; i < indices.length; i++) {
+      const x = indices[i];
+      if (!Number.isInteger(x) || x < 0 || x >= this.batch) throw new ArgumentError(`Expected ${name}[${i}] to be a batch row in [0, ${this.batch}), got ${show(x)}`);
+    }
+    return indices;
+  }
+
+  private newStores(slots: number): [Store, Store] {
+    const dims = [this.batch, this.numKvHeads, slots];
+    return [
+      new Store(this.dtype, this.dK, 'k cache storage', ['B', 'H_kv', 'capacity', 'd_k'], [...dims, this.dK]),
+      new Store(this.dtype, this.dV, 'v cache storage', ['B', 'H_kv', 'capacity', 'd_v'], [...dims, this.dV]),
+    ];
+  }
+
+  /** Largest slots per head the size limit allows. */
+  private maxSlots(): number {
+    return Math.floor(MAX_TENSOR_BYTES / 4 / (this.batch * this.numKvHeads * Math.max(this.dK, this.dV)));
+  }
+
+  /**
+   * New storage of `slots` per head holding the same positions: contiguous copies the first
+   * `keep` slots; a ring copies its sinks and its ring positions oldest first (relinearised).
+   */
+  private regrow(slots: number, keep: number): void {
+    const [k, v] = this.newStores(slots); // throws past the size limit, before anything changes
+    const heads = this.batch * this.numKvHeads, N0 = this.sinkTokens, R = this.slots - N0;
+    for (let bh = 0; bh < heads; bh++) {
+      const from = bh * this.slots, to = bh * slots;
+      if (this.layout === 'contiguous') {
+        k.copyFrom(this.k, from, to, keep);
+        v.copyFrom(this.v, from, to, keep);
+        continue;
+      }
+      const n1 = Math.min(this.ringHeld, R - this.ringStart), n2 = this.ringHeld - n1;
+      for (const [dst, src] of [[k, this.k], [v, this.v]] as const) {
+        dst.copyFrom(src, from, to, Math.min(this.len, N0));
+        dst.copyFrom(src, from + N0 + this.ringStart, to + N0, n1);
+        dst.copyFrom(src, from + N0, to + N0 + n1, n2);
+      }
+    }
+    [this.k, this.v, this.slots, this.spare, this.ringStart] = [k, v, slots, undefined, 0];
+  }
+
+  private newTable(maxBlocks: number): Int32Array {
+    return new Int32Array(expectAllocatable('block table', ['B', 'maxBlocks'], [this.batch, maxBlocks])).fill(-1);
+  }
+
+  private growTable(maxBlocks: number): void {
+    const table = this.newTable(maxBlocks), old = this.blocks.table, mb = this.maxBlocks;
+    for (let b = 0; b < this.batch; b++) table.set(old.subarray(b * mb, (b + 1) * mb), b * maxBlocks);
+    this.blocks.table = table;
+    this.maxBlocks = maxBlocks;
+    this.spareTable = undefined;
   }
 }
 
-/** dst[head, at + i, :] = src[head, i, :] for i < n; src holds srcCap positions per head. */
-function copyRows(src: Float32Array, n: number, dst: Float32Array, dstCap: number, at: number, heads: number, d: number, srcCap = n): void {
-  for (let bh = 0; bh < heads; bh++) {
-    dst.set(src.subarray(bh * srcCap * d, (bh * srcCap + n) * d), (bh * dstCap + at) * d);
-  }
-}
-
-function compact(src: Float32Array, cap: number, S: number, heads: number, d: number): Float32Array {
-  const out = new Float32Array(heads * S * d);
-  copyRows(src, S, out, S, 0, heads, d, cap);
-  return out;
+/** dst row b <- src row idx[b]: per head, the first `rows` of each head's slots. */
+function copyBatchRows(src: Store, dst: Store, idx: readonly number[] | Int32Array, Hkv: number, srcSlots: number, dstSlots: number, rows: number): void {
+  for (let b = 0; b < idx.length; b++)
+    for (let h = 0; h < Hkv; h++) dst.copyFrom(src, (idx[b] * Hkv + h) * srcSlots, (b * Hkv + h) * dstSlots, rows);
 }
