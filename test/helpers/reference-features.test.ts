@@ -3,9 +3,11 @@
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import { Rng } from '../../src/random.ts';
-import { refAttention } from './reference.ts';
+import { binding, getKernelPath, info, setKernelPath, setNumThreads } from '../../src/native.ts';
+import type { KernelPath } from '../../src/native.ts';
+import { chunkedRescales, refAttention } from './reference.ts';
 import {
-  keyVisible, quantizeQ8, refAlibiSlopes, refFeatures, refRope, roundBf16, roundF16, roundHalfEven, storageErrorBound, storageRound,
+  keyVisible, quantizeQ8, refAlibiSlopes, refFeatures, refFeaturesBound, refRope, refRopeBound, roundBf16, roundF16, roundHalfEven, storageErrorBound, storageRound,
 } from './reference-features.ts';
 import type { FeatureDims, FeatureOpts } from './reference-features.ts';
 
@@ -326,4 +328,139 @@ function pick(x: Float64Array, d: FeatureDims, t: number, w: number) {
   const out = new Float64Array(d.B * d.H * w);
   for (let bh = 0; bh < d.B * d.H; bh++) out.set(x.subarray((bh * d.T + t) * w, (bh * d.T + t + 1) * w), bh * w);
   return out;
+}
+
+// --- the bounds against the native kernels (every path, 1 and 2 threads) ---
+
+const PATHS: KernelPath[] = info().tile ? ['tile', 'blas', 'rows', 'auto', 'deterministic'] : ['blas', 'rows', 'auto', 'deterministic'];
+const DT: Record<'fp16' | 'bf16' | 'int8', 'f16' | 'bf16' | 'i8'> = { fp16: 'f16', bf16: 'bf16', int8: 'i8' };
+
+/** Keys [0,S) of k, v folded in parts [s0, s1, window override?] (each its own storage, encoded), then finalized with sinks. */
+function nativeRun(q: Float32Array, k: Float32Array, v: Float32Array, d: FeatureDims, o: FeatureOpts, parts: [number, number, number?][]) {
+  const rows = d.B * d.H * d.T;
+  const m = new Float32Array(rows).fill(-Infinity), l = new Float32Array(rows), acc = new Float32Array(rows * d.dV);
+  const dtype = o.dtype ?? 'fp32';
+  const enc = (x: Float32Array, n: number, w: number) => {
+    if (dtype === 'fp32') return { data: x, scale: null };
+    const data = dtype === 'int8' ? new Int8Array(n * w) : new Uint16Array(n * w);
+    const scale = dtype === 'int8' ? new Float32Array(n * Math.ceil(w / 32)) : null;
+    binding.kvEncode(DT[dtype], x, data, scale, n, w);
+    return { data, scale };
+  };
+  for (const [s0, s1, window] of parts) {
+    const n = s1 - s0, part = sliceKeys(k, v, d, s0, s1);
+    const ke = enc(Float32Array.from(part.k), d.B * d.Hkv * n, d.dK), ve = enc(Float32Array.from(part.v), d.B * d.Hkv * n, d.dV);
+    binding.attnUpdate({ B: d.B, H: d.H, Hkv: d.Hkv, T: d.T, S: n, sCap: n, dK: d.dK, dV: d.dV },
+      { scale: o.scale, causal: o.causal ?? false, qOffset: o.qOffset ?? 0, sOffset: s0, dropoutP: 0, seed: 0, kvDtype: dtype === 'fp32' ? 'f32' : DT[dtype],
+        softcap: o.softcap ?? 0, alibi: o.alibi ? Float32Array.from(o.alibi) : null, window: window ?? o.window ?? 0,
+        kvRanges: o.kvRanges ? Int32Array.from(o.kvRanges) : null, qOffsets: o.qOffsets ? Int32Array.from(o.qOffsets) : null },
+      q, ke.data, ve.data, m, l, acc, ke.scale, ve.scale);
+  }
+  const out = new Float32Array(rows * d.dV), lse = new Float32Array(rows);
+  binding.attnFinalize(rows, d.dV, m, l, acc, out, lse, o.sinks ? Float32Array.from(o.sinks) : null, d.T);
+  return { out, lse };
+}
+
+/** got within bound of want everywhere (equal infinities pass); the message names the worst element. */
+function within(t: ExecutionContext, got: ArrayLike<number>, want: ArrayLike<number>, bound: ArrayLike<number>, what: string) {
+  let worst = 0, at = -1;
+  for (let i = 0; i < want.length; i++) {
+    if (got[i] === want[i]) continue;
+    const r = Math.abs(got[i] - want[i]) / bound[i];
+    if (!(r <= worst)) [worst, at] = [Number.isNaN(r) ? Infinity : r, i];
+  }
+  t.true(worst <= 1, `${what}: |${got[at]} - ${want[at]}| at ${at} is ${worst.toFixed(2)}x its bound ${bound[at]}`);
+  if (process.env.SHOW_RATIO) t.log(`${what}: ${worst.toFixed(3)}`);
+  return worst;
+}
+
+const f32 = (x: ArrayLike<number>) => Float32Array.from(x);
+
+test.serial('the native kernels lie within refFeaturesBound for every feature, dtype and path', (t) => {
+  const restore = { path: getKernelPath(), threads: info().threads };
+  const d = dims({ B: 3, H: 4, Hkv: 2, T: 7, S: 40, dK: 40, dV: 36 });
+  const base = inputs(d, 91);
+  const q = f32(base.q), k = f32(base.k), v = f32(base.v);
+  type Case = { name: string; o: FeatureOpts; parts?: [number, number, number?][] };
+  const cases: Case[] = [
+    { name: 'softcap', o: { scale: 0.6, causal: true, softcap: 2 } },
+    { name: 'alibi', o: { scale: 0.3, causal: true, alibi: refAlibiSlopes(4) } },
+    { name: 'window', o: { scale: 0.3, causal: true, window: 6 } },
+    { name: 'window + sink tokens (two folds)', o: { scale: 0.3, causal: true, window: 6, sinkTokens: 4 }, parts: [[0, 4, 0], [4, 40]] },
+    { name: 'ragged rows', o: { scale: 0.3, causal: true, kvRanges: [0, 40, 9, 40, 3, 20], qOffsets: [33, 33, 13] } },
+    { name: 'head sinks', o: { scale: 0.3, causal: true, sinks: [-2, 0, 4, 1], qOffset: 31 } },
+    { name: 'everything, chunked', o: { scale: 0.4, causal: true, softcap: 5, alibi: [0.5, 0.25, 0.1, 0.01], window: 11, kvRanges: [0, 40, 2, 40, 0, 35], qOffsets: [33, 30, 20], sinks: [0, 1, -1, 2] }, parts: [[0, 13], [13, 14], [14, 40]] },
+  ];
+  for (const dtype of ['fp32', 'fp16', 'bf16', 'int8'] as const) cases.push({ name: `${dtype} storage`, o: { scale: 0.3, causal: true, dtype, qOffset: 33 } });
+  try {
+    for (const path of PATHS)
+      for (const threads of [1, 2]) {
+        setKernelPath(path);
+        setNumThreads(threads);
+        for (const c of cases) {
+          const o = { ...c.o, qOffset: c.o.qOffset ?? 33 };
+          const parts = c.parts ?? [[0, d.S]];
+          const ref = refFeaturesBound(q, k, v, d, { ...o, rescales: chunkedRescales(d.S, parts.length) });
+          const got = nativeRun(q, k, v, d, o, parts);
+          const label = `${c.name} (${path}, ${threads} threads)`;
+          within(t, got.out, ref.out, ref.outBound, `${label} out`);
+          within(t, got.lse, ref.lse, ref.lseBound, `${label} lse`);
+        }
+      }
+  } finally {
+    setKernelPath(restore.path);
+    setNumThreads(restore.threads);
+  }
+});
+
+test.serial('the bound with storage "unrounded" covers the fp16/bf16/int8 kernels against the fp32 reference, and is needed', (t) => {
+  const d = dims({ B: 2, H: 4, Hkv: 2, T: 5, S: 64, dK: 64, dV: 64 });
+  const base = inputs(d, 95);
+  const q = f32(base.q), k = f32(base.k), v = f32(base.v);
+  for (const dtype of ['fp16', 'bf16', 'int8'] as const) {
+    const o: FeatureOpts = { scale: 0.125, causal: true, dtype, qOffset: 59 };
+    const loose = refFeaturesBound(q, k, v, d, { ...o, rescales: chunkedRescales(d.S, 1), storage: 'unrounded' });
+    const tight = refFeaturesBound(q, k, v, d, { ...o, dtype: 'fp32', rescales: chunkedRescales(d.S, 1) });
+    const got = nativeRun(q, k, v, d, o, [[0, d.S]]);
+    within(t, got.out, loose.out, loose.outBound, `${dtype} out vs unrounded`);
+    within(t, got.lse, loose.lse, loose.lseBound, `${dtype} lse vs unrounded`);
+    // The fp32 bound alone does not hold: storage rounding is visible.
+    let over = 0;
+    for (let i = 0; i < got.out.length; i++) over = Math.max(over, Math.abs(got.out[i] - tight.out[i]) / tight.outBound[i]);
+    t.true(over > 1, `${dtype}: the fp32-only bound would have held (${over})`);
+  }
+});
+
+test('native rope is within refRopeBound (half, interleaved, partial; large positions); kvEncode equals the encoders here', (t) => {
+  const rd = { B: 2, H: 3, T: 5, d: 24 };
+  const x = f32(normal(rd.B * rd.H * rd.T * rd.d, 101));
+  const positions = Int32Array.from({ length: rd.B * rd.T }, (_, i) => (i % 2 ? 31000 + i : i));
+  for (const style of ['half', 'interleaved'] as const)
+    for (const dim of [24, 16, 2]) {
+      const out = new Float32Array(x.length);
+      binding.rope(x, out, rd, { rotaryDim: dim, theta: 10000, interleaved: style === 'interleaved' }, positions);
+      const want = refRope(x, rd, positions, { dim, style }), bound = refRopeBound(x, rd, positions, { dim, style });
+      within(t, out, want, bound, `rope ${style} dim ${dim}`);
+    }
+  const rows = 6, w = 72;
+  const src = f32(normal(rows * w, 103).map((z, i) => (i % 11 === 0 ? z * 1000 : z)));
+  for (const dtype of ['fp16', 'bf16'] as const) {
+    const dst = new Uint16Array(rows * w);
+    binding.kvEncode(DT[dtype], src, dst, null, rows, w);
+    const mine = storageRound(src, rows, w, dtype);
+    const back = dtype === 'bf16' ? Array.from(dst, (h) => new Float32Array(new Uint32Array([h << 16]).buffer)[0]) : Array.from(dst, halfBits);
+    close(t, back, mine, 0, `kvEncode ${dtype}`);
+  }
+  const q8 = new Int8Array(rows * w), sc = new Float32Array(rows * 3);
+  binding.kvEncode('i8', src, q8, sc, rows, w);
+  const mine = quantizeQ8(src, rows, w);
+  t.deepEqual(Array.from(sc), Array.from(mine.scale), 'int8 scales');
+  t.deepEqual(Array.from(q8), Array.from(mine.q), 'int8 values');
+});
+
+/** IEEE binary16 bits as a number. */
+function halfBits(h: number): number {
+  const s = h & 0x8000 ? -1 : 1, e = (h >> 10) & 31, f = h & 1023;
+  if (e === 31) return f ? NaN : s * Infinity;
+  return s * (e === 0 ? f * 2 ** -24 : (1 + f / 1024) * 2 ** (e - 15));
 }
