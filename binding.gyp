@@ -11,7 +11,9 @@
         "native/exact.cc",
         "native/gemm.cc",
         "native/kernel_path.cc",
+        "native/kvencode.cc",
         "native/kvstore.cc",
+        "native/rope.cc",
         "native/threads.cc",
         "native/tile.cc",
         "native/vmath.cc"

@@ -22,6 +22,8 @@
 #include "attention.h"
 #include "gemm.h"
 #include "kernel_path.h"
+#include "kvencode.h"
+#include "rope.h"
 #include "threads.h"
 #include "tile.h"
 
@@ -504,6 +506,26 @@ bool read_pages(Checker& c, UpdateArgs& a, std::array<int64_t, 3>& rows) {
   return true;
 }
 
+// opts.sStart (default 0): the fold reads positions [sStart, sStart + S) of each head's storage
+// (a ring buffer's parts are read in place). The storage pointers move by sStart rows, so the
+// kernels, which index row s of head bh at (bh · sCap + s), see the part as rows [0, S).
+bool read_s_start(Checker& c, UpdateArgs& a) {
+  v8::Local<v8::Value> val = c.field(c.info[1].As<v8::Object>(), "opts", "sStart");
+  if (c.failed || val->IsUndefined()) return !c.failed;
+  const int64_t s0 = c.integer(val, "opts.sStart", 0, INT_MAX32);
+  if (c.failed || s0 == 0) return !c.failed;
+  if (a.kv.pages.block_table) return c.type_error("opts.sStart must be 0 with paged storage (the block table places rows), got " + std::to_string(s0)), false;
+  if (s0 + a.d.S > a.d.s_cap)
+    return c.range_error("opts.sStart + dims.S must be <= dims.sCap, got sStart=" + std::to_string(s0) + ", S=" +
+                         std::to_string(a.d.S) + ", sCap=" + std::to_string(a.d.s_cap)), false;
+  const int64_t elem = a.kv.dtype == kvs::KvDtype::F32 ? 4 : a.kv.dtype == kvs::KvDtype::I8 ? 1 : 2;
+  a.kv.k = static_cast<const char*>(a.kv.k) + s0 * a.d.d_k * elem;
+  a.kv.v = static_cast<const char*>(a.kv.v) + s0 * a.d.d_v * elem;
+  if (a.kv.k_scale) a.kv.k_scale += s0 * kvs::q8_groups(a.d.d_k);
+  if (a.kv.v_scale) a.kv.v_scale += s0 * kvs::q8_groups(a.d.d_v);
+  return true;
+}
+
 bool read_update_args(Checker& c, UpdateArgs& a, int scales_at) {
   a.d = read_dims(c, 0);
   a.kv = kvs::KvStore{};
@@ -525,7 +547,7 @@ bool read_update_args(Checker& c, UpdateArgs& a, int scales_at) {
   a.m = c.f32(5, "m", nr, shape("[B,H,T]", {d.B, d.H, d.T}));
   a.l = c.f32(6, "l", nr, shape("[B,H,T]", {d.B, d.H, d.T}));
   a.acc = c.f32(7, "acc", na, shape("[B,H,T,d_v]", {d.B, d.H, d.T, d.d_v}));
-  return !c.failed && read_scales(c, scales_at, d, rows, a.kv);
+  return !c.failed && read_scales(c, scales_at, d, rows, a.kv) && read_s_start(c, a);
 }
 
 // attnUpdate(dims, opts, q, k, v, m, l, acc[, kScale, vScale]): folds keys [0, S) into the state
@@ -787,6 +809,65 @@ NAN_METHOD(Linear) {
   guarded(c, [&] { kvs::linear(M, K, N, x, w, b, y); });
 }
 
+// rope(x, out, dims {B,H,T,d}, opts {rotaryDim, theta, interleaved}, positions): rotary
+// embedding of x [B,H,T,d] into out (which may be x) at positions [B,T] (rope.h).
+NAN_METHOD(Rope) {
+  Checker c{"rope", info};
+  if (!c.count(5)) return;
+  kvs::RopeDims d{};
+  v8::Local<v8::Object> dims = c.object(2, "dims");
+  d.B = c.integer(c.field(dims, "dims", "B"), "dims.B", 1, INT_MAX32);
+  d.H = c.integer(c.field(dims, "dims", "H"), "dims.H", 1, INT_MAX32);
+  d.T = c.integer(c.field(dims, "dims", "T"), "dims.T", 1, INT_MAX32);
+  d.d = c.integer(c.field(dims, "dims", "d"), "dims.d", 1, INT_MAX32);
+  kvs::RopeOpts o{};
+  v8::Local<v8::Object> opts = c.object(3, "opts");
+  o.rot = c.integer(c.field(opts, "opts", "rotaryDim"), "opts.rotaryDim", 2, d.d);
+  if (!c.failed && o.rot % 2 != 0) return c.range_error("opts.rotaryDim must be even, got " + std::to_string(o.rot));
+  o.theta = c.number(c.field(opts, "opts", "theta"), "opts.theta", 1e-30, 1e300, false);
+  v8::Local<v8::Value> il = c.field(opts, "opts", "interleaved");
+  if (!c.failed && !il->IsBoolean()) return c.type_error("opts.interleaved must be a boolean, got " + Checker::describe(il));
+  o.interleaved = !c.failed && Nan::To<bool>(il).FromJust();
+  const int64_t n = c.product({d.B, d.H, d.T, d.d}, "x"), np = c.product({d.B, d.T}, "positions");
+  if (c.failed) return;
+  const float* x = c.f32(0, "x", n, shape("[B,H,T,d]", {d.B, d.H, d.T, d.d}));
+  float* out = c.f32(1, "out", n, shape("[B,H,T,d]", {d.B, d.H, d.T, d.d}));
+  if (c.failed) return;
+  if (!info[4]->IsInt32Array()) return c.type_error("positions must be an Int32Array, got " + Checker::describe(info[4]));
+  if ((int64_t)info[4].As<v8::Int32Array>()->Length() != np)
+    return c.range_error("expected positions [B,T]=[" + std::to_string(d.B) + "," + std::to_string(d.T) + "] (" +
+                         std::to_string(np) + " elements), got " + std::to_string(info[4].As<v8::Int32Array>()->Length()));
+  Nan::TypedArrayContents<int32_t> pos(info[4]);
+  // out must be x itself or not overlap it (a partial overlap would read rotated values).
+  const char *x0 = (const char*)x, *o0 = (const char*)out;
+  if (x0 != o0 && x0 < o0 + n * 4 && o0 < x0 + n * 4) return c.range_error("out must be x itself or not overlap it");
+  guarded(c, [&] { kvs::rope_apply(d, o, *pos, x, out); });
+}
+
+// kvEncode(dtype, src, dst, scale | null, rows, d): src [rows,d] fp32 -> dst [rows,d] in the
+// cache storage type 'f16' | 'bf16' (Uint16Array) | 'i8' (Int8Array, scale [rows,ceil(d/32)]).
+NAN_METHOD(KvEncode) {
+  Checker c{"kvEncode", info};
+  if (!c.count(6)) return;
+  if (!info[0]->IsString()) return c.type_error("dtype must be a string, got " + Checker::describe(info[0]));
+  const std::string name = short_string(info[0]);
+  kvs::KvDtype dtype = kvs::KvDtype::F32;
+  bool known = false;
+  for (kvs::KvDtype t : {kvs::KvDtype::F16, kvs::KvDtype::BF16, kvs::KvDtype::I8})
+    if (name == Checker::dtype_name(t)) dtype = t, known = true;
+  if (!known) return c.range_error("dtype must be one of 'f16', 'bf16', 'i8', got '" + utf8_prefix(name, 64) + "'");
+  const int64_t rows = c.integer(info[4], "rows", 0, INT_MAX32), d = c.integer(info[5], "d", 1, INT_MAX32);
+  const int64_t n = c.product({rows, d}, "src"), ns = c.product({rows, kvs::q8_groups(d)}, "scale");
+  if (c.failed) return;
+  const float* src = c.f32(1, "src", n, shape("[rows,d]", {rows, d}));
+  void* dst = const_cast<void*>(c.storage(2, "dst", n, shape("[rows,d]", {rows, d}), dtype));
+  float* scale = nullptr;
+  if (dtype == kvs::KvDtype::I8) scale = c.f32(3, "scale", ns, shape("[rows,ceil(d/32)]", {rows, kvs::q8_groups(d)}));
+  else if (!c.failed && !info[3]->IsNullOrUndefined()) return c.type_error("scale must be null unless dtype is 'i8', got " + Checker::describe(info[3]));
+  if (c.failed || rows == 0) return;
+  guarded(c, [&] { kvs::kv_encode(dtype, src, rows, d, dst, scale); });
+}
+
 // setNumThreads(n): kvstream's own worker count; OpenBLAS stays at one thread inside.
 NAN_METHOD(SetNumThreads) {
   Checker c{"setNumThreads", info};
@@ -882,6 +963,8 @@ NAN_MODULE_INIT(Init) {
   Nan::SetMethod(target, "mhaForward", MhaForward);
   Nan::SetMethod(target, "projectHeads", ProjectHeads);
   Nan::SetMethod(target, "mergeProject", MergeProject);
+  Nan::SetMethod(target, "rope", Rope);
+  Nan::SetMethod(target, "kvEncode", KvEncode);
   Nan::SetMethod(target, "setNumThreads", SetNumThreads);
   Nan::SetMethod(target, "setKernelPath", SetKernelPath);
   Nan::SetMethod(target, "getKernelPath", GetKernelPath);

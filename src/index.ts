@@ -1,7 +1,9 @@
 export * from './errors.ts';
 export * from './tensor.ts';
-export { attention, OnlineSoftmaxState } from './attention.ts';
-export type { AttentionOptions, AttentionOut, AttentionResult, Dropout, FinalizeOptions, KvView, StateOptions } from './attention.ts';
+export { alibiSlopes, attention, CACHE_DTYPES, OnlineSoftmaxState } from './attention.ts';
+export type { AttentionOptions, AttentionOut, AttentionResult, CacheDtype, Dropout, FinalizeOptions, KvView, ScoreOptions, StateOptions } from './attention.ts';
+export { applyRope, positionIds } from './rope.ts';
+export type { RopeOptions } from './rope.ts';
 export { KvCache } from './kvcache.ts';
 export type { KvCacheConfig } from './kvcache.ts';
 export { MultiHeadAttention, resolveConfig, weightShapes } from './mha.ts';

@@ -41,6 +41,8 @@ export interface NativeOpts {
   kvRanges?: Int32Array | null;
   /** Ragged batches: [B] absolute position of each batch row's query 0 (instead of qOffset). */
   qOffsets?: Int32Array | null;
+  /** First slot read in each head's storage (attnUpdate; contiguous only): positions [sStart, sStart + S) of sCap. */
+  sStart?: number;
   /** Paged storage (attnUpdate): k, v are pages [pages,H_kv,pageSize,d]; row b's position s is in page blockTable[b, s / pageSize]. */
   pageSize?: number;
   /** [B, sCap / pageSize] page of each block of each batch row. */
@@ -106,6 +108,11 @@ export interface Binding {
   mergeProject(o: Float32Array, w: Float32Array, b: Float32Array | null, y: Float32Array, B: number, heads: number, T: number, d: number, N: number): void;
   /** y [M,N] = x [M,K] · w [K,N] + b [N]. */
   linear(x: Float32Array, w: Float32Array, b: Float32Array | null, y: Float32Array, M: number, K: number, N: number): void;
+  /** Rotary embedding of x [B,H,T,d] into out (may be x) at positions [B,T]; channels >= rotaryDim pass through. */
+  rope(x: Float32Array, out: Float32Array, dims: { B: number; H: number; T: number; d: number },
+    opts: { rotaryDim: number; theta: number; interleaved: boolean }, positions: Int32Array): void;
+  /** src [rows,d] fp32 -> dst [rows,d] of a storage type; 'i8' also writes scale [rows,ceil(d/32)]. */
+  kvEncode(dtype: Exclude<KvDtype, 'f32'>, src: Float32Array, dst: Uint16Array | Int8Array, scale: Float32Array | null, rows: number, d: number): void;
   setNumThreads(n: number): void;
   setKernelPath(path: KernelPath): void;
   getKernelPath(): KernelPath;
@@ -119,7 +126,7 @@ export interface Binding {
 
 const METHODS = [
   'attnUpdate', 'attnUpdateAsync', 'attnMerge', 'attnFinalize', 'attnProbs', 'mhaForward', 'projectHeads',
-  'mergeProject', 'linear', 'setNumThreads', 'setKernelPath', 'getKernelPath', 'kernelCounts', 'resetKernelCounts',
+  'mergeProject', 'linear', 'rope', 'kvEncode', 'setNumThreads', 'setKernelPath', 'getKernelPath', 'kernelCounts', 'resetKernelCounts',
   'poolCheck', 'info',
 ] as const satisfies readonly (keyof Binding)[];
 

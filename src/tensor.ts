@@ -92,7 +92,7 @@ export function expectFlag(name: string, value: unknown): boolean | undefined {
  * An `out` tensor must not share memory with an input the same call reads (the kernels would
  * read what they already overwrote).
  */
-export function expectDisjoint(outName: string, out: Float32Array, names: readonly string[], inputs: readonly (Float32Array | null | undefined)[]): void {
+export function expectDisjoint(outName: string, out: Float32Array, names: readonly string[], inputs: readonly (ArrayBufferView | null | undefined)[]): void {
   const lo = out.byteOffset, hi = lo + out.byteLength;
   for (let i = 0; i < inputs.length; i++) {
     const x = inputs[i], name = names[i];
