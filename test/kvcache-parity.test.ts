@@ -61,12 +61,16 @@ function queries(s: Stream, s0: number, s1: number): Tensor {
   return { data: out, shape: [B, H, T, dK] };
 }
 
+/** Append the stream's next n tokens, or append `draft` other tokens and crop the last `back` of the cache. */
+type Op = number | { draft: number; back: number };
+
 /**
  * Streams s through a cache of `config` in `chunks`, checking after each append that the chunk's
  * queries over cache.parts() match the reference over keys [0, end).
  */
-function checkStream(t: ExecutionContext, s: Stream, config: KvCacheConfig, chunks: number[], label: string, rope?: RopeOptions): void {
+function checkStream(t: ExecutionContext, s: Stream, config: KvCacheConfig, chunks: Op[], label: string, rope?: RopeOptions): void {
   const cache = new KvCache(config);
+  const junk = new Rng(999);
   const W = config.window ?? 0, N0 = config.sinkTokens ?? 0, dtype = config.dtype ?? 'fp32';
   // With rope: the reference rotates the whole stream's keys (positions 0..STREAM-1) and each
   // chunk's queries in float64; their fp32 errors join the bound as input errors.
@@ -74,8 +78,24 @@ function checkStream(t: ExecutionContext, s: Stream, config: KvCacheConfig, chun
   const kRef = rope ? refRope(s.k.data, kDims, 0, rope) : s.k.data;
   const dkRef = rope ? refRopeBound(s.k.data, kDims, 0, rope) : undefined;
   let start = 0, ok = true;
-  for (const n of chunks) {
-    const end = start + n;
+  for (const op of chunks) {
+    if (typeof op !== 'number') {
+      // Speculative decoding: a draft whose first draft - back tokens are the stream's next ones
+      // (accepted) and the rest other tokens, then rolled back by `back`. What follows is checked
+      // against the stream that never saw the rejected tokens.
+      const keep = op.draft - op.back;
+      const draft = (x: Tensor, d: number, junkX: Tensor): Tensor => {
+        const out = Float32Array.from(junkX.data);
+        for (let bh = 0; bh < B * Hkv; bh++) out.set(x.data.subarray((bh * STREAM + start) * d, (bh * STREAM + start + Math.max(0, keep)) * d), bh * op.draft * d);
+        return { data: out, shape: [B, Hkv, op.draft, d] };
+      };
+      const kd = draft(s.k, dK, junk.normalTensor([B, Hkv, op.draft, dK])), vd = draft(s.v, dV, junk.normalTensor([B, Hkv, op.draft, dV]));
+      if (op.draft > 0) t.deepEqual(cache.append(kd, vd), { start, end: start + op.draft });
+      cache.crop(start + keep);
+      start += keep;
+      continue;
+    }
+    const n = op, end = start + n;
     const kc = tensorOf(slice(s.k.data, STREAM, dK, start, end), [B, Hkv, n, dK]), vc = tensorOf(slice(s.v.data, STREAM, dV, start, end), [B, Hkv, n, dV]);
     t.deepEqual(cache.append(kc, vc), { start, end });
     const q = queries(s, start, end);
@@ -156,3 +176,20 @@ test('rope with explicit position ids [B,n]: stored keys equal the float64 rotat
     t.deepEqual(snap.v.data, Float32Array.from(slice(s.v.data, STREAM, dV, 0, STREAM)).filter((_, i) => held.includes(Math.floor(i / dV) % STREAM)) , `${layout.name} values are not rotated`);
   }
 });
+
+for (const layout of LAYOUTS)
+  test(`${layout.name}: crop (rollback of drafts) then re-append equals never having appended, every dtype`, (t) => {
+    const s = stream(400);
+    // Drafts of 4 rolled back wholly or in part, single-token drafts, and a rollback into stream tokens.
+    const scripts: Op[][] = [
+      [5, { draft: 4, back: 4 }, 1, { draft: 4, back: 3 }, 1, 1, { draft: 4, back: 4 }, 6, { draft: 1, back: 1 }, 1, 3, 1, 2, 1],
+      [12, { draft: 3, back: 3 }, { draft: 5, back: 5 }, 1, 1, 1, 2, { draft: 2, back: 2 }, 4],
+      [9, { draft: 0, back: 2 }, 3, 4, { draft: 4, back: 4 }, 1, { draft: 0, back: 1 }, 2],
+    ];
+    for (const dtype of DTYPES)
+      for (const [i, script] of scripts.entries()) {
+        // A window cache is given slack (capacity > window) so single-token drafts can be cropped too.
+        const slack = layout.config.window ? { capacity: layout.config.window + 3 } : {};
+        checkStream(t, s, { batch: B, numKvHeads: Hkv, dK, dV, dtype, ...layout.config, ...slack }, script, `${layout.name} ${dtype} script ${i}`);
+      }
+  });
