@@ -1,9 +1,11 @@
 // Multi-head attention module (DESIGN.md): projections, grouped KV heads, d_k != d_v, an optional
 // KV cache, output projection. Activations are [B,T,width]; per-head tensors are [B,H,T,d].
-import { attention, attentionOptions } from './attention.ts';
-import type { AttentionOut, AttentionResult, Dropout } from './attention.ts';
+import { attention, attentionOptions, OnlineSoftmaxState, resolveScore } from './attention.ts';
+import type { AttentionOut, AttentionResult, CacheDtype, Dropout, ScoreOptions } from './attention.ts';
 import { ArgumentError, ShapeError } from './errors.ts';
 import { KvCache } from './kvcache.ts';
+import { resolveRope } from './rope.ts';
+import type { RopeOptions } from './rope.ts';
 import { addon } from './native.ts';
 import { Rng } from './random.ts';
 import { alloc, expectAllocatable, expectDim, expectDisjoint, expectFlag, expectNumber, expectObject, expectOptions, expectRank, expectShape, Scratch, show } from './tensor.ts';
@@ -26,9 +28,20 @@ export interface MhaConfig {
   bias?: boolean;
   /** Default 1/sqrt(dK). */
   scale?: number;
+  /** Rotary embeddings: queries and keys rotated at their absolute positions (caches from newCache() rotate keys on append). */
+  rope?: RopeOptions;
 }
 
-export type ResolvedMhaConfig = Required<MhaConfig>;
+export type ResolvedMhaConfig = Required<Omit<MhaConfig, 'rope'>> & { rope?: RopeOptions };
+
+/** Cache layout and storage for newCache() (see KvCacheConfig). */
+export interface NewCacheOptions {
+  capacity?: number;
+  dtype?: CacheDtype;
+  window?: number;
+  sinkTokens?: number;
+  pageSize?: number;
+}
 
 /** w_q [d_model,H·d_k], w_k [d_kv_in,H_kv·d_k], w_v [d_kv_in,H_kv·d_v], w_o [H·d_v,d_out]; biases [cols]. */
 export interface MhaWeights {
@@ -36,7 +49,8 @@ export interface MhaWeights {
   bQ?: Tensor; bK?: Tensor; bV?: Tensor; bO?: Tensor;
 }
 
-export interface ForwardOptions {
+/** Score options of forward(); rope comes from the module's config. */
+export interface ForwardOptions extends Omit<ScoreOptions, 'rope'> {
   causal?: boolean;
   /** Absolute position of query 0; default S - T. */
   qOffset?: number;
@@ -89,6 +103,10 @@ export function resolveConfig(config: MhaConfig): ResolvedMhaConfig {
     bias: expectFlag('bias', config.bias) ?? true,
     scale: expectNumber('scale', config.scale ?? 1 / Math.sqrt(dK), -3.4e38, 3.4e38),
   };
+  if (config.rope !== undefined) {
+    const r = resolveRope(config.rope, dK, 'rope');
+    c.rope = { dim: r.dim, theta: r.theta, style: r.style };
+  }
   // Every weight within MAX_TENSOR_BYTES, before anything is allocated or drawn.
   for (const [name, shape] of Object.entries(weightShapes(c))) if (shape) expectAllocatable(name, shape.length === 2 ? ['rows', 'cols'] : ['cols'], shape);
   return c;
@@ -141,9 +159,11 @@ export class MultiHeadAttention {
     return new MultiHeadAttention(c, weights as MhaWeights);
   }
 
-  /** A cache for this module's key/value heads. */
-  newCache(batch: number, capacity?: number): KvCache {
-    return new KvCache({ batch, numKvHeads: this.config.numKvHeads, dK: this.config.dK, dV: this.config.dV, capacity });
+  /** A cache for this module's key/value heads (with the module's rope); `options` a capacity or the layout. */
+  newCache(batch: number, options: number | NewCacheOptions = {}): KvCache {
+    const o = typeof options === 'number' ? { capacity: options } : expectOptions('options', options);
+    const { numKvHeads, dK, dV, rope } = this.config;
+    return new KvCache({ capacity: o.capacity, dtype: o.dtype, window: o.window, sinkTokens: o.sinkTokens, pageSize: o.pageSize, batch, numKvHeads, dK, dV, ...(rope ? { rope } : {}) });
   }
 
   /** xQ [B,T,d_model] -> q [B,H,T,d_k] (written into `out` when given). */
@@ -208,7 +228,8 @@ export class MultiHeadAttention {
     expectShape('x_q', xQ, ['B', 'T', 'd_model'], [B, T, c.dModel]);
     const [, S] = expectRank('x_kv', xKv, ['B', 'S', 'd_kv_in']);
     expectShape('x_kv', xKv, ['B', 'S', 'd_kv_in'], [B, S, c.dKvIn]);
-    const opts = attentionOptions({ scale: c.scale, causal: options.causal, qOffset: options.qOffset ?? S - T, dropout: options.dropout }, 0);
+    const score = resolveScore(options, B, c.numHeads, T, c.dK);
+    const opts = attentionOptions({ scale: c.scale, causal: options.causal, qOffset: options.qOffset ?? S - T, dropout: options.dropout, score }, 0);
     const w = this.weights;
     const { output, lse } = this.outputs(expectOptions('out', options.out), B, T, xQ.data, xKv.data);
     addon.mhaForward(
@@ -227,11 +248,20 @@ export class MultiHeadAttention {
     expectOptions('options', options);
     const { cache } = options;
     if (cache !== undefined && !(cache instanceof KvCache)) throw new ArgumentError(`Expected options.cache to be a KvCache or undefined, got ${show(cache)}`);
-    if (!cache && !expectFlag('returnWeights', options.returnWeights) && xKv) return this.fused(xQ, xKv, options);
+    const plain = !this.config.rope && options.sinks === undefined;
+    if (!cache && !expectFlag('returnWeights', options.returnWeights) && xKv && plain) return this.fused(xQ, xKv, options);
     const [B, T] = expectRank('x_q', xQ, ['B', 'T', 'd_model']);
     const { numHeads: H, dK, dV } = this.config;
     // Everything checkable is checked before the cache is appended to: a rejected call leaves it as it was.
     attentionOptions({ scale: this.config.scale, causal: options.causal, qOffset: options.qOffset ?? 0, dropout: options.dropout }, 0);
+    resolveScore({ ...options, rope: this.config.rope }, B, H, T, dK);
+    if (cache instanceof KvCache && !sameRope(cache.rope, this.config.rope)) {
+      throw new ArgumentError(`Expected options.cache with the module's rope ${JSON.stringify(this.config.rope ?? null)}, got ${JSON.stringify(cache.rope ?? null)} (use mha.newCache())`);
+    }
+    if (cache instanceof KvCache && cache.window && options.window !== undefined && options.window !== cache.window) {
+      throw new ArgumentError(`Expected options.window to be the cache's window ${cache.window} (or absent), got ${show(options.window)}`);
+    }
+    const score = { softcap: options.softcap, alibi: options.alibi, window: options.window, kvRanges: options.kvRanges, qOffsets: options.qOffsets, sinks: options.sinks };
     const outs = this.outputs(expectOptions('out', options.out), B, T, xQ.data, xKv?.data ?? null);
     const q = this.projectQ(xQ, { data: this.scratch.get('q', ['B', 'H', 'T', 'd_k'], [B, H, T, dK]), shape: [B, H, T, dK] });
     let k, v;
@@ -243,13 +273,23 @@ export class MultiHeadAttention {
         const kv = this.projectKvInto(xKv);
         cache.append(kv.k, kv.v);
       }
+      if (cache.window || cache.pageSize || cache.dtype !== 'fp32' || this.config.rope) {
+        // Fold the cache's parts (ring, pages, storage types, rotated keys) into a state.
+        if (expectFlag('returnWeights', options.returnWeights)) throw new ArgumentError('Expected returnWeights only with a contiguous fp32 cache without rope, got a ' + describeCache(cache));
+        const o = { data: this.scratch.get('o', ['B', 'H', 'T', 'd_v'], [B, H, T, dV]), shape: [B, H, T, dV] };
+        const qOffset = options.qOffset ?? cache.length - T;
+        const state = new OnlineSoftmaxState(q, { ...score, dV, scale: this.config.scale, causal: options.causal, qOffset, dropout: options.dropout, rope: this.config.rope });
+        state.updateCache(cache);
+        state.finalize({ out: { output: o, lse: outs.lse } });
+        return { output: this.projectOut(o, outs.output), lse: outs.lse, cache };
+      }
       [k, v] = [cache.keys(), cache.values()];
     } else {
       if (!xKv) throw new ShapeError('Expected x_kv shape [B,S,d_kv_in] (or a cache), got null');
       ({ k, v } = this.projectKvInto(xKv));
     }
     const o = { data: this.scratch.get('o', ['B', 'H', 'T', 'd_v'], [B, H, T, dV]), shape: [B, H, T, dV] };
-    const r = attention(q, k, v, { scale: this.config.scale, causal: options.causal, qOffset: options.qOffset, dropout: options.dropout, returnWeights: options.returnWeights, out: { output: o, lse: outs.lse } });
+    const r = attention(q, k, v, { ...score, rope: cache ? undefined : this.config.rope, scale: this.config.scale, causal: options.causal, qOffset: options.qOffset, dropout: options.dropout, returnWeights: options.returnWeights, out: { output: o, lse: outs.lse } });
     const result: ForwardResult = { output: this.projectOut(o, outs.output), lse: r.lse };
     if (r.weights) result.weights = r.weights;
     if (r.mask) result.mask = r.mask;
@@ -261,4 +301,13 @@ export class MultiHeadAttention {
 /** x [B,T,in] · w [in,heads·d] + b -> out [B,heads,T,d] */
 function project(x: Tensor, w: Tensor, b: Tensor | undefined, out: Float32Array, B: number, T: number, heads: number, d: number): void {
   addon.projectHeads(x.data, w.data, b?.data ?? null, out, B, T, x.shape[2], heads, d);
+}
+
+function sameRope(a: RopeOptions | undefined, b: RopeOptions | undefined): boolean {
+  if (!a || !b) return !a && !b;
+  return a.dim === b.dim && a.theta === b.theta && a.style === b.style;
+}
+
+function describeCache(c: KvCache): string {
+  return [c.window ? `window ${c.window}` : '', c.pageSize ? `paged (${c.pageSize})` : '', c.dtype !== 'fp32' ? c.dtype : '', c.rope ? 'rope' : ''].filter(Boolean).join(', ') + ' cache';
 }

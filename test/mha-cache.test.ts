@@ -1,0 +1,140 @@
+// MultiHeadAttention over the caches real models use: a stream fed chunk by chunk through
+// forward(x_chunk, x_chunk, { cache, causal }) must give, row for row, the float64 module
+// reference over the whole stream under the cache's mask (window, sink tokens), its storage
+// rounding, the module's rope and the score options (softcap, ALiBi, head sinks). The bound is
+// the reference's: projection errors (refProjectHeads) feed the rope bound and the attention
+// bound (refFeaturesBound), whose output bound feeds the output projection (refLinearBound).
+import test from 'ava';
+import type { ExecutionContext } from 'ava';
+import { alibiSlopes } from '../src/attention.ts';
+import type { ScoreOptions } from '../src/attention.ts';
+import { ArgumentError } from '../src/errors.ts';
+import { MultiHeadAttention } from '../src/mha.ts';
+import type { NewCacheOptions } from '../src/mha.ts';
+import { sliceTokens } from '../src/operators/chunks.ts';
+import { Rng } from '../src/random.ts';
+import type { RopeOptions } from '../src/rope.ts';
+import type { Tensor } from '../src/tensor.ts';
+import { assertWithin } from './helpers/assert.ts';
+import { chunkedRescales, refLinearBound, refProjectHeads, SECOND_ORDER } from './helpers/reference.ts';
+import { refFeaturesBound, refRope, refRopeBound } from './helpers/reference-features.ts';
+import type { StorageDtype } from './helpers/reference-features.ts';
+
+const [B, S, dModel, H, Hkv] = [2, 29, 48, 4, 2];
+const dK = dModel / H, dV = dK;
+
+interface Case {
+  name: string;
+  cache: NewCacheOptions;
+  rope?: RopeOptions;
+  score?: Omit<ScoreOptions, 'rope' | 'window'>;
+}
+
+const CASES: Case[] = [
+  { name: 'contiguous fp32', cache: {} },
+  { name: 'ring window 5', cache: { window: 5 } },
+  { name: 'ring window 5 + 2 sink tokens, rope', cache: { window: 5, sinkTokens: 2 }, rope: {} },
+  { name: 'paged 4, rope interleaved partial', cache: { pageSize: 4 }, rope: { dim: 8, style: 'interleaved', theta: 1000 } },
+  { name: 'bf16, softcap and ALiBi', cache: { dtype: 'bf16' }, score: { softcap: 3, alibi: true } },
+  { name: 'fp16 ring window 7, head sinks', cache: { dtype: 'fp16', window: 7 }, score: { sinks: [0.5, -1, 2, 0] } },
+  { name: 'int8 paged 8, rope', cache: { dtype: 'int8', pageSize: 8 }, rope: { theta: 500 } },
+  { name: 'int8 ring window 6 + 1 sink token, softcap', cache: { dtype: 'int8', window: 6, sinkTokens: 1 }, score: { softcap: 2 } },
+];
+const CHUNKINGS = [[S], Array<number>(S).fill(1), [5, 1, 9, 14]];
+
+/** The module in float64 over the whole stream x [B,S,dModel] (causal, queries = keys = x), with its bound. */
+function reference(mha: MultiHeadAttention, x: Tensor, c: Case) {
+  const w = mha.weights, cfg = mha.config;
+  const q = refProjectHeads(x.data, w.wQ.data, w.bQ?.data ?? null, B, S, dModel, H, dK);
+  const k = refProjectHeads(x.data, w.wK.data, w.bK?.data ?? null, B, S, dModel, Hkv, dK);
+  const v = refProjectHeads(x.data, w.wV.data, w.bV?.data ?? null, B, S, dModel, Hkv, dV);
+  let [qy, qb, ky, kb] = [q.y, q.bound, k.y, k.bound];
+  if (c.rope) {
+    const rope = c.rope;
+    [qy, qb] = [refRope(q.y, { B, H, T: S, d: dK }, 0, rope), refRopeBound(q.y, { B, H, T: S, d: dK }, 0, rope, q.bound)];
+    [ky, kb] = [refRope(k.y, { B, H: Hkv, T: S, d: dK }, 0, rope), refRopeBound(k.y, { B, H: Hkv, T: S, d: dK }, 0, rope, k.bound)];
+  }
+  const alibi = c.score?.alibi === true ? alibiSlopes(H) : undefined;
+  const att = refFeaturesBound(qy, ky, v.y, { B, H, Hkv, T: S, S, dK, dV }, {
+    scale: cfg.scale, causal: true, qOffset: 0, window: c.cache.window ?? 0, sinkTokens: c.cache.sinkTokens ?? 0,
+    softcap: c.score?.softcap, alibi, sinks: c.score?.sinks as number[] | undefined, dtype: (c.cache.dtype ?? 'fp32') as StorageDtype,
+    rescales: chunkedRescales(S, 3 * S), dq: qb, dk: kb, dv: v.bound,
+  });
+  // o [B,H,S,dV] -> [B,S,H·dV], then the output projection.
+  const merged = new Float64Array(B * S * H * dV), mergedBound = new Float64Array(merged.length);
+  for (let b = 0; b < B; b++)
+    for (let h = 0; h < H; h++)
+      for (let s = 0; s < S; s++)
+        for (let d = 0; d < dV; d++) {
+          const src = ((b * H + h) * S + s) * dV + d, dst = (b * S + s) * H * dV + h * dV + d;
+          merged[dst] = att.out[src];
+          mergedBound[dst] = att.outBound[src];
+        }
+  const y = refLinearBound(merged, w.wO.data, w.bO?.data ?? null, B * S, H * dV, dModel, mergedBound);
+  for (let i = 0; i < y.bound.length; i++) y.bound[i] *= SECOND_ORDER;
+  return { y: y.y, bound: y.bound };
+}
+
+/** Rows [s0, s1) of every batch row of x [B,S,w]. */
+function rows(x: ArrayLike<number>, w: number, s0: number, s1: number): Float64Array {
+  const out = new Float64Array(B * (s1 - s0) * w);
+  for (let b = 0; b < B; b++)
+    for (let i = 0; i < (s1 - s0) * w; i++) out[b * (s1 - s0) * w + i] = x[(b * S + s0) * w + i];
+  return out;
+}
+
+function streamCase(t: ExecutionContext, c: Case, seed: number): void {
+  const mha = MultiHeadAttention.random({ dModel, numHeads: H, numKvHeads: Hkv, ...(c.rope ? { rope: c.rope } : {}) }, seed);
+  const x = new Rng(seed + 1).normalTensor([B, S, dModel]);
+  const ref = reference(mha, x, c);
+  for (const chunks of CHUNKINGS) {
+    const cache = mha.newCache(B, { capacity: 4, ...c.cache });
+    let s0 = 0;
+    for (const n of chunks) {
+      const xc = sliceTokens(x, s0, s0 + n);
+      const got = mha.forward(xc, xc, { cache, causal: true, ...(c.cache.window ? { window: c.cache.window } : {}), ...c.score });
+      const label = `${c.name}, chunks ${chunks.length === S ? 'of 1' : JSON.stringify(chunks)}, rows [${s0}, ${s0 + n})`;
+      if (!assertWithin(t, got.output.data, rows(ref.y, dModel, s0, s0 + n), rows(ref.bound, dModel, s0, s0 + n), label, [B, n, dModel])) return;
+      s0 += n;
+    }
+    t.is(cache.length, S);
+  }
+}
+
+CASES.forEach((c, i) => test(`forward over a ${c.name} cache, chunk by chunk, equals the float64 module over the whole stream`, (t) => streamCase(t, c, 40 + i)));
+
+test('one pass without a cache takes the same options (window, rope, softcap, ALiBi, sinks)', (t) => {
+  const c: Case = { name: 'one pass', cache: { window: 6 }, rope: { dim: 10 }, score: { softcap: 4, alibi: true, sinks: [1, 0, -1, 0.5] } };
+  const mha = MultiHeadAttention.random({ dModel, numHeads: H, numKvHeads: Hkv, rope: c.rope }, 7);
+  const x = new Rng(8).normalTensor([B, S, dModel]);
+  const ref = reference(mha, x, c);
+  const got = mha.forward(x, x, { causal: true, window: 6, ...c.score });
+  assertWithin(t, got.output.data, ref.y, ref.bound, 'one pass', [B, S, dModel]);
+});
+
+test('the fused one-call module path takes softcap, ALiBi and a window', (t) => {
+  const c: Case = { name: 'fused', cache: { window: 9 }, score: { softcap: 5, alibi: true } };
+  const mha = MultiHeadAttention.random({ dModel, numHeads: H, numKvHeads: Hkv }, 9);
+  const x = new Rng(10).normalTensor([B, S, dModel]);
+  const ref = reference(mha, x, c);
+  assertWithin(t, mha.forward(x, x, { causal: true, window: 9, ...c.score }).output.data, ref.y, ref.bound, 'fused', [B, S, dModel]);
+});
+
+test('a cache whose rope differs from the module is refused before anything is appended', (t) => {
+  const mha = MultiHeadAttention.random({ dModel, numHeads: H, numKvHeads: Hkv, rope: {} }, 11);
+  const plain = MultiHeadAttention.random({ dModel, numHeads: H, numKvHeads: Hkv }, 11).newCache(B);
+  const x = new Rng(12).normalTensor([B, 3, dModel]);
+  t.throws(() => mha.forward(x, x, { cache: plain, causal: true }), { instanceOf: ArgumentError, message: /^Expected options.cache with the module's rope \{"dim":12,"theta":10000,"style":"half"\}, got null/ });
+  t.is(plain.length, 0);
+  t.throws(() => mha.forward(x, x, { cache: mha.newCache(B, { window: 4 }), causal: true, returnWeights: true }), { instanceOf: ArgumentError, message: /^Expected returnWeights only with a contiguous fp32 cache without rope/ });
+  t.throws(() => MultiHeadAttention.random({ dModel, numHeads: H, rope: { dim: 7 } }, 1), { instanceOf: ArgumentError, message: 'Expected rope.dim to be an even integer in [2, d=12], got 7' });
+});
+
+test('a window option that disagrees with a ring cache is refused', (t) => {
+  const mha = MultiHeadAttention.random({ dModel, numHeads: H, numKvHeads: Hkv }, 13);
+  const cache = mha.newCache(B, { window: 4 });
+  const x = new Rng(14).normalTensor([B, 2, dModel]);
+  t.throws(() => mha.forward(x, x, { cache, causal: true, window: 5 }), { instanceOf: ArgumentError, message: "Expected options.window to be the cache's window 4 (or absent), got 5" });
+  t.is(cache.length, 0);
+  t.notThrows(() => mha.forward(x, x, { cache, causal: true, window: 4 }));
+});
