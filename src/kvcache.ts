@@ -31,8 +31,8 @@ export interface KvCacheConfig {
   dV: number;
   /**
    * Positions to reserve up front per batch row (default 16); storage doubles when full. With
-   * `window`: the initial ring slots (it grows to what the ring rule needs; more than `window`
-   * leaves room to crop back). With `pageSize`: the initial pool, in positions per row. Each
+   * `window`: the initial ring slots (default min(16, window); it grows to what the ring rule
+   * needs; more than `window` leaves room to crop back). With `pageSize`: the initial pool, in positions per row. Each
    * storage (K and V) must fit MAX_TENSOR_BYTES (2 GiB, counted as 4 bytes an element).
    */
   capacity?: number;
@@ -229,7 +229,7 @@ export class KvCache {
     this.numKvHeads = expectDim('numKvHeads', config.numKvHeads);
     this.dK = expectDim('dK', config.dK);
     this.dV = expectDim('dV', config.dV);
-    const capacity = expectDim('capacity', config.capacity ?? 16);
+    const capacity = expectDim('capacity', config.capacity ?? (config.window ? Math.min(16, config.window) : 16));
     const dtype = config.dtype ?? 'fp32';
     if (!CACHE_DTYPES.includes(dtype)) throw new ArgumentError(`Expected dtype to be one of ${DTYPE_LIST}, got ${show(dtype)}`);
     this.dtype = dtype;
@@ -318,7 +318,8 @@ export class KvCache {
     const need = Math.min(Math.max(0, end - N0), W + n - 1);
     let R = this.slots - N0;
     if (need > R) {
-      this.regrow(N0 + Math.max(need, Math.min(2 * R, W + n - 1, this.maxSlots() - N0)), 0);
+      const slots = N0 + Math.max(need, Math.min(2 * R, W + n - 1, this.maxSlots() - N0));
+      this.regrow(slots, Math.min(this.ringHeld, slots - N0 - m)); // keep what this append will not overwrite
       R = this.slots - N0;
     }
     const a = (this.ringStart + this.ringHeld) % R, m1 = Math.min(m, R - a); // m <= R: no slot written twice
@@ -572,8 +573,8 @@ export class KvCache {
   }
 
   /**
-   * New storage of `slots` per head holding the same positions: contiguous copies the first
-   * `keep` slots; a ring copies its sinks and its ring positions oldest first (relinearised).
+   * New storage of `slots` per head: contiguous copies the first `keep` slots; a ring copies its
+   * sinks and its newest `keep` ring positions, oldest first from slot N0 (relinearised).
    */
   private regrow(slots: number, keep: number): void {
     const [k, v] = this.newStores(slots); // throws past the size limit, before anything changes
@@ -585,14 +586,15 @@ export class KvCache {
         v.copyFrom(this.v, from, to, keep);
         continue;
       }
-      const n1 = Math.min(this.ringHeld, R - this.ringStart), n2 = this.ringHeld - n1;
+      const first = (this.ringStart + this.ringHeld - keep) % R, n1 = Math.min(keep, R - first);
       for (const [dst, src] of [[k, this.k], [v, this.v]] as const) {
         dst.copyFrom(src, from, to, Math.min(this.len, N0));
-        dst.copyFrom(src, from + N0 + this.ringStart, to + N0, n1);
-        dst.copyFrom(src, from + N0, to + N0 + n1, n2);
+        dst.copyFrom(src, from + N0 + first, to + N0, n1);
+        dst.copyFrom(src, from + N0, to + N0 + n1, keep - n1);
       }
     }
-    [this.k, this.v, this.slots, this.spare, this.ringStart] = [k, v, slots, undefined, 0];
+    [this.k, this.v, this.slots, this.spare] = [k, v, slots, undefined];
+    if (this.layout === 'ring') [this.ringStart, this.ringHeld] = [0, keep];
   }
 
   private newTable(maxBlocks: number): Int32Array {
