@@ -220,6 +220,7 @@ export class KvCache {
   private spareTable: Int32Array | undefined;
   // Rotated keys of the last append [B,H_kv,n,d_k] (rope only), reused while n fits.
   private ropeBuf: Float32Array | undefined;
+  private ropeIds: Int32Array | undefined;
 
   /** `pool` is internal (forks and selections of a paged cache share it); callers leave it out. */
   constructor(config: KvCacheConfig, pool?: PagePool) {
@@ -295,11 +296,20 @@ export class KvCache {
     return { start, end };
   }
 
-  /** The one rope call site: k [B,H_kv,n,d_k] rotated at `positions` into the cache's buffer. */
+  /**
+   * The one rope call site: k [B,H_kv,n,d_k] rotated at position ids [B,n] (default start + i)
+   * into the cache's buffers (reused: a decode step allocates nothing).
+   */
   private rotate(k: Tensor, positions: number | Int32Array): Tensor {
     const n = k.shape[2], size = this.batch * this.numKvHeads * n * this.dK;
     if (!this.ropeBuf || this.ropeBuf.length < size) this.ropeBuf = new Float32Array(expectAllocatable('rotated keys', ['B', 'H_kv', 'n', 'd_k'], k.shape));
-    return applyRope(k, positions, this.rope!, { data: this.ropeBuf.subarray(0, size), shape: k.shape });
+    let ids = positions;
+    if (typeof ids === 'number') {
+      if (!this.ropeIds || this.ropeIds.length < this.batch * n) this.ropeIds = new Int32Array(this.batch * n);
+      ids = this.ropeIds.subarray(0, this.batch * n);
+      for (let b = 0; b < this.batch; b++) for (let i = 0; i < n; i++) ids[b * n + i] = (positions as number) + i;
+    }
+    return applyRope(k, ids, this.rope!, { data: this.ropeBuf.subarray(0, size), shape: k.shape });
   }
 
   private appendContiguous(k: Float32Array, v: Float32Array, n: number): void {

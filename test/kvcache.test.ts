@@ -5,6 +5,7 @@ import type { CacheDtype } from '../src/attention.ts';
 import { KvCache } from '../src/kvcache.ts';
 import type { KvCacheConfig } from '../src/kvcache.ts';
 import { Rng } from '../src/random.ts';
+import { zeros } from '../src/tensor.ts';
 import { assertWithin } from './helpers/assert.ts';
 import { chunkedRescales } from './helpers/reference.ts';
 import { refFeaturesBound, storageErrorBound, storageRound } from './helpers/reference-features.ts';
@@ -299,12 +300,17 @@ test('capacity grows geometrically: contiguous doubles, paged doubles its blocks
   t.is(big.capacity, 37);
 });
 
-test.serial('a steady decode loop (append, parts, fold) allocates no storage per step, every layout and dtype', async (t) => {
+test.serial('a steady decode loop (append, parts, fold into out) allocates no typed array per step, every layout and dtype, with rope', async (t) => {
   const rng = new Rng(27);
   const ctors = [Float32Array, Uint16Array, Int8Array, Int32Array] as const;
   for (const layout of LAYOUTS)
     for (const dtype of DTYPES) {
-      const cache = new KvCache({ ...cfg3, dtype, ...layout.config, capacity: 64 });
+      const rope = dtype === 'bf16' ? { rope: { dim: 16 } } : {};
+      const cache = new KvCache({ ...cfg3, dtype, ...layout.config, capacity: 64, ...rope });
+      const q = rng.normalTensor([B3, H3, 1, DK3]);
+      // (The state's own rope is left out: its query position ids are the state's business.)
+      const state = new OnlineSoftmaxState(q, { dV: DV3, causal: true, qOffset: 0, ...(layout.config.window ? { window: layout.config.window } : {}) });
+      const out = { output: zeros([B3, H3, 1, DV3]), lse: zeros([B3, H3, 1]) };
       fill(cache, rng, [5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]); // warm-up: the ring reaches its window
       const ks = Array.from({ length: 20 }, () => rng.normalTensor([B3, HKV3, 1, DK3])), vs = ks.map(() => rng.normalTensor([B3, HKV3, 1, DV3]));
       const counts = new Map<string, number>();
@@ -320,7 +326,7 @@ test.serial('a steady decode loop (append, parts, fold) allocates no storage per
       try {
         for (let i = 0; i < 20; i++) {
           cache.append(ks[i], vs[i]);
-          cache.parts();
+          state.reset(q, { qOffset: cache.length - 1 }).updateCache(cache).finalize({ out });
         }
       } finally {
         ctors.forEach((c, i) => ((globalThis as Record<string, unknown>)[c.name] = real[i]));
