@@ -1,0 +1,269 @@
+// kvstream against onnxruntime-node's CPU GroupQueryAttention (com.microsoft), one feature at a
+// time: plain GQA (prefill, decode over a past cache, a chunk after a past), rotary (half-split
+// and interleaved, full and partial, default and explicit position ids), local_window_size,
+// softcap, seqlens_k (ragged rows, right padding), head_sink, smooth_softmax, ALiBi through
+// attention_bias, causal=0. Each case runs the same fp32 inputs through a one-node ORT graph
+// and through kvstream's public API, and holds both to the float64 reference
+// (test/helpers/reference-features.ts): kvstream within refFeaturesBound, ORT within twice it
+// (ORT's MLAS GEMM and exp are not the kernels the bound was derived for; doubling covers the
+// few-ulp exp of its softmax, no more). Window cases run ORT's tiled ("flash") path and its
+// full-matrix path (ORT_GQA_DISABLE_FLASH_ATTENTION=1).
+// The conventions this pins (docs/semantics.md): kvstream window W = ORT local_window_size
+// (ORT 1.30: the query at position p sees keys p - lws < s <= p); seqlens_k[b] = row b's total
+// length - 1; smooth_softmax = head sinks of 0; head_sink = kvstream sinks.
+import test from 'ava';
+import type { ExecutionContext } from 'ava';
+import * as ort from 'onnxruntime-node';
+import { attention, KvCache, OnlineSoftmaxState, Rng, applyRope, alibiSlopes } from '../../src/index.ts';
+import type { AttentionOptions, RopeOptions } from '../../src/index.ts';
+import { gqaSession, runGqa } from '../helpers/ort-gqa.ts';
+import type { GqaAttrs, GqaFeeds, GqaGraphInputs } from '../helpers/ort-gqa.ts';
+import { refFeaturesBound, refRope, refRopeBound } from '../helpers/reference-features.ts';
+import type { FeatureBoundOpts, FeatureResult } from '../helpers/reference-features.ts';
+import { chunkedRescales } from '../helpers/reference.ts';
+import { checkWithin } from '../helpers/assert.ts';
+
+const H = 4, Hkv = 2;
+const version = ort.env.versions.common;
+
+function randn(n: number, seed: number, amp = 1): Float32Array {
+  const r = new Rng(seed);
+  return Float32Array.from({ length: n }, () => amp * r.normal());
+}
+
+/** [B,heads,T,d] -> ORT's [B,T,heads·d]. */
+function toBsnh(x: Float32Array, B: number, heads: number, T: number, d: number): Float32Array {
+  const y = new Float32Array(x.length);
+  for (let b = 0; b < B; b++) for (let h = 0; h < heads; h++) for (let t = 0; t < T; t++) for (let i = 0; i < d; i++) y[((b * T + t) * heads + h) * d + i] = x[((b * heads + h) * T + t) * d + i];
+  return y;
+}
+
+/** ORT's [B,T,heads·d] -> [B,heads,T,d]. */
+function fromBsnh(y: Float32Array, B: number, heads: number, T: number, d: number): Float32Array {
+  const x = new Float32Array(y.length);
+  for (let b = 0; b < B; b++) for (let h = 0; h < heads; h++) for (let t = 0; t < T; t++) for (let i = 0; i < d; i++) x[((b * heads + h) * T + t) * d + i] = y[((b * T + t) * heads + h) * d + i];
+  return x;
+}
+
+/** Per-head slices [B,heads,from,to) along the sequence of x [B,heads,T,d]. */
+function seqSlice(x: Float32Array, B: number, heads: number, T: number, d: number, from: number, to: number): Float32Array {
+  const n = to - from, y = new Float32Array(B * heads * n * d);
+  for (let bh = 0; bh < B * heads; bh++) y.set(x.subarray((bh * T + from) * d, (bh * T + to) * d), bh * n * d);
+  return y;
+}
+
+function scaled(b: Float64Array, f: number): Float64Array {
+  return b.map((x) => f * x);
+}
+
+/** Both results within their bound of the float64 reference; logs the largest differences. */
+function compare(t: ExecutionContext, label: string, ortOut: Float32Array, kvOut: Float32Array, ref: FeatureResult, ortRef: FeatureResult, shape: number[]): void {
+  const k = checkWithin(kvOut, ref.out, ref.outBound, `${label}: kvstream vs float64 reference`, shape);
+  const o = checkWithin(ortOut, ortRef.out, scaled(ortRef.outBound, 2), `${label}: onnxruntime ${version} vs float64 reference (2x bound)`, shape);
+  t.true(k.ok, k.message);
+  t.true(o.ok, o.message);
+  let pair = 0;
+  for (let i = 0; i < kvOut.length; i++) pair = Math.max(pair, Math.abs(kvOut[i] - ortOut[i]));
+  t.log(`${label}: max |kvstream - ort| ${pair.toExponential(2)}; ${k.message}`);
+}
+
+interface Case {
+  B: number;
+  /** Query (new token) count. */
+  T: number;
+  /** Past length per row (ORT's past buffer holds max(P) positions). */
+  P: number[];
+  d: number;
+}
+
+/**
+ * One GQA step through ORT and the float64 reference: inputs q [B,H,T,d], new k/v [B,Hkv,T,d],
+ * and (decode) the past keys/values [B,Hkv,Pmax,d] in ORT's buffer layout (row b valid to P_b).
+ */
+async function runStep(c: Case, attrs: Omit<GqaAttrs, 'numHeads' | 'kvNumHeads'>, g: GqaGraphInputs, extra: Partial<GqaFeeds>, q: Float32Array, k: Float32Array, v: Float32Array, past?: { k: Float32Array; v: Float32Array }, disableFlash = false) {
+  const { B, T, P, d } = c;
+  const Pmax = Math.max(...P);
+  const session = await gqaSession({ numHeads: H, kvNumHeads: Hkv, ...attrs }, d, { past: !!past, ...g }, disableFlash);
+  const total = Math.max(...P.map((p) => p + T));
+  const r = await runGqa(session, {
+    query: toBsnh(q, B, H, T, d), key: toBsnh(k, B, Hkv, T, d), value: toBsnh(v, B, Hkv, T, d),
+    pastKey: past?.k, pastValue: past?.v, pastLength: Pmax, seqlensK: P.map((p) => p + T - 1), totalSequenceLength: total, ...extra,
+  }, { B, S: T, H, Hkv, d });
+  return { out: fromBsnh(r.output, B, H, T, d), presentKey: r.presentKey, presentValue: r.presentValue, presentDims: r.presentDims, total };
+}
+
+/** ORT's present buffer [B,Hkv,Ptot,d] (float64): row b's past P_b positions, then the T new ones at P_b. */
+function kvBuffer(past: ArrayLike<number> | null, Pmax: number, fresh: ArrayLike<number>, c: Case, Ptot: number): Float64Array {
+  const { B, T, P, d } = c;
+  const out = new Float64Array(B * Hkv * Ptot * d);
+  for (let b = 0; b < B; b++)
+    for (let h = 0; h < Hkv; h++) {
+      const bh = b * Hkv + h;
+      for (let s = 0; s < P[b] && past; s++) for (let i = 0; i < d; i++) out[(bh * Ptot + s) * d + i] = past[(bh * Pmax + s) * d + i];
+      for (let s = 0; s < T; s++) for (let i = 0; i < d; i++) out[(bh * Ptot + P[b] + s) * d + i] = fresh[(bh * T + s) * d + i];
+    }
+  return out;
+}
+
+/** Exact equality of the valid positions [0, P_b + T) of two [B,Hkv,Ptot,d] buffers (a copy, not arithmetic). */
+function samePresent(t: ExecutionContext, label: string, actual: Float32Array, expected: ArrayLike<number>, c: Case, Ptot: number): void {
+  const { B, T, P, d } = c;
+  for (let b = 0; b < B; b++)
+    for (let h = 0; h < Hkv; h++) {
+      const o = (b * Hkv + h) * Ptot * d, n = (P[b] + T) * d;
+      for (let i = 0; i < n; i++) {
+        if (actual[o + i] !== expected[o + i]) {
+          t.fail(`${label}: present differs at [${b},${h},${Math.floor(i / d)},${i % d}]: ${actual[o + i]} vs ${expected[o + i]}`);
+          return;
+        }
+      }
+    }
+  t.pass();
+}
+
+const dimsOf = (c: Case, S: number) => ({ B: c.B, H, Hkv, T: c.T, S, dK: c.d, dV: c.d });
+
+test('plain GQA: prefill (tiled and full-matrix ORT paths), decode over a past cache, a chunk after a past', async (t) => {
+  const d = 16, scale = 1 / Math.sqrt(d);
+  // Prefill B=2, T=9.
+  const c: Case = { B: 2, T: 9, P: [0, 0], d };
+  const q = randn(c.B * H * c.T * d, 1), k = randn(c.B * Hkv * c.T * d, 2), v = randn(c.B * Hkv * c.T * d, 3);
+  const ref = refFeaturesBound(q, k, v, dimsOf(c, c.T), { scale, causal: true, qOffset: 0, rescales: chunkedRescales(c.T, 1) });
+  const kv = attention({ data: q, shape: [c.B, H, c.T, d] }, { data: k, shape: [c.B, Hkv, c.T, d] }, { data: v, shape: [c.B, Hkv, c.T, d] }, { causal: true });
+  for (const disableFlash of [false, true]) {
+    const r = await runStep(c, {}, {}, {}, q, k, v, undefined, disableFlash);
+    compare(t, `prefill B=2 T=9${disableFlash ? ' (ORT full-matrix path)' : ''}`, r.out, kv.output.data, ref, ref, [c.B, H, c.T, d]);
+    t.deepEqual(r.presentDims, [c.B, Hkv, c.T, d]);
+    samePresent(t, 'prefill present_key', r.presentKey, k, c, c.T);
+  }
+  // Decode: past = the prefill's keys (P=9), one new token per row.
+  const c1: Case = { B: 2, T: 1, P: [9, 9], d };
+  const q1 = randn(c1.B * H * d, 4), k1 = randn(c1.B * Hkv * d, 5), v1 = randn(c1.B * Hkv * d, 6);
+  const r1 = await runStep(c1, {}, { past: true }, {}, q1, k1, v1, { k, v });
+  const kAll = Float32Array.from(kvBuffer(k, 9, k1, c1, 10)), vAll = Float32Array.from(kvBuffer(v, 9, v1, c1, 10));
+  samePresent(t, 'decode present_key', r1.presentKey, kAll, c1, 10);
+  samePresent(t, 'decode present_value', r1.presentValue, vAll, c1, 10);
+  const ref1 = refFeaturesBound(q1, kAll, vAll, dimsOf(c1, 10), { scale, causal: true, qOffset: 9, rescales: chunkedRescales(10, 2) });
+  // kvstream's stream: a KvCache the prefill and the token were appended to, folded by a state.
+  const cache = new KvCache({ batch: 2, numKvHeads: Hkv, dK: d, dV: d });
+  cache.append({ data: k, shape: [2, Hkv, 9, d] }, { data: v, shape: [2, Hkv, 9, d] });
+  cache.append({ data: k1, shape: [2, Hkv, 1, d] }, { data: v1, shape: [2, Hkv, 1, d] });
+  const st = new OnlineSoftmaxState({ data: q1, shape: [2, H, 1, d] }, { dV: d, causal: true, qOffset: 9 }).updateCache(cache).finalize();
+  compare(t, 'decode B=2 P=9', r1.out, st.output.data, ref1, ref1, [2, H, 1, d]);
+  // A chunk of 4 after a past of 5 (ORT: batch 1 only, "subsequent prompt").
+  const c2: Case = { B: 1, T: 4, P: [5], d };
+  const pk = randn(Hkv * 5 * d, 7), pv = randn(Hkv * 5 * d, 8);
+  const q2 = randn(H * 4 * d, 9), k2 = randn(Hkv * 4 * d, 10), v2 = randn(Hkv * 4 * d, 11);
+  const r2 = await runStep(c2, {}, { past: true }, {}, q2, k2, v2, { k: pk, v: pv });
+  const k2All = Float32Array.from(kvBuffer(pk, 5, k2, c2, 9)), v2All = Float32Array.from(kvBuffer(pv, 5, v2, c2, 9));
+  const ref2 = refFeaturesBound(q2, k2All, v2All, dimsOf(c2, 9), { scale, causal: true, qOffset: 5, rescales: chunkedRescales(9, 1) });
+  const kv2 = attention({ data: q2, shape: [1, H, 4, d] }, { data: k2All, shape: [1, Hkv, 9, d] }, { data: v2All, shape: [1, Hkv, 9, d] }, { causal: true, qOffset: 5 });
+  compare(t, 'chunk T=4 after P=5', r2.out, kv2.output.data, ref2, ref2, [1, H, 4, d]);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Rotary: ORT takes cos/sin caches [maxPos, rotary_dim/2]; built here in fp32 as transformers and
+// ORT's own tests do (inv_freq = 1 / theta^(2i/dim) and pos·inv_freq in fp32), while kvstream
+// computes pos·theta^(-2i/dim) in float64 (src/rope.ts). The angle difference |Δ| is measured per
+// (pos, i) and enters ORT's bound as |Δ|(|x1| + |x2|) per rotated element (cos and sin each move
+// by <= |Δ|); the rest of the rotation (fp32 cos/sin, x1·c - x2·s) is refRopeBound for both.
+// ---------------------------------------------------------------------------------------------
+
+interface Caches { cos: Float32Array; sin: Float32Array; dAngle: Float64Array; half: number }
+
+function ropeCaches(maxPos: number, dim: number, theta: number): Caches {
+  const half = dim / 2, cos = new Float32Array(maxPos * half), sin = new Float32Array(maxPos * half), dAngle = new Float64Array(maxPos * half);
+  for (let i = 0; i < half; i++) {
+    const inv = Math.fround(1 / Math.fround(Math.fround(theta) ** Math.fround((2 * i) / dim)));
+    for (let p = 0; p < maxPos; p++) {
+      const a = Math.fround(p * inv);
+      cos[p * half + i] = Math.fround(Math.cos(a));
+      sin[p * half + i] = Math.fround(Math.sin(a));
+      dAngle[p * half + i] = Math.abs(a - p * theta ** (-(2 * i) / dim));
+    }
+  }
+  return { cos, sin, dAngle, half };
+}
+
+/** refRopeBound plus the fp32 caches' angle error, for x [B,heads,T,d] at positions [B,T]. */
+function ortRopeBound(x: Float32Array, dims: { B: number; H: number; T: number; d: number }, pos: Int32Array, rope: Required<RopeOptions>, caches: Caches): Float64Array {
+  const bound = refRopeBound(x, dims, pos, rope);
+  const { B, H: heads, T, d } = dims, half = rope.dim / 2;
+  for (let b = 0; b < B; b++)
+    for (let h = 0; h < heads; h++)
+      for (let t = 0; t < T; t++) {
+        const o = ((b * heads + h) * T + t) * d, p = pos[b * T + t];
+        for (let i = 0; i < half; i++) {
+          const [i1, i2] = rope.style === 'interleaved' ? [2 * i, 2 * i + 1] : [i, i + half];
+          const e = 1.01 * caches.dAngle[p * half + i] * (Math.abs(x[o + i1]) + Math.abs(x[o + i2]));
+          bound[o + i1] += e;
+          bound[o + i2] += e;
+        }
+      }
+  return bound;
+}
+
+function positions(B: number, T: number, start: ArrayLike<number>): Int32Array {
+  const p = new Int32Array(B * T);
+  for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) p[b * T + t] = start[b] + t;
+  return p;
+}
+
+for (const style of ['half', 'interleaved'] as const) {
+  for (const dim of [32, 16]) {
+    test(`rotary ${style}, rotary_dim ${dim} of d=32: prefill and decode (present_key = rotated keys)`, async (t) => {
+      const d = 32, scale = 1 / Math.sqrt(d), theta = 10000, B = 2, T = 7;
+      const rope: Required<RopeOptions> = { dim, theta, style };
+      const caches = ropeCaches(64, dim, theta);
+      const attrs = { doRotary: true, rotaryInterleaved: style === 'interleaved' };
+      const rot = { rotaryHalf: caches.half, cos: caches.cos, sin: caches.sin };
+      const c: Case = { B, T, P: [0, 0], d };
+      const q = randn(B * H * T * d, 21), k = randn(B * Hkv * T * d, 22), v = randn(B * Hkv * T * d, 23);
+      const r = await runStep(c, attrs, { rotary: true }, rot, q, k, v);
+      // Keys: ORT's present_key and kvstream's applyRope against the float64 rotation.
+      const pos0 = positions(B, T, [0, 0]);
+      const kRef = refRope(k, { B, H: Hkv, T, d }, pos0, rope), qRef = refRope(q, { B, H, T, d }, pos0, rope);
+      const kB = refRopeBound(k, { B, H: Hkv, T, d }, pos0, rope), qB = refRopeBound(q, { B, H, T, d }, pos0, rope);
+      const kBo = ortRopeBound(k, { B, H: Hkv, T, d }, pos0, rope, caches), qBo = ortRopeBound(q, { B, H, T, d }, pos0, rope, caches);
+      const kk = applyRope({ data: k, shape: [B, Hkv, T, d] }, 0, rope).data;
+      const pk = checkWithin(r.presentKey, kRef, kBo, `ORT present_key vs float64 rotation`, [B, Hkv, T, d]);
+      const ak = checkWithin(kk, kRef, kB, `kvstream applyRope vs float64 rotation`, [B, Hkv, T, d]);
+      t.true(pk.ok, pk.message);
+      t.true(ak.ok, ak.message);
+      let dmax = 0;
+      for (let i = 0; i < caches.dAngle.length && i < T * caches.half; i++) dmax = Math.max(dmax, caches.dAngle[i]);
+      t.log(`fp32 cache angle vs float64 angle, positions < ${T}: max ${dmax.toExponential(2)} rad; ${pk.message}`);
+      const o: FeatureBoundOpts = { scale, causal: true, qOffset: 0, rescales: chunkedRescales(T, 1) };
+      const ref = refFeaturesBound(qRef, kRef, v, dimsOf(c, T), { ...o, dq: qB, dk: kB });
+      const refO = refFeaturesBound(qRef, kRef, v, dimsOf(c, T), { ...o, dq: qBo, dk: kBo });
+      const kv = attention({ data: q, shape: [B, H, T, d] }, { data: k, shape: [B, Hkv, T, d] }, { data: v, shape: [B, Hkv, T, d] }, { causal: true, rope });
+      compare(t, `rotary ${style}/${dim} prefill`, r.out, kv.output.data, ref, refO, [B, H, T, d]);
+
+      // Decode: ORT's own present (rotated) as the past; the new token at position 7 (default ids
+      // from seqlens_k) and, with position_ids, row b at 20 + 5b (e.g. after a left pad).
+      const c1: Case = { B, T: 1, P: [T, T], d };
+      const q1 = randn(B * H * d, 24), k1 = randn(B * Hkv * d, 25), v1 = randn(B * Hkv * d, 26);
+      for (const ids of [null, Int32Array.of(20, 25)]) {
+        const r1 = await runStep(c1, attrs, { rotary: true, positionIds: !!ids }, { ...rot, ...(ids ? { positionIds: ids } : {}) }, q1, k1, v1, { k: r.presentKey, v: r.presentValue });
+        const p1 = ids ?? Int32Array.of(T, T);
+        const k1Ref = refRope(k1, { B, H: Hkv, T: 1, d }, p1, rope), q1Ref = refRope(q1, { B, H, T: 1, d }, p1, rope);
+        const k1B = refRopeBound(k1, { B, H: Hkv, T: 1, d }, p1, rope), q1B = refRopeBound(q1, { B, H, T: 1, d }, p1, rope);
+        const k1Bo = ortRopeBound(k1, { B, H: Hkv, T: 1, d }, p1, rope, caches), q1Bo = ortRopeBound(q1, { B, H, T: 1, d }, p1, rope, caches);
+        // Reference keys [B,Hkv,T+1,d] in float64 and their bounds (prefill keys within kB for
+        // kvstream's cache, kBo for ORT's present fed back as its past; the new key k1B / k1Bo).
+        const kAll = kvBuffer(kRef, T, k1Ref, c1, T + 1), vAll = kvBuffer(v, T, v1, c1, T + 1);
+        const kAllB = kvBuffer(kB, T, k1B, c1, T + 1), kAllBo = kvBuffer(kBo, T, k1Bo, c1, T + 1);
+        const o1: FeatureBoundOpts = { scale, causal: false, qOffsets: p1, rescales: chunkedRescales(T + 1, 2) };
+        const ref1 = refFeaturesBound(q1Ref, kAll, vAll, dimsOf(c1, T + 1), { ...o1, dq: q1B, dk: kAllB });
+        const ref1o = refFeaturesBound(q1Ref, kAll, vAll, dimsOf(c1, T + 1), { ...o1, dq: q1Bo, dk: kAllBo });
+        // kvstream: a KvCache({ rope }) holding the prefill at 0..T-1 and the token at its id; the
+        // state rotates the query at the same id.
+        const cache = new KvCache({ batch: B, numKvHeads: Hkv, dK: d, dV: d, rope });
+        cache.append({ data: k, shape: [B, Hkv, T, d] }, { data: v, shape: [B, Hkv, T, d] });
+        cache.append({ data: k1, shape: [B, Hkv, 1, d] }, { data: v1, shape: [B, Hkv, 1, d] }, ids ? { positions: ids } : undefined);
+        const st = new OnlineSoftmaxState({ data: q1, shape: [B, H, 1, d] }, { dV: d, qOffset: T, rope, ...(ids ? { ropePositions: ids } : {}) }).updateCache(cache).finalize();
+        compare(t, `rotary ${style}/${dim} decode${ids ? ' (position_ids 20, 25)' : ''}`, r1.out, st.output.data, ref1, ref1o, [B, H, 1, d]);
+      }
+    });
+  }
+}
