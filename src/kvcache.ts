@@ -32,8 +32,9 @@ export interface KvCacheConfig {
   /**
    * Positions to reserve up front per batch row (default 16); storage doubles when full. With
    * `window`: the initial ring slots (default min(16, window); it grows to what the ring rule
-   * needs; more than `window` leaves room to crop back). With `pageSize`: the initial pool, in positions per row. Each
-   * storage (K and V) must fit MAX_TENSOR_BYTES (2 GiB, counted as 4 bytes an element).
+   * needs; more than `window` leaves room to crop back). With `pageSize`: the initial pool, in
+   * positions per row. Each storage (K and V) must fit MAX_TENSOR_BYTES (2 GiB, counted as 4
+   * bytes an element).
    */
   capacity?: number;
   /** Storage type (default 'fp32'); appends are encoded on the way in, snapshot() decodes. */
@@ -58,6 +59,14 @@ export interface KvPart {
   sOffset: number;
   /** Window mask for this part: the cache's window on ring parts, 0 (none) on the sink part; absent otherwise. */
   window?: number;
+}
+
+/** A cache's stored form: data [B,H_kv,S,d] of `dtype` (+ int8 scales [B,H_kv,S,ceil(d/32)]). */
+export interface StoredTensor {
+  data: KvStorage;
+  shape: number[];
+  dtype: CacheDtype;
+  scale?: Float32Array;
 }
 
 export interface AppendOptions {
@@ -230,13 +239,13 @@ export class KvCache {
     this.numKvHeads = expectDim('numKvHeads', config.numKvHeads);
     this.dK = expectDim('dK', config.dK);
     this.dV = expectDim('dV', config.dV);
-    const capacity = expectDim('capacity', config.capacity ?? (config.window ? Math.min(16, config.window) : 16));
     const dtype = config.dtype ?? 'fp32';
     if (!CACHE_DTYPES.includes(dtype)) throw new ArgumentError(`Expected dtype to be one of ${DTYPE_LIST}, got ${show(dtype)}`);
     this.dtype = dtype;
     this.window = config.window === undefined ? 0 : expectDim('window', config.window);
     this.sinkTokens = config.sinkTokens === undefined ? 0 : expectDim('sinkTokens', config.sinkTokens, 0);
     this.pageSize = config.pageSize === undefined ? 0 : expectDim('pageSize', config.pageSize);
+    const capacity = expectDim('capacity', config.capacity ?? (this.window ? Math.min(16, this.window) : 16));
     if (this.sinkTokens > 0 && !this.window) {
       throw new ArgumentError(`Expected sinkTokens only with a window (sinks plus the last window positions), got sinkTokens=${this.sinkTokens} and window ${show(config.window)}`);
     }
@@ -431,36 +440,64 @@ export class KvCache {
 
   /**
    * fp32 copies k [B,H_kv,S,d_k], v [B,H_kv,S,d_v] of the first S held positions in position
-   * order (default all held: a ring's sinks, then its ring positions oldest first).
+   * order (default all held: a ring's sinks, then its ring positions oldest first), decoded.
    */
   snapshot(S = this.held): { k: Tensor; v: Tensor } {
-    expectDim('S', S, 0);
-    if (S > this.held) throw new ShapeError(`Expected S <= positions held ${this.held}, got ${S}`);
+    this.expectHeld(S);
     const B = this.batch, Hkv = this.numKvHeads;
     const k = new Float32Array(expectAllocatable('k snapshot', ['B', 'H_kv', 'S', 'd_k'], [B, Hkv, S, this.dK]));
     const v = new Float32Array(expectAllocatable('v snapshot', ['B', 'H_kv', 'S', 'd_v'], [B, Hkv, S, this.dV]));
-    // Runs of rows (store, first row of head bh, count) in position order, per head.
-    for (let b = 0; b < B; b++)
+    this.forEachRun(S, (ks, vs, row, rows, at) => {
+      ks.decode(row, rows, k, at * this.dK);
+      vs.decode(row, rows, v, at * this.dV);
+    });
+    return { k: { data: k, shape: [B, Hkv, S, this.dK] }, v: { data: v, shape: [B, Hkv, S, this.dV] } };
+  }
+
+  /**
+   * The stored form of the first S held positions in position order (as snapshot(), not
+   * decoded): k [B,H_kv,S,d_k], v [B,H_kv,S,d_v] in the cache's dtype (fp16 / bf16 as Uint16Array
+   * bits), with int8 scales [B,H_kv,S,ceil(d/32)].
+   */
+  storedSnapshot(S = this.held): { k: StoredTensor; v: StoredTensor } {
+    this.expectHeld(S);
+    const dims = [this.batch, this.numKvHeads, S];
+    const k = new Store(this.dtype, this.dK, 'k snapshot', ['B', 'H_kv', 'S', 'd_k'], [...dims, this.dK]);
+    const v = new Store(this.dtype, this.dV, 'v snapshot', ['B', 'H_kv', 'S', 'd_v'], [...dims, this.dV]);
+    this.forEachRun(S, (ks, vs, row, rows, at) => {
+      k.copyFrom(ks, row, at, rows);
+      v.copyFrom(vs, row, at, rows);
+    });
+    const out = (x: Store, d: number): StoredTensor => ({ data: x.data, shape: [...dims, d], dtype: this.dtype, ...(x.scale ? { scale: x.scale } : {}) });
+    return { k: out(k, this.dK), v: out(v, this.dV) };
+  }
+
+  private expectHeld(S: number): void {
+    expectDim('S', S, 0);
+    if (S > this.held) throw new ShapeError(`Expected S <= positions held ${this.held}, got ${S}`);
+  }
+
+  /**
+   * Calls fn for the runs of stored rows holding the first S held positions of every head, in
+   * position order: rows [row, row + rows) of stores (ks, vs) go to output row `at` of
+   * [B·H_kv·S] rows.
+   */
+  private forEachRun(S: number, fn: (ks: Store, vs: Store, row: number, rows: number, at: number) => void): void {
+    const Hkv = this.numKvHeads, parts = this.layout === 'paged' ? [] : this.parts();
+    for (let b = 0; b < this.batch; b++)
       for (let h = 0; h < Hkv; h++) {
         const bh = b * Hkv + h;
         let at = 0;
-        const copy = (ks: Store, vs: Store, row: number, rows: number) => {
+        const run = (ks: Store, vs: Store, row: number, rows: number) => {
           rows = Math.min(rows, S - at);
-          ks.decode(row, rows, k, (bh * S + at) * this.dK);
-          vs.decode(row, rows, v, (bh * S + at) * this.dV);
+          if (rows > 0) fn(ks, vs, row, rows, bh * S + at);
           at += rows;
         };
         if (this.layout === 'paged') {
           const pool = this.blocks.pool, P = this.pageSize;
-          for (let j = 0; at < S; j++) copy(pool.k, pool.v, (this.blocks.table[b * this.maxBlocks + j] * Hkv + h) * P, P);
-        } else {
-          for (const part of this.parts()) {
-            const start = part.k.start ?? 0;
-            copy(this.k, this.v, bh * this.slots + start, part.k.shape[2]);
-          }
-        }
+          for (let j = 0; at < S; j++) run(pool.k, pool.v, (this.blocks.table[b * this.maxBlocks + j] * Hkv + h) * P, P);
+        } else for (const part of parts) run(this.k, this.v, bh * this.slots + (part.k.start ?? 0), part.k.shape[2]);
       }
-    return { k: { data: k, shape: [B, Hkv, S, this.dK] }, v: { data: v, shape: [B, Hkv, S, this.dV] } };
   }
 
   /**

@@ -8,7 +8,8 @@ import { Rng } from '../src/random.ts';
 import { zeros } from '../src/tensor.ts';
 import { assertWithin } from './helpers/assert.ts';
 import { chunkedRescales } from './helpers/reference.ts';
-import { refFeaturesBound, storageErrorBound, storageRound } from './helpers/reference-features.ts';
+import { f32ToBf16, f32ToF16 } from '../src/io/npy.ts';
+import { quantizeQ8, refFeaturesBound, storageErrorBound, storageRound } from './helpers/reference-features.ts';
 
 const cfg = { batch: 2, numKvHeads: 3, dK: 4, dV: 5 };
 
@@ -273,6 +274,13 @@ test('storage: each dtype stores the native encoding (within its stated error of
       t.deepEqual(Array.from(snap.k.data), Array.from(storageRound(k.data, rows, DK3, dtype)), `${layout.name} ${dtype} keys = the encoding of the reference`);
       t.deepEqual(Array.from(snap.v.data), Array.from(storageRound(v.data, rows, DV3, dtype)), `${layout.name} ${dtype} values`);
       assertWithin(t, snap.k.data, k.data, storageErrorBound(k.data, rows, DK3, dtype), `${layout.name} ${dtype} storage error`, [B3, HKV3, 7, DK3]);
+      // The stored form, in position order: the TypeScript encoders' bits (test/helpers, io/npy).
+      const stored = cache.storedSnapshot();
+      t.is(stored.k.dtype, dtype);
+      t.deepEqual(stored.k.shape, [B3, HKV3, 7, DK3]);
+      const want = dtype === 'fp32' ? { q: k.data, scale: undefined } : dtype === 'fp16' ? { q: f32ToF16(k.data), scale: undefined } : dtype === 'bf16' ? { q: f32ToBf16(k.data), scale: undefined } : quantizeQ8(k.data, rows, DK3);
+      t.deepEqual(stored.k.data, want.q, `${layout.name} ${dtype} stored keys`);
+      t.deepEqual(stored.k.scale, want.scale, `${layout.name} ${dtype} stored key scales`);
       const part = cache.parts()[0];
       const ctor = { fp32: Float32Array, fp16: Uint16Array, bf16: Uint16Array, int8: Int8Array }[dtype];
       t.true(part.k.data instanceof ctor, `${dtype} storage type`);
