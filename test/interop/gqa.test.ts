@@ -267,3 +267,88 @@ for (const style of ['half', 'interleaved'] as const) {
     });
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Score features: a prefill of 12 then 3 decode steps, ORT fed its own present as the next past,
+// kvstream appending to a KvCache folded by a state (a ring cache with the window).
+// ---------------------------------------------------------------------------------------------
+
+interface Feature {
+  attrs: Omit<GqaAttrs, 'numHeads' | 'kvNumHeads'>;
+  graph?: GqaGraphInputs;
+  feeds?: Partial<GqaFeeds>;
+  /** kvstream's options for the same semantics. */
+  kv: AttentionOptions;
+  /** The reference's. */
+  ref: Partial<FeatureBoundOpts>;
+  /** Query amplitude (scores large enough for softcap to bite). */
+  amp?: number;
+  /** Also run ORT's full-matrix path (its tiled path is the default where it applies). */
+  bothPaths?: boolean;
+}
+
+async function prefillAndDecode(t: ExecutionContext, label: string, f: Feature): Promise<void> {
+  const d = 16, scale = 1 / Math.sqrt(d), B = 2, T = 12, steps = 3;
+  const seed = label.length * 101;
+  const c: Case = { B, T, P: [0, 0], d };
+  const q = randn(B * H * T * d, seed + 1, f.amp ?? 1), k = randn(B * Hkv * T * d, seed + 2), v = randn(B * Hkv * T * d, seed + 3);
+  const base = { scale, causal: true };
+  const ref = refFeaturesBound(q, k, v, dimsOf(c, T), { ...base, qOffset: 0, ...f.ref, rescales: chunkedRescales(T, 1) });
+  const kv = attention({ data: q, shape: [B, H, T, d] }, { data: k, shape: [B, Hkv, T, d] }, { data: v, shape: [B, Hkv, T, d] }, { causal: true, ...f.kv });
+  let past: { k: Float32Array; v: Float32Array } | undefined;
+  for (const disableFlash of f.bothPaths ? [false, true] : [false]) {
+    const r = await runStep(c, f.attrs, f.graph ?? {}, f.feeds ?? {}, q, k, v, undefined, disableFlash);
+    compare(t, `${label} prefill T=${T}${disableFlash ? ' (ORT full-matrix path)' : ''}`, r.out, kv.output.data, ref, ref, [B, H, T, d]);
+    past = { k: r.presentKey, v: r.presentValue };
+  }
+  const W = f.kv.window;
+  const cache = new KvCache({ batch: B, numKvHeads: Hkv, dK: d, dV: d, ...(W ? { window: W } : {}) });
+  cache.append({ data: k, shape: [B, Hkv, T, d] }, { data: v, shape: [B, Hkv, T, d] });
+  let kAll: Float32Array = k, vAll: Float32Array = v;
+  for (let step = 0; step < steps; step++) {
+    const P = T + step, c1: Case = { B, T: 1, P: [P, P], d };
+    const q1 = randn(B * H * d, seed + 10 * step + 4, f.amp ?? 1), k1 = randn(B * Hkv * d, seed + 10 * step + 5), v1 = randn(B * Hkv * d, seed + 10 * step + 6);
+    kAll = Float32Array.from(kvBuffer(kAll, P, k1, c1, P + 1));
+    vAll = Float32Array.from(kvBuffer(vAll, P, v1, c1, P + 1));
+    const ref1 = refFeaturesBound(q1, kAll, vAll, dimsOf(c1, P + 1), { ...base, qOffset: P, ...f.ref, rescales: chunkedRescales(P + 1, 3) });
+    cache.append({ data: k1, shape: [B, Hkv, 1, d] }, { data: v1, shape: [B, Hkv, 1, d] });
+    const st = new OnlineSoftmaxState({ data: q1, shape: [B, H, 1, d] }, { dV: d, qOffset: P, ...f.kv, causal: true }).updateCache(cache).finalize();
+    for (const disableFlash of f.bothPaths ? [false, true] : [false]) {
+      const r1 = await runStep(c1, f.attrs, { ...f.graph, past: true }, f.feeds ?? {}, q1, k1, v1, past, disableFlash);
+      compare(t, `${label} decode at ${P}${disableFlash ? ' (ORT full-matrix path)' : ''}`, r1.out, st.output.data, ref1, ref1, [B, H, 1, d]);
+      samePresent(t, `${label} decode at ${P}: present_key`, r1.presentKey, kAll, c1, P + 1);
+      if (disableFlash || !f.bothPaths) past = { k: r1.presentKey, v: r1.presentValue };
+    }
+  }
+}
+
+test('local_window_size = kvstream window W (key visible iff p - W < s <= p), both ORT paths; kvstream decodes over a ring cache', async (t) => {
+  for (const W of [1, 4, 7]) {
+    await prefillAndDecode(t, `local_window_size ${W}`, { attrs: { localWindowSize: W }, kv: { window: W }, ref: { window: W }, bothPaths: true });
+  }
+  // The mapping is W = local_window_size, not local_window_size + 1 (ORT before the 2025 rewrite
+  // of its CPU mask): with W + 1 the outputs differ far beyond the bound.
+  const d = 16, B = 1, T = 10, c: Case = { B, T, P: [0], d };
+  const q = randn(B * H * T * d, 91), k = randn(B * Hkv * T * d, 92), v = randn(B * Hkv * T * d, 93);
+  const r = await runStep(c, { localWindowSize: 4 }, {}, {}, q, k, v);
+  const ref5 = refFeaturesBound(q, k, v, dimsOf(c, T), { scale: 1 / 4, causal: true, qOffset: 0, window: 5, rescales: 3 });
+  const off = checkWithin(r.out, ref5.out, scaled(ref5.outBound, 2), 'local_window_size 4 vs window 5');
+  t.false(off.ok, `ORT's local_window_size 4 matched kvstream window 5: ${off.message}`);
+});
+
+test('softcap: cap·tanh(s/cap) on the scaled score, before the mask and softmax (ORT full-matrix path)', async (t) => {
+  for (const cap of [1.5, 5]) {
+    await prefillAndDecode(t, `softcap ${cap}`, { attrs: { softcap: cap }, kv: { softcap: cap }, ref: { softcap: cap }, amp: 4 });
+  }
+  await prefillAndDecode(t, 'softcap 2 with local_window_size 5', { attrs: { softcap: 2, localWindowSize: 5 }, kv: { softcap: 2, window: 5 }, ref: { softcap: 2, window: 5 }, amp: 4 });
+});
+
+test('head_sink = kvstream sinks (exp(sink_h) in the denominator, no value); smooth_softmax = sinks of 0', async (t) => {
+  const sinks = Float32Array.of(0.5, -1, 2, -3);
+  await prefillAndDecode(t, 'head_sink', { attrs: {}, graph: { headSink: true }, feeds: { headSink: sinks }, kv: { sinks }, ref: { sinks } });
+  await prefillAndDecode(t, 'smooth_softmax', { attrs: { smoothSoftmax: true }, kv: { sinks: [0, 0, 0, 0] }, ref: { sinks: [0, 0, 0, 0] } });
+  await prefillAndDecode(t, 'head_sink with local_window_size 3 and softcap 3', {
+    attrs: { localWindowSize: 3, softcap: 3 }, graph: { headSink: true }, feeds: { headSink: sinks },
+    kv: { sinks, window: 3, softcap: 3 }, ref: { sinks, window: 3, softcap: 3 }, amp: 3,
+  });
+});
