@@ -352,3 +352,95 @@ test('head_sink = kvstream sinks (exp(sink_h) in the denominator, no value); smo
     kv: { sinks, window: 3, softcap: 3 }, ref: { sinks, window: 3, softcap: 3 }, amp: 3,
   });
 });
+
+test('seqlens_k: ragged rows (right padding in a first prompt, per-row past lengths in decode) = kvstream kvRanges + qOffsets', async (t) => {
+  const d = 16, scale = 1 / Math.sqrt(d), B = 3;
+  // First prompt, T = total_sequence_length = 6; row b holds len_b real tokens, the rest padding.
+  // ORT: seqlens_k[b] = len_b - 1; kvstream: kvRanges [0, len_b). A padding query (t >= len_b)
+  // sees the row's len_b keys in both (ORT caps its causal length at the row's total).
+  const T = 6, lens = [6, 3, 1];
+  const c: Case = { B, T, P: [0, 0, 0], d };
+  const q = randn(B * H * T * d, 31), k = randn(B * Hkv * T * d, 32), v = randn(B * Hkv * T * d, 33);
+  const kvRanges = lens.flatMap((n) => [0, n]);
+  const r = await runStep(c, {}, {}, { seqlensK: lens.map((n) => n - 1), totalSequenceLength: T }, q, k, v);
+  const ref = refFeaturesBound(q, k, v, dimsOf(c, T), { scale, causal: true, qOffset: 0, kvRanges, rescales: chunkedRescales(T, 1) });
+  const kv = attention({ data: q, shape: [B, H, T, d] }, { data: k, shape: [B, Hkv, T, d] }, { data: v, shape: [B, Hkv, T, d] }, { causal: true, kvRanges, qOffset: 0 });
+  compare(t, 'right-padded prompt, lengths 6/3/1', r.out, kv.output.data, ref, ref, [B, H, T, d]);
+
+  // Decode, past lengths 8/5/2 in a past buffer of 8: seqlens_k = P_b (total - 1), the new key
+  // lands at slot P_b; total_sequence_length = max_b(P_b) + 1. kvstream reads the same layout with
+  // kvRanges [0, P_b + 1) and qOffsets P_b; slots past a row's length hold garbage (50) it must skip.
+  const P = [8, 5, 2], Pmax = 8, c1: Case = { B, T: 1, P, d };
+  const pk = randn(B * Hkv * Pmax * d, 34), pv = randn(B * Hkv * Pmax * d, 35);
+  for (let b = 0; b < B; b++) for (let h = 0; h < Hkv; h++) for (let s = P[b]; s < Pmax; s++) for (let i = 0; i < d; i++) pk[((b * Hkv + h) * Pmax + s) * d + i] = pv[((b * Hkv + h) * Pmax + s) * d + i] = 50;
+  const q1 = randn(B * H * d, 36), k1 = randn(B * Hkv * d, 37), v1 = randn(B * Hkv * d, 38);
+  const r1 = await runStep(c1, {}, { past: true }, {}, q1, k1, v1, { k: pk, v: pv });
+  t.deepEqual(r1.presentDims, [B, Hkv, 9, d]);
+  const kAll = Float32Array.from(kvBuffer(pk, Pmax, k1, c1, 9)), vAll = Float32Array.from(kvBuffer(pv, Pmax, v1, c1, 9));
+  samePresent(t, 'ragged decode present_key', r1.presentKey, kAll, c1, 9);
+  for (let b = 0; b < B; b++) for (let h = 0; h < Hkv; h++) for (let s = P[b] + 1; s < 9; s++) for (let i = 0; i < d; i++) kAll[((b * Hkv + h) * 9 + s) * d + i] = vAll[((b * Hkv + h) * 9 + s) * d + i] = 50;
+  const kvRanges1 = P.flatMap((p) => [0, p + 1]);
+  const ref1 = refFeaturesBound(q1, kAll, vAll, dimsOf(c1, 9), { scale, causal: true, qOffsets: P, kvRanges: kvRanges1, rescales: chunkedRescales(9, 1) });
+  const kv1 = attention({ data: q1, shape: [B, H, 1, d] }, { data: kAll, shape: [B, Hkv, 9, d] }, { data: vAll, shape: [B, Hkv, 9, d] }, { causal: true, qOffsets: P, kvRanges: kvRanges1 });
+  compare(t, 'ragged decode, past 8/5/2', r1.out, kv1.output.data, ref1, ref1, [B, H, 1, d]);
+
+  // The same ragged decode with rotary: ORT's default position ids are seqlens_k + 1 - T = P_b;
+  // kvstream rotates queries at qOffsets and keys at their slots (slot = position here).
+  const d2 = 32, rope: Required<RopeOptions> = { dim: 32, theta: 10000, style: 'half' }, caches = ropeCaches(16, 32, 10000);
+  const c2: Case = { B, T: 1, P, d: d2 };
+  const pk2 = randn(B * Hkv * Pmax * d2, 39), pv2 = randn(B * Hkv * Pmax * d2, 40);
+  const q2 = randn(B * H * d2, 41), k2 = randn(B * Hkv * d2, 42), v2 = randn(B * Hkv * d2, 43);
+  const r2 = await runStep(c2, { doRotary: true }, { past: true, rotary: true }, { rotaryHalf: 16, cos: caches.cos, sin: caches.sin }, q2, k2, v2, { k: pk2, v: pv2 });
+  // ORT takes its past as already rotated; what it rotates is the new token's key (at slot P_b of
+  // present_key) and the query. Checked: those keys against the float64 rotation, and the output
+  // against kvstream reading ORT's present with the queries rotated at qOffsets by the state.
+  const pos = Int32Array.from(P);
+  const k2Ref = refRope(k2, { B, H: Hkv, T: 1, d: d2 }, pos, rope);
+  const k2Bo = ortRopeBound(k2, { B, H: Hkv, T: 1, d: d2 }, pos, rope, caches);
+  const got = new Float32Array(B * Hkv * d2);
+  for (let b = 0; b < B; b++) for (let h = 0; h < Hkv; h++) got.set(r2.presentKey.subarray(((b * Hkv + h) * 9 + P[b]) * d2, ((b * Hkv + h) * 9 + P[b] + 1) * d2), (b * Hkv + h) * d2);
+  const pr = checkWithin(got, k2Ref, k2Bo, 'ragged rotary decode: the new keys in present_key (at positions 8/5/2) vs float64 rotation', [B, Hkv, 1, d2]);
+  t.true(pr.ok, pr.message);
+  // Output: kvstream over ORT's own present (rotated keys), queries rotated at qOffsets by the state.
+  const kv2 = new OnlineSoftmaxState({ data: q2, shape: [B, H, 1, d2] }, { dV: d2, causal: true, qOffset: 0 /* required with causal; qOffsets replace it */, qOffsets: P, kvRanges: kvRanges1, rope })
+    .update({ data: r2.presentKey, shape: [B, Hkv, 9, d2] }, { data: r2.presentValue, shape: [B, Hkv, 9, d2] }, 0).finalize();
+  const q2Ref = refRope(q2, { B, H, T: 1, d: d2 }, pos, rope);
+  const o2: FeatureBoundOpts = { scale: 1 / Math.sqrt(d2), causal: true, qOffsets: P, kvRanges: kvRanges1, rescales: chunkedRescales(9, 1) };
+  const ref2 = refFeaturesBound(q2Ref, r2.presentKey, r2.presentValue, dimsOf(c2, 9), { ...o2, dq: refRopeBound(q2, { B, H, T: 1, d: d2 }, pos, rope) });
+  const ref2o = refFeaturesBound(q2Ref, r2.presentKey, r2.presentValue, dimsOf(c2, 9), { ...o2, dq: ortRopeBound(q2, { B, H, T: 1, d: d2 }, pos, rope, caches) });
+  compare(t, 'ragged rotary decode, past 8/5/2', r2.out, kv2.output.data, ref2, ref2o, [B, H, 1, d2]);
+});
+
+test('ALiBi through attention_bias (-slope_h·|t - s|, after softcap) = kvstream alibi', async (t) => {
+  const slopes = alibiSlopes(H);
+  const bias = (T: number, total: number, q0: number) => {
+    const a = new Float32Array(H * T * total);
+    for (let h = 0; h < H; h++) for (let t = 0; t < T; t++) for (let s = 0; s < total; s++) a[(h * T + t) * total + s] = -Math.fround(slopes[h] * Math.abs(q0 + t - s));
+    return a;
+  };
+  for (const cap of [0, 2]) {
+    const d = 16, scale = 1 / Math.sqrt(d), B = 1, T = 10, c: Case = { B, T, P: [0], d };
+    const q = randn(B * H * T * d, 51, 3), k = randn(B * Hkv * T * d, 52), v = randn(B * Hkv * T * d, 53);
+    const attrs = cap ? { softcap: cap } : {};
+    const r = await runStep(c, attrs, { attentionBias: true }, { attentionBias: bias(T, T, 0) }, q, k, v);
+    const ref = refFeaturesBound(q, k, v, dimsOf(c, T), { scale, causal: true, qOffset: 0, alibi: slopes, softcap: cap, rescales: 3 });
+    const kv = attention({ data: q, shape: [B, H, T, d] }, { data: k, shape: [B, Hkv, T, d] }, { data: v, shape: [B, Hkv, T, d] }, { causal: true, alibi: true, softcap: cap || undefined });
+    compare(t, `ALiBi${cap ? ` + softcap ${cap}` : ''} prefill`, r.out, kv.output.data, ref, ref, [B, H, T, d]);
+    const c1: Case = { B, T: 1, P: [T], d };
+    const q1 = randn(H * d, 54, 3), k1 = randn(Hkv * d, 55), v1 = randn(Hkv * d, 56);
+    const r1 = await runStep(c1, attrs, { attentionBias: true, past: true }, { attentionBias: bias(1, T + 1, T) }, q1, k1, v1, { k, v });
+    const kAll = Float32Array.from(kvBuffer(k, T, k1, c1, T + 1)), vAll = Float32Array.from(kvBuffer(v, T, v1, c1, T + 1));
+    const ref1 = refFeaturesBound(q1, kAll, vAll, dimsOf(c1, T + 1), { scale, causal: true, qOffset: T, alibi: slopes, softcap: cap, rescales: 3 });
+    const kv1 = attention({ data: q1, shape: [B, H, 1, d] }, { data: kAll, shape: [B, Hkv, T + 1, d] }, { data: vAll, shape: [B, Hkv, T + 1, d] }, { causal: true, alibi: slopes, softcap: cap || undefined });
+    compare(t, `ALiBi${cap ? ` + softcap ${cap}` : ''} decode`, r1.out, kv1.output.data, ref1, ref1, [B, H, 1, d]);
+  }
+});
+
+test('causal=0 (bidirectional prompt) = kvstream without causal', async (t) => {
+  const d = 16, B = 2, T = 7, c: Case = { B, T, P: [0, 0], d };
+  const q = randn(B * H * T * d, 61), k = randn(B * Hkv * T * d, 62), v = randn(B * Hkv * T * d, 63);
+  const r = await runStep(c, { causal: false }, {}, {}, q, k, v);
+  const ref = refFeaturesBound(q, k, v, dimsOf(c, T), { scale: 1 / 4, causal: false, rescales: 3 });
+  const kv = attention({ data: q, shape: [B, H, T, d] }, { data: k, shape: [B, Hkv, T, d] }, { data: v, shape: [B, Hkv, T, d] });
+  compare(t, 'causal=0 prefill', r.out, kv.output.data, ref, ref, [B, H, T, d]);
+});
