@@ -4,7 +4,7 @@ import { attention, attentionOptions, OnlineSoftmaxState, resolveScore } from '.
 import type { AttentionOut, AttentionResult, CacheDtype, Dropout, ScoreOptions } from './attention.ts';
 import { ArgumentError, ShapeError } from './errors.ts';
 import { KvCache } from './kvcache.ts';
-import { resolveRope } from './rope.ts';
+import { applyRope, resolveRope } from './rope.ts';
 import type { RopeOptions } from './rope.ts';
 import { addon } from './native.ts';
 import { Rng } from './random.ts';
@@ -50,7 +50,13 @@ export interface MhaWeights {
 }
 
 /** Score options of forward(); rope comes from the module's config. */
-export interface ForwardOptions extends Omit<ScoreOptions, 'rope'> {
+export interface ForwardOptions extends Omit<ScoreOptions, 'rope' | 'ropePositions'> {
+  /**
+   * [B,T] rope position ids of this call's tokens (with config.rope; self-attention: x_kv holds
+   * the same T tokens): the queries are rotated at them and the keys too, in the cache as well
+   * (left padding: ids that start at 0 after each row's pad). Default: absolute positions.
+   */
+  positions?: Int32Array;
   causal?: boolean;
   /** Absolute position of query 0; default S - T. */
   qOffset?: number;
@@ -248,7 +254,7 @@ export class MultiHeadAttention {
     expectOptions('options', options);
     const { cache } = options;
     if (cache !== undefined && !(cache instanceof KvCache)) throw new ArgumentError(`Expected options.cache to be a KvCache or undefined, got ${show(cache)}`);
-    const plain = !this.config.rope && options.sinks === undefined;
+    const plain = !this.config.rope && options.sinks === undefined && options.positions === undefined;
     if (!cache && !expectFlag('returnWeights', options.returnWeights) && xKv && plain) return this.fused(xQ, xKv, options);
     const [B, T] = expectRank('x_q', xQ, ['B', 'T', 'd_model']);
     const { numHeads: H, dK, dV } = this.config;
@@ -261,6 +267,12 @@ export class MultiHeadAttention {
     if (cache instanceof KvCache && cache.window && options.window !== undefined && options.window !== cache.window) {
       throw new ArgumentError(`Expected options.window to be the cache's window ${cache.window} (or absent), got ${show(options.window)}`);
     }
+    const positions = options.positions;
+    if (positions !== undefined) {
+      if (!this.config.rope) throw new ArgumentError('Expected options.positions only for a module with rope, got positions and no config.rope');
+      if (!(positions instanceof Int32Array) || positions.length !== B * T) throw new ShapeError(`Expected options.positions shape [B,T]=[${B},${T}] (${B * T} elements) as an Int32Array, got ${show(positions)}`);
+      if (xKv && xKv.shape[1] !== T) throw new ShapeError(`Expected x_kv of the same T=${T} tokens as x_q with options.positions, got ${xKv.shape[1]}`);
+    }
     const score = { softcap: options.softcap, alibi: options.alibi, window: options.window, kvRanges: options.kvRanges, qOffsets: options.qOffsets, sinks: options.sinks };
     const outs = this.outputs(expectOptions('out', options.out), B, T, xQ.data, xKv?.data ?? null);
     const q = this.projectQ(xQ, { data: this.scratch.get('q', ['B', 'H', 'T', 'd_k'], [B, H, T, dK]), shape: [B, H, T, dK] });
@@ -271,14 +283,14 @@ export class MultiHeadAttention {
       }
       if (xKv) {
         const kv = this.projectKvInto(xKv);
-        cache.append(kv.k, kv.v);
+        cache.append(kv.k, kv.v, positions ? { positions } : {});
       }
       if (cache.window || cache.pageSize || cache.dtype !== 'fp32' || this.config.rope) {
         // Fold the cache's parts (ring, pages, storage types, rotated keys) into a state.
         if (expectFlag('returnWeights', options.returnWeights)) throw new ArgumentError('Expected returnWeights only with a contiguous fp32 cache without rope, got a ' + describeCache(cache));
         const o = { data: this.scratch.get('o', ['B', 'H', 'T', 'd_v'], [B, H, T, dV]), shape: [B, H, T, dV] };
         const qOffset = options.qOffset ?? cache.length - T;
-        const state = new OnlineSoftmaxState(q, { ...score, dV, scale: this.config.scale, causal: options.causal, qOffset, dropout: options.dropout, rope: this.config.rope });
+        const state = new OnlineSoftmaxState(q, { ...score, dV, scale: this.config.scale, causal: options.causal, qOffset, dropout: options.dropout, rope: this.config.rope, ropePositions: positions });
         state.updateCache(cache);
         state.finalize({ out: { output: o, lse: outs.lse } });
         return { output: this.projectOut(o, outs.output), lse: outs.lse, cache };
@@ -287,9 +299,14 @@ export class MultiHeadAttention {
     } else {
       if (!xKv) throw new ShapeError('Expected x_kv shape [B,S,d_kv_in] (or a cache), got null');
       ({ k, v } = this.projectKvInto(xKv));
+      if (positions) {
+        // Queries and keys are the same tokens: both rotated at the ids, in the module's buffers.
+        applyRope(q, positions, this.config.rope!, q);
+        applyRope(k, positions, this.config.rope!, k);
+      }
     }
     const o = { data: this.scratch.get('o', ['B', 'H', 'T', 'd_v'], [B, H, T, dV]), shape: [B, H, T, dV] };
-    const r = attention(q, k, v, { ...score, rope: cache ? undefined : this.config.rope, scale: this.config.scale, causal: options.causal, qOffset: options.qOffset, dropout: options.dropout, returnWeights: options.returnWeights, out: { output: o, lse: outs.lse } });
+    const r = attention(q, k, v, { ...score, rope: cache || positions ? undefined : this.config.rope, scale: this.config.scale, causal: options.causal, qOffset: options.qOffset, dropout: options.dropout, returnWeights: options.returnWeights, out: { output: o, lse: outs.lse } });
     const result: ForwardResult = { output: this.projectOut(o, outs.output), lse: r.lse };
     if (r.weights) result.weights = r.weights;
     if (r.mask) result.mask = r.mask;

@@ -27,8 +27,16 @@ interface Case {
   name: string;
   cache: NewCacheOptions;
   rope?: RopeOptions;
-  score?: Omit<ScoreOptions, 'rope' | 'window'>;
+  score?: Omit<ScoreOptions, 'rope' | 'window' | 'ropePositions'>;
+  /** [B,S] rope position ids of the stream's tokens (default 0..S-1). */
+  positions?: Int32Array;
 }
+
+// A ragged batch, left padded: row 1's first 3 tokens are padding (masked by kvRanges) and its
+// rope ids start at 0 after them, as transformers' position_ids = cumsum(mask) - 1.
+const PAD = 3;
+const leftPadIds = Int32Array.from({ length: B * S }, (_, i) => (i < S ? i : Math.max(0, i - S - PAD)));
+const leftPadRanges = [0, 2 ** 31 - 1, PAD, 2 ** 31 - 1];
 
 const CASES: Case[] = [
   { name: 'contiguous fp32', cache: {} },
@@ -39,6 +47,8 @@ const CASES: Case[] = [
   { name: 'fp16 ring window 7, head sinks', cache: { dtype: 'fp16', window: 7 }, score: { sinks: [0.5, -1, 2, 0] } },
   { name: 'int8 paged 8, rope', cache: { dtype: 'int8', pageSize: 8 }, rope: { theta: 500 } },
   { name: 'int8 ring window 6 + 1 sink token, softcap', cache: { dtype: 'int8', window: 6, sinkTokens: 1 }, score: { softcap: 2 } },
+  { name: 'left-padded ragged batch, rope at position ids', cache: {}, rope: {}, score: { kvRanges: leftPadRanges }, positions: leftPadIds },
+  { name: 'left-padded ragged batch, paged bf16, rope at position ids', cache: { pageSize: 8, dtype: 'bf16' }, rope: { style: 'interleaved' }, score: { kvRanges: leftPadRanges }, positions: leftPadIds },
 ];
 const CHUNKINGS = [[S], Array<number>(S).fill(1), [5, 1, 9, 14]];
 
@@ -51,13 +61,14 @@ function reference(mha: MultiHeadAttention, x: Tensor, c: Case) {
   let [qy, qb, ky, kb] = [q.y, q.bound, k.y, k.bound];
   if (c.rope) {
     const rope = c.rope;
-    [qy, qb] = [refRope(q.y, { B, H, T: S, d: dK }, 0, rope), refRopeBound(q.y, { B, H, T: S, d: dK }, 0, rope, q.bound)];
-    [ky, kb] = [refRope(k.y, { B, H: Hkv, T: S, d: dK }, 0, rope), refRopeBound(k.y, { B, H: Hkv, T: S, d: dK }, 0, rope, k.bound)];
+    const ids = c.positions ?? 0;
+    [qy, qb] = [refRope(q.y, { B, H, T: S, d: dK }, ids, rope), refRopeBound(q.y, { B, H, T: S, d: dK }, ids, rope, q.bound)];
+    [ky, kb] = [refRope(k.y, { B, H: Hkv, T: S, d: dK }, ids, rope), refRopeBound(k.y, { B, H: Hkv, T: S, d: dK }, ids, rope, k.bound)];
   }
   const alibi = c.score?.alibi === true ? alibiSlopes(H) : undefined;
   const att = refFeaturesBound(qy, ky, v.y, { B, H, Hkv, T: S, S, dK, dV }, {
     scale: cfg.scale, causal: true, qOffset: 0, window: c.cache.window ?? 0, sinkTokens: c.cache.sinkTokens ?? 0,
-    softcap: c.score?.softcap, alibi, sinks: c.score?.sinks as number[] | undefined, dtype: (c.cache.dtype ?? 'fp32') as StorageDtype,
+    softcap: c.score?.softcap, alibi, kvRanges: c.score?.kvRanges as number[] | undefined, sinks: c.score?.sinks as number[] | undefined, dtype: (c.cache.dtype ?? 'fp32') as StorageDtype,
     rescales: chunkedRescales(S, 3 * S), dq: qb, dk: kb, dv: v.bound,
   });
   // o [B,H,S,dV] -> [B,S,H·dV], then the output projection.
@@ -92,7 +103,8 @@ function streamCase(t: ExecutionContext, c: Case, seed: number): void {
     let s0 = 0;
     for (const n of chunks) {
       const xc = sliceTokens(x, s0, s0 + n);
-      const got = mha.forward(xc, xc, { cache, causal: true, ...(c.cache.window ? { window: c.cache.window } : {}), ...c.score });
+      const positions = c.positions ? Int32Array.from({ length: B * n }, (_, i) => c.positions![Math.floor(i / n) * S + s0 + (i % n)]) : undefined;
+      const got = mha.forward(xc, xc, { cache, causal: true, ...(c.cache.window ? { window: c.cache.window } : {}), ...c.score, ...(positions ? { positions } : {}) });
       const label = `${c.name}, chunks ${chunks.length === S ? 'of 1' : JSON.stringify(chunks)}, rows [${s0}, ${s0 + n})`;
       if (!assertWithin(t, got.output.data, rows(ref.y, dModel, s0, s0 + n), rows(ref.bound, dModel, s0, s0 + n), label, [B, n, dModel])) return;
       s0 += n;
@@ -102,6 +114,15 @@ function streamCase(t: ExecutionContext, c: Case, seed: number): void {
 }
 
 CASES.forEach((c, i) => test(`forward over a ${c.name} cache, chunk by chunk, equals the float64 module over the whole stream`, (t) => streamCase(t, c, 40 + i)));
+
+test('one pass without a cache takes position ids for rope and ragged rows', (t) => {
+  const c = CASES.find((x) => x.name.startsWith('left-padded ragged batch, rope'))!;
+  const mha = MultiHeadAttention.random({ dModel, numHeads: H, numKvHeads: Hkv, rope: c.rope }, 5);
+  const x = new Rng(6).normalTensor([B, S, dModel]);
+  const ref = reference(mha, x, c);
+  assertWithin(t, mha.forward(x, x, { causal: true, kvRanges: leftPadRanges, positions: leftPadIds }).output.data, ref.y, ref.bound, 'one pass, position ids', [B, S, dModel]);
+  t.throws(() => MultiHeadAttention.random({ dModel, numHeads: H }, 1).forward(x, x, { positions: leftPadIds }), { instanceOf: ArgumentError, message: 'Expected options.positions only for a module with rope, got positions and no config.rope' });
+});
 
 test('one pass without a cache takes the same options (window, rope, softcap, ALiBi, sinks)', (t) => {
   const c: Case = { name: 'one pass', cache: { window: 6 }, rope: { dim: 10 }, score: { softcap: 4, alibi: true, sinks: [1, 0, -1, 0.5] } };
