@@ -19,6 +19,8 @@ export interface GqaAttrs {
   scale?: number;
   /** ORT's `causal` attribute (default 1); 0 is bidirectional. */
   causal?: boolean;
+  /** sliding_window_cache=1: past/present hold the most recent positions only (needs localWindowSize). */
+  slidingWindowCache?: boolean;
 }
 
 /** Which optional inputs the graph has. */
@@ -78,6 +80,7 @@ export function gqaModel(a: GqaAttrs, d: number, g: GqaGraphInputs = {}): Uint8A
   if (a.smoothSoftmax !== undefined) attrs.push({ name: 'smooth_softmax', int: a.smoothSoftmax ? 1 : 0 });
   if (a.scale !== undefined) attrs.push({ name: 'scale', float: a.scale });
   if (a.causal !== undefined) attrs.push({ name: 'causal', int: a.causal ? 1 : 0 });
+  if (a.slidingWindowCache !== undefined) attrs.push({ name: 'sliding_window_cache', int: a.slidingWindowCache ? 1 : 0 });
   const inputs: Value[] = [
     { name: 'query', dims: ['B', 'S', H * d] }, { name: 'key', dims: ['B', 'S', Hkv * d] }, { name: 'value', dims: ['B', 'S', Hkv * d] },
     { name: 'seqlens_f', dims: ['B'] }, { name: 'total_f', dims: [1] },

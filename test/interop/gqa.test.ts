@@ -444,3 +444,28 @@ test('causal=0 (bidirectional prompt) = kvstream without causal', async (t) => {
   const kv = attention({ data: q, shape: [B, H, T, d] }, { data: k, shape: [B, Hkv, T, d] }, { data: v, shape: [B, Hkv, T, d] });
   compare(t, 'causal=0 prefill', r.out, kv.output.data, ref, ref, [B, H, T, d]);
 });
+
+test('sliding_window_cache=1 (ORT keeps a window-sized past buffer) streams like kvstream\'s ring KvCache, chunks of 1 to 3', async (t) => {
+  const d = 16, scale = 1 / Math.sqrt(d), B = 1, W = 4, C = 6, chunks = [9, 1, 3, 1, 2, 1, 1];
+  const session = await gqaSession({ numHeads: H, kvNumHeads: Hkv, localWindowSize: W, slidingWindowCache: true }, d, { past: true });
+  const cache = new KvCache({ batch: B, numKvHeads: Hkv, dK: d, dV: d, window: W });
+  let pk = new Float32Array(B * Hkv * C * d), pv = new Float32Array(B * Hkv * C * d);
+  let kAll = new Float32Array(0), vAll = new Float32Array(0), P = 0;
+  for (const [i, n] of chunks.entries()) {
+    const q = randn(B * H * n * d, 70 + 3 * i), k = randn(B * Hkv * n * d, 71 + 3 * i), v = randn(B * Hkv * n * d, 72 + 3 * i);
+    const r = await runGqa(session, {
+      query: toBsnh(q, B, H, n, d), key: toBsnh(k, B, Hkv, n, d), value: toBsnh(v, B, Hkv, n, d),
+      pastKey: pk, pastValue: pv, pastLength: C, seqlensK: [P + n - 1], totalSequenceLength: P + n,
+    }, { B, S: n, H, Hkv, d });
+    t.deepEqual(r.presentDims, [B, Hkv, C, d], 'the present buffer keeps its capacity');
+    [pk, pv] = [r.presentKey, r.presentValue];
+    const c: Case = { B, T: n, P: [P], d };
+    kAll = Float32Array.from(kvBuffer(kAll, P, k, c, P + n));
+    vAll = Float32Array.from(kvBuffer(vAll, P, v, c, P + n));
+    cache.append({ data: k, shape: [B, Hkv, n, d] }, { data: v, shape: [B, Hkv, n, d] });
+    const st = new OnlineSoftmaxState({ data: q, shape: [B, H, n, d] }, { dV: d, causal: true, qOffset: P, window: W }).updateCache(cache).finalize();
+    const ref = refFeaturesBound(q, kAll, vAll, dimsOf(c, P + n), { scale, causal: true, qOffset: P, window: W, rescales: chunkedRescales(P + n, 3) });
+    compare(t, `sliding_window_cache, ${n} token(s) at ${P}`, fromBsnh(r.output, B, H, n, d), st.output.data, ref, ref, [B, H, n, d]);
+    P += n;
+  }
+});
