@@ -76,8 +76,16 @@ export interface AppendOptions {
 
 type Layout = 'contiguous' | 'ring' | 'paged';
 
+/** Rows of d elements of one storage type (+ int8 scales [rows, groups]). */
+interface Rows {
+  readonly data: KvStorage;
+  readonly scale: Float32Array | undefined;
+  readonly d: number;
+  readonly groups: number;
+}
+
 /** K or V storage: rows of d elements of one dtype (+ int8 scales [rows, ceil(d/32)]). */
-class Store {
+class Store implements Rows {
   readonly data: KvStorage;
   readonly scale: Float32Array | undefined;
   readonly groups: number;
@@ -90,23 +98,23 @@ class Store {
     this.scale = dtype === 'int8' ? new Float32Array((n / d) * this.groups) : undefined;
   }
 
-  /** Encodes src[srcOff ..] (rows × d fp32) into rows [row, row + rows). */
-  encode(row: number, src: Float32Array, srcOff: number, rows: number): void {
-    if (rows <= 0) return;
-    const d = this.d, from = src.subarray(srcOff, srcOff + rows * d);
-    if (this.dtype === 'fp32') (this.data as Float32Array).set(from, row * d);
-    else {
-      const scale = this.scale ? this.scale.subarray(row * this.groups, (row + rows) * this.groups) : null;
-      addon.kvEncode(NATIVE_DTYPE[this.dtype] as 'f16' | 'bf16' | 'i8', from, this.data.subarray(row * d, (row + rows) * d) as Uint16Array | Int8Array, scale, rows, d);
-    }
+  /** Rows held. */
+  get rows(): number {
+    return this.data.length / this.d;
+  }
+
+  /** Encodes src [rows, d] fp32 into rows [0, rows) (the addon's kvEncode; fp32 is not encoded). */
+  encode(src: Float32Array, rows: number): void {
+    const d = this.d, scale = this.scale ? this.scale.subarray(0, rows * this.groups) : null;
+    addon.kvEncode(NATIVE_DTYPE[this.dtype] as 'f16' | 'bf16' | 'i8', src, this.data.subarray(0, rows * d) as Uint16Array | Int8Array, scale, rows, d);
   }
 
   /** Copies rows [srcRow, srcRow + rows) of `src` (same dtype and d) to rows [row, row + rows). */
-  copyFrom(src: Store, srcRow: number, row: number, rows: number): void {
+  copyFrom(src: Rows, srcRow: number, row: number, rows: number): void {
     if (rows <= 0) return;
     const d = this.d, g = this.groups;
-    (this.data as Float32Array).set((src.data as Float32Array).subarray(srcRow * d, (srcRow + rows) * d), row * d);
-    if (this.scale && src.scale) this.scale.set(src.scale.subarray(srcRow * g, (srcRow + rows) * g), row * g);
+    copyElements(this.data, row * d, src.data, srcRow * d, rows * d);
+    if (this.scale && src.scale) copyElements(this.scale, row * g, src.scale, srcRow * g, rows * g);
   }
 
   /** Decodes rows [row, row + rows) to fp32 into out[outOff ..]. */
@@ -230,6 +238,8 @@ export class KvCache {
   // Rotated keys of the last append [B,H_kv,n,d_k] (rope only), reused while n fits.
   private ropeBuf: Float32Array | undefined;
   private ropeIds: Int32Array | undefined;
+  // Encoded chunk rows [B·H_kv·n, d] for K and V (non-fp32 only), reused while n fits.
+  private readonly chunkBuf: [Store | undefined, Store | undefined] = [undefined, undefined];
 
   /** `pool` is internal (forks and selections of a paged cache share it); callers leave it out. */
   constructor(config: KvCacheConfig, pool?: PagePool) {
@@ -298,9 +308,12 @@ export class KvCache {
       }
     }
     const keys = this.rope ? this.rotate(k, o.positions ?? start) : k;
-    if (this.layout === 'contiguous') this.appendContiguous(keys.data, v.data, n);
-    else if (this.layout === 'ring') this.appendRing(keys.data, v.data, n);
-    else this.appendPaged(keys.data, v.data, n);
+    // The chunk encoded once (one addon call each for K and V), then copied into place.
+    const rows = this.batch * this.numKvHeads * n;
+    const ke = this.encoded(0, keys.data, this.dK, rows), ve = this.encoded(1, v.data, this.dV, rows);
+    if (this.layout === 'contiguous') this.appendContiguous(ke, ve, n);
+    else if (this.layout === 'ring') this.appendRing(ke, ve, n);
+    else this.appendPaged(ke, ve, n);
     this.len = end;
     return { start, end };
   }
@@ -321,16 +334,28 @@ export class KvCache {
     return applyRope(k, ids, this.rope!, { data: this.ropeBuf.subarray(0, size), shape: k.shape });
   }
 
-  private appendContiguous(k: Float32Array, v: Float32Array, n: number): void {
+  /**
+   * src [rows, d] in the storage type: fp32 as it is; else encoded into the cache's chunk buffer
+   * `which` (0: K, 1: V), reused while it is big enough.
+   */
+  private encoded(which: 0 | 1, src: Float32Array, d: number, rows: number): Rows {
+    if (this.dtype === 'fp32') return { data: src, scale: undefined, d, groups: Math.ceil(d / 32) };
+    let buf = this.chunkBuf[which];
+    if (!buf || buf.rows < rows) buf = this.chunkBuf[which] = new Store(this.dtype, d, `${which ? 'v' : 'k'} chunk`, ['B·H_kv·n', which ? 'd_v' : 'd_k'], [rows, d]);
+    buf.encode(src, rows);
+    return buf;
+  }
+
+  private appendContiguous(k: Rows, v: Rows, n: number): void {
     const end = this.len + n;
     if (end > this.slots) this.regrow(Math.max(end, Math.min(2 * this.slots, this.maxSlots())), this.len);
     for (let bh = 0; bh < this.batch * this.numKvHeads; bh++) {
-      this.k.encode(bh * this.slots + this.len, k, bh * n * this.dK, n);
-      this.v.encode(bh * this.slots + this.len, v, bh * n * this.dV, n);
+      this.k.copyFrom(k, bh * n, bh * this.slots + this.len, n);
+      this.v.copyFrom(v, bh * n, bh * this.slots + this.len, n);
     }
   }
 
-  private appendRing(k: Float32Array, v: Float32Array, n: number): void {
+  private appendRing(k: Rows, v: Rows, n: number): void {
     const N0 = this.sinkTokens, W = this.window, end = this.len + n;
     const nSink = Math.max(0, Math.min(n, N0 - this.len)), m = n - nSink;
     // The ring rule: hold the last min(ring positions, W + n - 1).
@@ -343,13 +368,13 @@ export class KvCache {
     }
     const a = (this.ringStart + this.ringHeld) % R, m1 = Math.min(m, R - a); // m <= R: no slot written twice
     for (let bh = 0; bh < this.batch * this.numKvHeads; bh++) {
-      const row = bh * this.slots, ks = bh * n * this.dK, vs = bh * n * this.dV;
-      this.k.encode(row + this.len, k, ks, nSink);
-      this.v.encode(row + this.len, v, vs, nSink);
-      this.k.encode(row + N0 + a, k, ks + nSink * this.dK, m1);
-      this.v.encode(row + N0 + a, v, vs + nSink * this.dV, m1);
-      this.k.encode(row + N0, k, ks + (nSink + m1) * this.dK, m - m1);
-      this.v.encode(row + N0, v, vs + (nSink + m1) * this.dV, m - m1);
+      const row = bh * this.slots, src = bh * n;
+      this.k.copyFrom(k, src, row + this.len, nSink);
+      this.v.copyFrom(v, src, row + this.len, nSink);
+      this.k.copyFrom(k, src + nSink, row + N0 + a, m1);
+      this.v.copyFrom(v, src + nSink, row + N0 + a, m1);
+      this.k.copyFrom(k, src + nSink + m1, row + N0, m - m1);
+      this.v.copyFrom(v, src + nSink + m1, row + N0, m - m1);
     }
     this.ringHeld += m;
     if (this.ringHeld > R) {
@@ -358,7 +383,7 @@ export class KvCache {
     }
   }
 
-  private appendPaged(k: Float32Array, v: Float32Array, n: number): void {
+  private appendPaged(k: Rows, v: Rows, n: number): void {
     const P = this.pageSize, start = this.len, end = start + n, B = this.batch, Hkv = this.numKvHeads;
     const j0 = Math.floor(start / P), j1 = Math.ceil(end / P);
     if (j1 > this.maxBlocks) this.growTable(Math.max(j1, 2 * this.maxBlocks));
@@ -386,8 +411,8 @@ export class KvCache {
         const s0 = Math.max(start, j * P), s1 = Math.min(end, (j + 1) * P);
         for (let h = 0; h < Hkv; h++) {
           const row = (p * Hkv + h) * P + (s0 - j * P), src = (b * Hkv + h) * n + (s0 - start);
-          pool.k.encode(row, k, src * this.dK, s1 - s0);
-          pool.v.encode(row, v, src * this.dV, s1 - s0);
+          pool.k.copyFrom(k, src, row, s1 - s0);
+          pool.v.copyFrom(v, src, row, s1 - s0);
         }
       }
   }
@@ -661,4 +686,13 @@ export class KvCache {
 function copyBatchRows(src: Store, dst: Store, idx: readonly number[] | Int32Array, Hkv: number, srcSlots: number, dstSlots: number, rows: number): void {
   for (let b = 0; b < idx.length; b++)
     for (let h = 0; h < Hkv; h++) dst.copyFrom(src, (idx[b] * Hkv + h) * srcSlots, (b * Hkv + h) * dstSlots, rows);
+}
+
+/**
+ * dst[at, at + n) = src[from, from + n) for typed arrays of one kind: a plain loop for short
+ * runs (a decode step's rows: no view objects), set() on views for long ones.
+ */
+function copyElements(dst: KvStorage, at: number, src: KvStorage, from: number, n: number): void {
+  if (n <= 256) for (let i = 0; i < n; i++) dst[at + i] = src[from + i];
+  else (dst as Float32Array).set((src as Float32Array).subarray(from, from + n), at);
 }
