@@ -1,4 +1,5 @@
 import test from 'ava';
+import { spawnSync } from 'node:child_process';
 import type { ExecutionContext } from 'ava';
 import { OnlineSoftmaxState } from '../src/attention.ts';
 import type { CacheDtype } from '../src/attention.ts';
@@ -387,4 +388,24 @@ test('argument validation: append, crop, snapshot, reorder, select, keys', (t) =
   throws(() => ring.keys(), 'ArgumentError', 'Expected a contiguous cache for keys(), got a ring cache (fold parts(), or state.updateCache(cache))');
   throws(() => new KvCache({ ...cfg, pageSize: 2 }).values(), 'ArgumentError', 'Expected a contiguous cache for values(), got a paged cache (fold parts(), or state.updateCache(cache))');
   t.deepEqual(new KvCache(cfg).parts(), [], 'an empty cache has no parts');
+});
+
+test('a paged fork that is garbage-collected returns its pages to the shared pool', (t) => {
+  // In a child with --expose-gc: 200 forks each take a page of their own and are dropped; with
+  // the pages returned the pool stays small, without it it would hold 200+ pages.
+  const script = `
+    import('./src/kvcache.ts').then(async ({ KvCache }) => {
+      const c = new KvCache({ batch: 1, numKvHeads: 1, dK: 4, dV: 4, pageSize: 4, capacity: 16 });
+      const x = (n) => ({ data: new Float32Array(4 * n).fill(1), shape: [1, 1, n, 4] });
+      c.append(x(16), x(16));
+      for (let i = 0; i < 200; i++) {
+        c.fork().append(x(1), x(1));
+        if (i % 10 === 9) { globalThis.gc(); await new Promise((r) => setTimeout(r, 0)); }
+      }
+      console.log(c.parts()[0].k.data.length / 16);
+    });`;
+  const r = spawnSync(process.execPath, ['--expose-gc', '--import', 'tsx', '-e', script], { encoding: 'utf8', timeout: 60_000 });
+  t.is(r.status, 0, r.stderr);
+  const pages = Number(r.stdout.trim());
+  t.true(pages >= 5 && pages <= 64, `pool pages after 200 dropped forks: ${pages} (stdout ${JSON.stringify(r.stdout)}, stderr ${r.stderr.slice(0, 300)})`);
 });
