@@ -450,7 +450,7 @@ test('sliding_window_cache=1 (ORT keeps a window-sized past buffer) streams like
   const d = 16, scale = 1 / Math.sqrt(d), B = 1, W = 4, C = 6, chunks = [9, 1, 3, 1, 2, 1, 1];
   const session = await gqaSession({ numHeads: H, kvNumHeads: Hkv, localWindowSize: W, slidingWindowCache: true }, d, { past: true });
   const cache = new KvCache({ batch: B, numKvHeads: Hkv, dK: d, dV: d, window: W });
-  let pk = new Float32Array(B * Hkv * C * d), pv = new Float32Array(B * Hkv * C * d);
+  let pk: Float32Array = new Float32Array(B * Hkv * C * d), pv: Float32Array = new Float32Array(B * Hkv * C * d);
   let kAll = new Float32Array(0), vAll = new Float32Array(0), P = 0;
   for (const [i, n] of chunks.entries()) {
     const q = randn(B * H * n * d, 70 + 3 * i), k = randn(B * Hkv * n * d, 71 + 3 * i), v = randn(B * Hkv * n * d, 72 + 3 * i);
