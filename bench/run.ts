@@ -7,16 +7,30 @@
 // results; `kvstream/kernel` the binding alone on reused buffers (the calls the public API makes,
 // without its checks and objects), so API overhead stays visible.
 //
-//   npm run bench -- [--reps N] [--threads 1,2] [--only W1-core,W3-b1,...] [--no-torch] [--no-w5]
+// The cache features (issues 9 and 10), each timed alternately with its baseline in one call:
+//  - W3-b1 / W3-b16 rows carry `cache` (fp32, fp16, bf16, int8: the KvCache storage), with the
+//    ratio to the fp32 step and GB/s against a plain read of the step's bytes (bench/floor.ts)
+//    timed in the same repetitions (`floor_ms`, `of_floor`);
+//  - W6: decode batch 1 at the end of a 32k stream through a ring cache of window 4096 (the W3
+//    module), `ratio_to_W3_b1`; W3-b1 `feature: 'paged'` (pageSize 16) likewise;
+//  - W2 `feature: 'rope'`: W2 with config.rope, `ratio_to_W2`.
+//
+//   npm run bench -- [--quick] [--reps N] [--threads 1,2] [--steps N] [--caches fp32,bf16,...]
+//                    [--only W1-core,W1-module,W2,W2-rope,W3-b1,W3-b16,W3-b1-paged,W4,W6,W5] [--no-torch] [--no-w5]
+//                    [--out results.json]
+//   --quick: --reps 3 --steps 64 --threads 1, no W5, rows to $TMPDIR/kvstream-bench-quick.json
+//   (each overridable but W5). Without --out, other runs (--only too) replace bench/results.json.
 //   KVSTREAM_BENCH_KEEP_OPENBLAS_ENV=1 keeps OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE as they are.
 import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, existsSync, openSync, statSync, writeFileSync, writeSync } from 'node:fs';
-import { cpus, tmpdir, totalmem } from 'node:os';
+import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { lastValueFrom } from 'rxjs';
-import { attention } from '../src/attention.ts';
+import { attention, CACHE_DTYPES, NATIVE_DTYPE } from '../src/attention.ts';
+import type { CacheDtype } from '../src/attention.ts';
+import type { KvCache } from '../src/kvcache.ts';
 import { MultiHeadAttention } from '../src/mha.ts';
 import { addon, info, setNumThreads } from '../src/native.ts';
 import { attendChunk, projectKv, splitTokens } from '../src/operators/index.ts';
@@ -24,6 +38,7 @@ import { Rng } from '../src/random.ts';
 import { zeros } from '../src/tensor.ts';
 import type { Tensor } from '../src/tensor.ts';
 import { npyHeader } from '../src/io/npy.ts';
+import { plainRead } from './floor.ts';
 import { cachedKernel, coreKernel, fusedKernel } from './kernels.ts';
 import { coreSession, f32, moduleSession, version as ortVersion } from './ort.ts';
 import type { Feeds, OrtTensor } from './ort.ts';
@@ -39,10 +54,21 @@ if (!process.env.KVSTREAM_BENCH_KEEP_OPENBLAS_ENV && OPENBLAS_VARS.some((v) => p
 }
 
 const { values: args } = parseArgs({
-  options: { reps: { type: 'string', default: '7' }, threads: { type: 'string', default: '1,2' }, only: { type: 'string' }, 'no-torch': { type: 'boolean' }, 'no-w5': { type: 'boolean' } },
+  options: {
+    reps: { type: 'string' }, threads: { type: 'string' }, steps: { type: 'string' }, caches: { type: 'string' }, only: { type: 'string' },
+    quick: { type: 'boolean' }, 'no-torch': { type: 'boolean' }, 'no-w5': { type: 'boolean' }, out: { type: 'string' },
+  },
 });
-const REPS = Number(args.reps);
-const THREADS = args.threads!.split(',').map(Number);
+const QUICK = !!args.quick;
+const REPS = Number(args.reps ?? (QUICK ? 3 : 7));
+const THREADS = (args.threads ?? (QUICK ? '1' : '1,2')).split(',').map(Number);
+/** Decode steps per repetition of W3 and W6. */
+const STEPS = Number(args.steps ?? (QUICK ? 64 : 256));
+const CACHES = (args.caches ?? CACHE_DTYPES.join(',')).split(',') as CacheDtype[];
+for (const dt of CACHES) if (!CACHE_DTYPES.includes(dt)) throw new Error(`--caches: expected some of ${CACHE_DTYPES.join(',')}, got ${dt}`);
+if (!(STEPS >= 1 && STEPS <= 4096)) throw new Error(`--steps: expected 1..4096, got ${args.steps}`);
+/** Where rows go: the README table's bench/results.json, except for --quick (a temp file) unless --out says. */
+const OUT = args.out ?? (QUICK ? join(tmpdir(), 'kvstream-bench-quick.json') : 'bench/results.json');
 const only = args.only?.split(',');
 const want = (w: string) => !only || only.includes(w);
 
@@ -50,7 +76,14 @@ const [H, D, DM] = [8, 64, 512];
 type System = 'kvstream' | 'onnxruntime' | 'torch';
 type Variant = 'kernel' | 'fresh';
 type SystemKey = System | `kvstream/${Variant}`;
-interface Row { workload: string; mask: 'none' | 'causal'; threads: number; system: System; variant?: string; median_ms: number; gflops: number | null; [k: string]: unknown }
+interface Row {
+  workload: string; mask: 'none' | 'causal'; threads: number; system: System; variant?: string; median_ms: number; gflops: number | null;
+  /** KV cache storage (W3, W6 and the paged row). */
+  cache?: CacheDtype;
+  /** The cache feature the row times against its baseline: 'rope' (W2), 'paged' (W3-b1), 'window' (W6). */
+  feature?: 'rope' | 'paged' | 'window';
+  [k: string]: unknown;
+}
 type Rep = () => Promise<number> | number; // one repetition -> ms per unit (call, step or pass)
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
@@ -92,21 +125,58 @@ async function torchPeer(threads: number) {
   return torchProcs.get(threads)!;
 }
 
+/**
+ * A torch repetition for `req` if torch runs it (one run, which also warms it up); otherwise logs
+ * why (e.g. torch 1.13 has no fp16 matmul on CPU) and returns null.
+ */
+async function torchSystem(torch: { ask(req: object): Promise<number> }, req: object, what: string): Promise<Rep | null> {
+  try {
+    await torch.ask(req);
+    return () => torch.ask(req);
+  } catch (e) {
+    console.log(`torch: no ${what} row (${(e as Error).message})`);
+    return null;
+  }
+}
+const fmtMs = (ms: number) => `${ms.toFixed(ms < 1 ? 4 : ms < 10 ? 3 : 1)} ms`;
+
 // ---- measurement ----
 const rows: Row[] = [];
-async function measure(workload: string, mask: 'none' | 'causal', threads: number, systems: Partial<Record<SystemKey, Rep>>, gflop: number | null, reps = REPS, warmUp = true) {
-  const names = Object.keys(systems) as SystemKey[];
-  const samples = new Map<SystemKey, number[]>(names.map((n) => [n, []]));
+/** What printRows adds after a row (targets, floors), not saved. */
+const notes = new WeakMap<Row, string>();
+type Key = SystemKey | `${SystemKey}@${CacheDtype}` | `~${string}`;
+interface MeasureOptions {
+  /** Fields every row of the call gets (e.g. cache, feature). */
+  base?: Partial<Row>;
+  /** Adds fields (and notes) to the rows from every key's median (references included) before they print. */
+  annotate?: (ms: Map<string, number>, rows: Map<string, Row>) => void;
+}
+/**
+ * Times `systems` alternately `reps` times (after one warm-up each unless warmUp is false) and
+ * pushes a row per system with its median. Keys are `system[/variant][@cache]`; keys starting
+ * with `~` are references (a baseline, the memory floor): timed alike, no row.
+ */
+async function measure(workload: string, mask: 'none' | 'causal', threads: number, systems: Partial<Record<Key, Rep>>, gflop: number | null, reps = REPS, warmUp = true, o: MeasureOptions = {}) {
+  const names = Object.keys(systems) as Key[];
+  const samples = new Map<Key, number[]>(names.map((n) => [n, []]));
   if (warmUp) for (const n of names) await systems[n]!();
   for (let r = 0; r < reps; r++) for (const n of names) samples.get(n)!.push(await systems[n]!());
+  const medians = new Map<string, number>(names.map((n) => [n, median(samples.get(n)!)]));
+  const made = new Map<string, Row>();
   for (const n of names) {
-    const ms = median(samples.get(n)!);
-    const [system, variant] = n.split('/') as [System, Variant | undefined];
-    const row: Row = { workload, mask, threads, system, median_ms: ms, gflops: gflop === null ? null : gflop / ms / 1e6 * 1e3 / 1e3 };
+    if (n.startsWith('~')) continue;
+    const ms = medians.get(n)!;
+    const [sys, cache] = n.split('@') as [SystemKey, CacheDtype | undefined];
+    const [system, variant] = sys.split('/') as [System, Variant | undefined];
+    const row: Row = { workload, mask, threads, system, median_ms: ms, gflops: gflop === null ? null : gflop / ms / 1e6 * 1e3 / 1e3, ...o.base };
     if (variant) row.variant = variant;
+    if (cache) row.cache = cache;
+    row.load1 = +loadavg()[0].toFixed(2);
+    made.set(n, row);
     rows.push(row);
   }
-  printRows(rows.filter((x) => x.workload === workload && x.mask === mask && x.threads === threads));
+  o.annotate?.(medians, made);
+  printRows([...made.values()]);
 }
 
 const limit = new Map<number, number>(); // threads -> sgemm GFLOP/s through the addon
@@ -119,14 +189,18 @@ function sgemmLimit(threads: number): number {
 }
 
 function printRows(rs: Row[]) {
-  const ours = rs.find((r) => r.system === 'kvstream' && !r.variant);
-  const kernel = rs.find((r) => r.system === 'kvstream' && r.variant === 'kernel');
   for (const r of rs) {
-    let ratios = r === ours ? rs.filter((p) => p.system !== 'kvstream').map((p) => `${(r.median_ms / p.median_ms).toFixed(2)}x ${p.system}`).join(', ') : '';
+    // Ratios among the rows of one cache dtype and feature.
+    const group = rs.filter((p) => p.cache === r.cache && p.feature === r.feature);
+    const ours = group.find((p) => p.system === 'kvstream' && !p.variant);
+    const kernel = group.find((p) => p.system === 'kvstream' && p.variant === 'kernel');
+    let ratios = r === ours ? group.filter((p) => p.system !== 'kvstream').map((p) => `${(r.median_ms / p.median_ms).toFixed(2)}x ${p.system}`).join(', ') : '';
     if (kernel && r.system === 'kvstream' && r !== kernel) ratios += `${ratios ? ', ' : ''}${(r.median_ms / kernel.median_ms).toFixed(3)}x kernel`;
     const lim = r.gflops !== null && r.workload.startsWith('W1') ? ` (${((100 * r.gflops) / limit.get(r.threads)!).toFixed(0)}% of sgemm)` : '';
-    const unit = r.workload.startsWith('W3') ? 'ms/step' : r.workload === 'W4' ? 'ms/call' : 'ms';
-    console.log(`${r.workload.padEnd(10)} ${r.mask.padEnd(6)} ${String(r.threads).padEnd(2)} ${(r.system + (r.variant ? `/${r.variant}` : '')).padEnd(16)} ${r.median_ms.toFixed(r.median_ms < 1 ? 4 : 1).padStart(9)} ${unit.padEnd(7)} ${r.gflops !== null ? `${r.gflops.toFixed(0).padStart(4)} GFLOP/s${lim}` : ''}${ratios ? `   kvstream/other: ${ratios}` : ''}`);
+    const unit = r.workload.startsWith('W3') || r.workload === 'W6' ? 'ms/step' : r.workload === 'W4' ? 'ms/call' : 'ms';
+    const label = r.system + (r.variant ? `/${r.variant}` : '') + (r.cache && r.cache !== 'fp32' ? ` ${r.cache}` : '') + (r.feature ? ` ${r.feature}` : '');
+    const note = notes.get(r);
+    console.log(`${r.workload.padEnd(10)} ${r.mask.padEnd(6)} ${String(r.threads).padEnd(2)} ${label.padEnd(22)} ${r.median_ms.toFixed(r.median_ms < 1 ? 4 : 1).padStart(9)} ${unit.padEnd(7)} ${r.gflops !== null ? `${r.gflops.toFixed(0).padStart(4)} GFLOP/s${lim}` : ''}${ratios ? `   kvstream/other: ${ratios}` : ''}${note ? `   ${note}` : ''}`);
   }
 }
 
@@ -194,9 +268,9 @@ for (const threads of THREADS) {
     }
   }
 
+  const CH = 256;
+  const chunks = Array.from({ length: T / CH }, (_, i) => ({ data: x.data.slice(i * CH * DM, (i + 1) * CH * DM), shape: [1, CH, DM] }));
   if (want('W2')) {
-    const CH = 256;
-    const chunks = Array.from({ length: T / CH }, (_, i) => ({ data: x.data.slice(i * CH * DM, (i + 1) * CH * DM), shape: [1, CH, DM] }));
     const cache = mha.newCache(1, T);
     const s = await moduleSession(mha, true, true, threads);
     const out = { output: zeros([1, CH, DM]), lse: zeros([1, H, CH]) };
@@ -222,42 +296,166 @@ for (const threads of THREADS) {
     }, moduleFlop);
   }
 
+  if (want('W2-rope')) {
+    // W2 with config.rope (half-split, theta 10000, the whole head) against W2 without, alternately.
+    const mhaRope = new MultiHeadAttention({ dModel: DM, numHeads: H, rope: {} }, mha.weights);
+    const [cacheRope, cachePlain] = [mhaRope.newCache(1, T), mha.newCache(1, T)];
+    const out = { output: zeros([1, CH, DM]), lse: zeros([1, H, CH]) };
+    const prefill = (m: MultiHeadAttention, cache: KvCache) => time(() => {
+      cache.reset();
+      for (const c of chunks) m.forward(c, c, { cache, causal: true, out });
+    });
+    const torchRope = torch ? await torchSystem(torch, { workload: 'W2', mask: 'causal', rope: true }, 'rope') : null;
+    await measure('W2', 'causal', threads, {
+      kvstream: () => prefill(mhaRope, cacheRope),
+      '~W2': () => prefill(mha, cachePlain),
+      ...(torchRope ? { torch: torchRope, '~torch/W2': () => torch!.ask({ workload: 'W2', mask: 'causal' }) } : {}),
+    }, moduleFlop, REPS, true, {
+      base: { feature: 'rope' },
+      annotate: (ms, made) => {
+        for (const [key, row] of made) {
+          const base = ms.get(key === 'torch' ? '~torch/W2' : '~W2')!;
+          Object.assign(row, { baseline_ms: base, ratio_to_W2: row.median_ms / base });
+          notes.set(row, `${(row.median_ms / base).toFixed(3)}x W2 without rope (${fmtMs(base)})${key === 'kvstream' ? ', target <= 1.05x' : ''}`);
+        }
+      },
+    });
+  }
+
+  // ---- W3: decode over a 4096-token prompt, STEPS steps of one token per repetition ----
+  const P = 4096;
+  /** Bytes one position of one kv head takes in k plus v (int8: values and fp32 scales per 32 channels). */
+  const kvRowBytes = (dt: CacheDtype) => 2 * (dt === 'fp32' ? 4 * D : dt === 'int8' ? D + 4 * Math.ceil(D / 32) : 2 * D);
+  const weightBytes = 4 * (4 * DM * H * D + 3 * H * D + DM);
+  /** Bytes a W3 step reads: the cache at the mean length P + (STEPS + 1) / 2, and the fp32 weights. */
+  const stepBytes = (B: number, dt: CacheDtype) => Math.round(B * H * (P + (STEPS + 1) / 2) * kvRowBytes(dt) + weightBytes);
+  const w3Cases = new Map<number, ReturnType<typeof w3Case>>();
+  /** The W3 case for batch B: the prompt's k, v, an fp32 contiguous cache holding it, the decode inputs. */
+  function w3Case(B: number) {
+    const prompt = mha.projectKv(rng.normalTensor([B, P, DM]));
+    const cache = mha.newCache(B, P + STEPS);
+    cache.append(prompt.k, prompt.v);
+    const xs = Array.from({ length: STEPS }, () => rng.normalTensor([B, 1, DM]));
+    const out = { output: zeros([B, 1, DM]), lse: zeros([B, H, 1]) };
+    /** One repetition over c (holding the prompt): crop to P, STEPS steps; ms per step. */
+    const decode = (c: KvCache, fresh = false) => time(() => {
+      c.crop(P);
+      for (const xi of xs) mha.forward(xi, xi, fresh ? { cache: c, causal: true } : { cache: c, causal: true, out });
+    }) / STEPS;
+    return { prompt, cache, xs, out, decode };
+  }
+  const w3 = (B: number) => w3Cases.get(B) ?? w3Cases.set(B, w3Case(B)).get(B)!;
+  // The plain read of the floor, over a buffer as large as the largest step wanted.
+  const reader = plainRead(stepBytes(want('W3-b16') ? 16 : 1, 'fp32'), threads);
+
   for (const B of [1, 16]) {
     const workload = `W3-b${B}`;
     if (!want(workload)) continue;
-    const [P, STEPS] = [4096, 256];
-    const cache = mha.newCache(B, P + STEPS);
-    const prompt = mha.projectKv(rng.normalTensor([B, P, DM]));
-    cache.append(prompt.k, prompt.v);
-    const xs = Array.from({ length: STEPS }, () => rng.normalTensor([B, 1, DM]));
+    const { prompt, cache, xs, out, decode } = w3(B);
     // ORT's past is [2,B,H,P,d]: the same prompt keys and values.
     const pastData = new Float32Array(2 * B * H * P * D);
     pastData.set(prompt.k.data, 0);
     pastData.set(prompt.v.data, B * H * P * D);
     const s = await moduleSession(mha, true, true, threads);
-    const out = { output: zeros([B, 1, DM]), lse: zeros([B, H, 1]) };
+    const kernelRun = (kernel: ReturnType<typeof cachedKernel>) => time(() => {
+      kernel.reset(P);
+      for (const xi of xs) kernel.step(xi);
+    }) / STEPS;
     const kernel = cachedKernel(mha, B, P + STEPS);
     kernel.load(cache, P);
-    await measure(workload, 'causal', threads, {
-      kvstream: () => time(() => {
-        cache.crop(P);
-        for (const xi of xs) mha.forward(xi, xi, { cache, causal: true, out });
-      }) / STEPS,
-      'kvstream/fresh': () => time(() => {
-        cache.crop(P);
-        for (const xi of xs) mha.forward(xi, xi, { cache, causal: true });
-      }) / STEPS,
-      'kvstream/kernel': () => time(() => {
-        kernel.reset(P);
-        for (const xi of xs) kernel.step(xi);
-      }) / STEPS,
+    const systems: Partial<Record<Key, Rep>> = {
+      kvstream: () => decode(cache),
+      'kvstream/fresh': () => decode(cache, true),
+      'kvstream/kernel': () => kernelRun(kernel),
       onnxruntime: async () => (await timeAsync(async () => {
         let past: OrtTensor = f32(pastData, [2, B, H, P, D]);
         for (const xi of xs) past = (await s.run({ x: f32(xi.data, [B, 1, DM]), past })).present;
       })) / STEPS,
-      ...(torch ? { torch: () => torch.ask({ workload, mask: 'none' }) } : {}),
-    }, null, B === 16 ? 1 : Math.min(REPS, 5), B === 1); // b16: one 256-step run each (ORT copies a 268 MB past per step)
+      ...(torch ? { torch: () => torch.ask({ workload, mask: 'none', steps: STEPS }) } : {}),
+    };
+    // The other storage types: the public API and the kernel over the same prompt, encoded.
+    for (const dt of CACHES) {
+      if (dt === 'fp32') continue;
+      const c = mha.newCache(B, { capacity: P + STEPS, dtype: dt });
+      c.append(prompt.k, prompt.v);
+      const k = cachedKernel(mha, B, P + STEPS, NATIVE_DTYPE[dt]);
+      k.load(cache, P);
+      systems[`kvstream@${dt}`] = () => decode(c);
+      systems[`kvstream/kernel@${dt}`] = () => kernelRun(k);
+      const t = torch && dt !== 'int8' ? await torchSystem(torch, { workload, mask: 'none', steps: STEPS, cache: dt }, `${dt} cache`) : null;
+      if (t) systems[`torch@${dt}`] = t;
+    }
+    for (const dt of new Set<CacheDtype>(['fp32', ...CACHES])) systems[`~floor@${dt}`] = () => reader.floor(stepBytes(B, dt));
+    await measure(workload, 'causal', threads, systems, null, B === 16 ? 1 : Math.min(REPS, 5), B === 1, { // b16: one run each (ORT copies a 268 MB past per step)
+      base: { cache: 'fp32' },
+      annotate: (ms, made) => {
+        for (const [key, row] of made) {
+          const [sys, dt = 'fp32'] = key.split('@') as [string, CacheDtype?];
+          const f32ms = ms.get(sys);
+          if (dt !== 'fp32' && f32ms !== undefined) row.ratio_to_fp32 = row.median_ms / f32ms;
+          const parts = row.ratio_to_fp32 === undefined ? [] : [`${(row.ratio_to_fp32 as number).toFixed(3)}x fp32${sys === 'kvstream' ? ` (target <= ${dt === 'int8' ? '0.35' : '0.55'}x)` : ''}`];
+          if (row.system === 'kvstream' && row.variant !== 'fresh') {
+            const bytes = stepBytes(B, dt), floor = ms.get(`~floor@${dt}`)!;
+            Object.assign(row, { bytes_per_step: bytes, gbps: bytes / row.median_ms / 1e6, floor_ms: floor, floor_gbps: bytes / floor / 1e6, of_floor: row.median_ms / floor });
+            parts.push(`${(bytes / 1e6).toFixed(1)} MB/step at ${(bytes / row.median_ms / 1e6).toFixed(1)} GB/s = ${(row.median_ms / floor).toFixed(2)}x the plain read (${fmtMs(floor)}, ${(bytes / floor / 1e6).toFixed(1)} GB/s)${dt === 'fp32' && !row.variant ? ', target <= 1.10x' : ''}`);
+          }
+          if (parts.length) notes.set(row, parts.join('; '));
+        }
+      },
+    });
+    if (B === 16) w3Cases.delete(16);
   }
+
+  if (want('W3-b1-paged')) {
+    // W3-b1 over a paged cache (pages of 16 positions) against the contiguous cache, alternately.
+    const { prompt, cache, decode } = w3(1);
+    const paged = mha.newCache(1, { capacity: P + STEPS, pageSize: 16 });
+    paged.append(prompt.k, prompt.v);
+    await measure('W3-b1', 'causal', threads, { kvstream: () => decode(paged), '~W3-b1': () => decode(cache) }, null, Math.min(REPS, 5), true, {
+      base: { cache: 'fp32', feature: 'paged', pageSize: 16 },
+      annotate: (ms, made) => {
+        for (const row of made.values()) {
+          const base = ms.get('~W3-b1')!;
+          Object.assign(row, { baseline_ms: base, ratio_to_W3_b1: row.median_ms / base });
+          notes.set(row, `${(row.median_ms / base).toFixed(3)}x contiguous W3-b1 (${fmtMs(base)}), target <= 1.10x`);
+        }
+      },
+    });
+  }
+
+  if (want('W6')) {
+    // Decode at the end of a 32k stream through a ring cache of window 4096: the stream is appended
+    // in chunks of 256 (the ring then holds the last 4096 + 255 positions), each repetition crops
+    // back to 32768 and decodes STEPS tokens; W3-b1 (contiguous, 4096-token prompt) alternates with it.
+    const [W, STREAM, CH6] = [4096, 32768, Math.max(256, STEPS)];
+    const { cache, xs, out, decode } = w3(1);
+    const ring = mha.newCache(1, { window: W });
+    for (let s0 = 0; s0 < STREAM; s0 += CH6) {
+      const kv = mha.projectKv(rng.normalTensor([1, CH6, DM]));
+      ring.append(kv.k, kv.v);
+    }
+    const decodeRing = () => time(() => {
+      ring.crop(STREAM);
+      for (const xi of xs) mha.forward(xi, xi, { cache: ring, causal: true, out });
+    }) / STEPS;
+    const torchW6 = torch ? await torchSystem(torch, { workload: 'W6', mask: 'causal', steps: STEPS }, 'W6') : null;
+    await measure('W6', 'causal', threads, {
+      kvstream: decodeRing,
+      '~W3-b1': () => decode(cache),
+      ...(torchW6 ? { torch: torchW6, '~torch/W3-b1': () => torch!.ask({ workload: 'W3-b1', mask: 'none', steps: STEPS }) } : {}),
+    }, null, Math.min(REPS, 5), true, {
+      base: { cache: 'fp32', feature: 'window', window: W, stream: STREAM },
+      annotate: (ms, made) => {
+        for (const [key, row] of made) {
+          const base = ms.get(key === 'torch' ? '~torch/W3-b1' : '~W3-b1')!;
+          Object.assign(row, { baseline_ms: base, ratio_to_W3_b1: row.median_ms / base });
+          notes.set(row, `${(row.median_ms / base).toFixed(3)}x ${key === 'torch' ? 'torch ' : ''}W3-b1 (${fmtMs(base)})${key === 'kvstream' ? ', target <= 1.20x' : ''}`);
+        }
+      },
+    });
+  }
+  await reader.close();
+  w3Cases.clear();
 
   if (want('W4')) {
     const small = MultiHeadAttention.random({ dModel: 32, numHeads: 4 }, 3);
@@ -294,11 +492,11 @@ for (const threads of THREADS) {
   }
 }
 
-const save = () => writeFileSync('bench/results.json', `${JSON.stringify({ machine, limits: Object.fromEntries(limit), rows }, null, 2)}\n`);
+const save = () => writeFileSync(OUT, `${JSON.stringify({ machine, limits: Object.fromEntries(limit), rows }, null, 2)}\n`);
 save();
 
 // ---- W5: 1 GiB from disk, each run in its own process ----
-if (want('W5') && !args['no-w5']) {
+if (want('W5') && !args['no-w5'] && !QUICK) {
   const path = join(tmpdir(), 'kvstream-bench-w5.npy');
   const S = 2 ** 30 / (DM * 4);
   if (!existsSync(path) || statSync(path).size < 2 ** 30) {
@@ -338,5 +536,5 @@ if (want('W5') && !args['no-w5']) {
 }
 
 save();
-console.log('\nwrote bench/results.json');
+console.log(`\nwrote ${OUT}`);
 process.exit(0);
