@@ -6,6 +6,8 @@
 import * as ort from 'onnxruntime-node';
 import { onnxModel } from '../../bench/onnx.ts';
 import type { Attr, Node, Value } from '../../bench/onnx.ts';
+import { refRopeBound } from './reference-features.ts';
+import { SECOND_ORDER } from './reference.ts';
 
 export interface GqaAttrs {
   numHeads: number;
@@ -159,4 +161,58 @@ export async function runGqa(session: ort.InferenceSession, f: GqaFeeds, dims: {
     output: r.output.data as Float32Array, presentKey: r.present_key.data as Float32Array,
     presentValue: r.present_value.data as Float32Array, presentDims: [...r.present_key.dims],
   };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotary tables as peers build them (ORT's cos_cache/sin_cache, transformers' rotary embedding):
+// inv_freq = 1 / theta^(2i/dim) and pos·inv_freq in fp32, where kvstream computes the angle
+// pos·theta^(-2i/dim) in float64 (src/rope.ts). The difference is measured, not assumed.
+// ---------------------------------------------------------------------------------------------
+
+export interface RopeCaches {
+  /** [maxPos, half] */
+  cos: Float32Array;
+  sin: Float32Array;
+  /** [maxPos, half]: |fp32 angle - float64 angle|. */
+  dAngle: Float64Array;
+  half: number;
+}
+
+/** cos/sin tables [maxPos, dim/2] from fp32 angles (each fp32 op emulated by Math.fround). */
+export function ropeCachesFp32(maxPos: number, dim: number, theta: number): RopeCaches {
+  const half = dim / 2, angles = new Float32Array(maxPos * half);
+  for (let i = 0; i < half; i++) {
+    const inv = Math.fround(1 / Math.fround(Math.fround(theta) ** Math.fround((2 * i) / dim)));
+    for (let p = 0; p < maxPos; p++) angles[p * half + i] = Math.fround(p * inv);
+  }
+  return { cos: angles.map(Math.cos), sin: angles.map(Math.sin), dAngle: angleErrors(angles, maxPos, dim, theta), half };
+}
+
+/** |angle - pos·theta^(-2i/dim)| per entry of a peer's angle table [maxPos, dim/2]. */
+export function angleErrors(angles: ArrayLike<number>, maxPos: number, dim: number, theta: number): Float64Array {
+  const half = dim / 2, out = new Float64Array(maxPos * half);
+  for (let p = 0; p < maxPos; p++) for (let i = 0; i < half; i++) out[p * half + i] = Math.abs(angles[p * half + i] - p * theta ** (-(2 * i) / dim));
+  return out;
+}
+
+/**
+ * refRopeBound plus the angle error of a peer's tables, for x [B,heads,T,d] at positions [B,T]:
+ * cos and sin each move by <= |Δ|, so a rotated pair moves by <= |Δ|(|x1| + |x2|) per element.
+ */
+export function cachedRopeBound(x: Float32Array, dims: { B: number; H: number; T: number; d: number }, pos: Int32Array,
+  rope: { dim: number; theta: number; style: 'half' | 'interleaved' }, dAngle: Float64Array): Float64Array {
+  const bound = refRopeBound(x, dims, pos, rope);
+  const { B, H: heads, T, d } = dims, half = rope.dim / 2;
+  for (let b = 0; b < B; b++)
+    for (let h = 0; h < heads; h++)
+      for (let t = 0; t < T; t++) {
+        const o = ((b * heads + h) * T + t) * d, p = pos[b * T + t];
+        for (let i = 0; i < half; i++) {
+          const [i1, i2] = rope.style === 'interleaved' ? [2 * i, 2 * i + 1] : [i, i + half];
+          const e = SECOND_ORDER * dAngle[p * half + i] * (Math.abs(x[o + i1]) + Math.abs(x[o + i2]));
+          bound[o + i1] += e;
+          bound[o + i2] += e;
+        }
+      }
+  return bound;
 }

@@ -17,7 +17,7 @@ import * as ort from 'onnxruntime-node';
 import { attention, KvCache, OnlineSoftmaxState, Rng, applyRope, alibiSlopes } from '../../src/index.ts';
 import type { AttentionOptions, RopeOptions } from '../../src/index.ts';
 import { onnxModel } from '../../bench/onnx.ts';
-import { gqaSession, runGqa } from '../helpers/ort-gqa.ts';
+import { cachedRopeBound, gqaSession, ropeCachesFp32, runGqa } from '../helpers/ort-gqa.ts';
 import type { GqaAttrs, GqaFeeds, GqaGraphInputs } from '../helpers/ort-gqa.ts';
 import { refFeaturesBound, refRope, refRopeBound } from '../helpers/reference-features.ts';
 import type { FeatureBoundOpts, FeatureResult } from '../helpers/reference-features.ts';
@@ -170,40 +170,6 @@ test('plain GQA: prefill (tiled and full-matrix ORT paths), decode over a past c
 // by <= |Δ|); the rest of the rotation (fp32 cos/sin, x1·c - x2·s) is refRopeBound for both.
 // ---------------------------------------------------------------------------------------------
 
-interface Caches { cos: Float32Array; sin: Float32Array; dAngle: Float64Array; half: number }
-
-function ropeCaches(maxPos: number, dim: number, theta: number): Caches {
-  const half = dim / 2, cos = new Float32Array(maxPos * half), sin = new Float32Array(maxPos * half), dAngle = new Float64Array(maxPos * half);
-  for (let i = 0; i < half; i++) {
-    const inv = Math.fround(1 / Math.fround(Math.fround(theta) ** Math.fround((2 * i) / dim)));
-    for (let p = 0; p < maxPos; p++) {
-      const a = Math.fround(p * inv);
-      cos[p * half + i] = Math.fround(Math.cos(a));
-      sin[p * half + i] = Math.fround(Math.sin(a));
-      dAngle[p * half + i] = Math.abs(a - p * theta ** (-(2 * i) / dim));
-    }
-  }
-  return { cos, sin, dAngle, half };
-}
-
-/** refRopeBound plus the fp32 caches' angle error, for x [B,heads,T,d] at positions [B,T]. */
-function ortRopeBound(x: Float32Array, dims: { B: number; H: number; T: number; d: number }, pos: Int32Array, rope: Required<RopeOptions>, caches: Caches): Float64Array {
-  const bound = refRopeBound(x, dims, pos, rope);
-  const { B, H: heads, T, d } = dims, half = rope.dim / 2;
-  for (let b = 0; b < B; b++)
-    for (let h = 0; h < heads; h++)
-      for (let t = 0; t < T; t++) {
-        const o = ((b * heads + h) * T + t) * d, p = pos[b * T + t];
-        for (let i = 0; i < half; i++) {
-          const [i1, i2] = rope.style === 'interleaved' ? [2 * i, 2 * i + 1] : [i, i + half];
-          const e = 1.01 * caches.dAngle[p * half + i] * (Math.abs(x[o + i1]) + Math.abs(x[o + i2]));
-          bound[o + i1] += e;
-          bound[o + i2] += e;
-        }
-      }
-  return bound;
-}
-
 function positions(B: number, T: number, start: ArrayLike<number>): Int32Array {
   const p = new Int32Array(B * T);
   for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) p[b * T + t] = start[b] + t;
@@ -215,7 +181,7 @@ for (const style of ['half', 'interleaved'] as const) {
     test(`rotary ${style}, rotary_dim ${dim} of d=32: prefill and decode (present_key = rotated keys)`, async (t) => {
       const d = 32, scale = 1 / Math.sqrt(d), theta = 10000, B = 2, T = 7;
       const rope: Required<RopeOptions> = { dim, theta, style };
-      const caches = ropeCaches(64, dim, theta);
+      const caches = ropeCachesFp32(64, dim, theta);
       const attrs = { doRotary: true, rotaryInterleaved: style === 'interleaved' };
       const rot = { rotaryHalf: caches.half, cos: caches.cos, sin: caches.sin };
       const c: Case = { B, T, P: [0, 0], d };
@@ -225,7 +191,7 @@ for (const style of ['half', 'interleaved'] as const) {
       const pos0 = positions(B, T, [0, 0]);
       const kRef = refRope(k, { B, H: Hkv, T, d }, pos0, rope), qRef = refRope(q, { B, H, T, d }, pos0, rope);
       const kB = refRopeBound(k, { B, H: Hkv, T, d }, pos0, rope), qB = refRopeBound(q, { B, H, T, d }, pos0, rope);
-      const kBo = ortRopeBound(k, { B, H: Hkv, T, d }, pos0, rope, caches), qBo = ortRopeBound(q, { B, H, T, d }, pos0, rope, caches);
+      const kBo = cachedRopeBound(k, { B, H: Hkv, T, d }, pos0, rope, caches.dAngle), qBo = cachedRopeBound(q, { B, H, T, d }, pos0, rope, caches.dAngle);
       const kk = applyRope({ data: k, shape: [B, Hkv, T, d] }, 0, rope).data;
       const pk = checkWithin(r.presentKey, kRef, kBo, `ORT present_key vs float64 rotation`, [B, Hkv, T, d]);
       const ak = checkWithin(kk, kRef, kB, `kvstream applyRope vs float64 rotation`, [B, Hkv, T, d]);
@@ -249,7 +215,7 @@ for (const style of ['half', 'interleaved'] as const) {
         const p1 = ids ?? Int32Array.of(T, T);
         const k1Ref = refRope(k1, { B, H: Hkv, T: 1, d }, p1, rope), q1Ref = refRope(q1, { B, H, T: 1, d }, p1, rope);
         const k1B = refRopeBound(k1, { B, H: Hkv, T: 1, d }, p1, rope), q1B = refRopeBound(q1, { B, H, T: 1, d }, p1, rope);
-        const k1Bo = ortRopeBound(k1, { B, H: Hkv, T: 1, d }, p1, rope, caches), q1Bo = ortRopeBound(q1, { B, H, T: 1, d }, p1, rope, caches);
+        const k1Bo = cachedRopeBound(k1, { B, H: Hkv, T: 1, d }, p1, rope, caches.dAngle), q1Bo = cachedRopeBound(q1, { B, H, T: 1, d }, p1, rope, caches.dAngle);
         // Reference keys [B,Hkv,T+1,d] in float64 and their bounds (prefill keys within kB for
         // kvstream's cache, kBo for ORT's present fed back as its past; the new key k1B / k1Bo).
         const kAll = kvBuffer(kRef, T, k1Ref, c1, T + 1), vAll = kvBuffer(v, T, v1, c1, T + 1);
@@ -387,7 +353,7 @@ test('seqlens_k: ragged rows (right padding in a first prompt, per-row past leng
 
   // The same ragged decode with rotary: ORT's default position ids are seqlens_k + 1 - T = P_b;
   // kvstream rotates queries at qOffsets and keys at their slots (slot = position here).
-  const d2 = 32, rope: Required<RopeOptions> = { dim: 32, theta: 10000, style: 'half' }, caches = ropeCaches(16, 32, 10000);
+  const d2 = 32, rope: Required<RopeOptions> = { dim: 32, theta: 10000, style: 'half' }, caches = ropeCachesFp32(16, 32, 10000);
   const c2: Case = { B, T: 1, P, d: d2 };
   const pk2 = randn(B * Hkv * Pmax * d2, 39), pv2 = randn(B * Hkv * Pmax * d2, 40);
   const q2 = randn(B * H * d2, 41), k2 = randn(B * Hkv * d2, 42), v2 = randn(B * Hkv * d2, 43);
@@ -397,7 +363,7 @@ test('seqlens_k: ragged rows (right padding in a first prompt, per-row past leng
   // against kvstream reading ORT's present with the queries rotated at qOffsets by the state.
   const pos = Int32Array.from(P);
   const k2Ref = refRope(k2, { B, H: Hkv, T: 1, d: d2 }, pos, rope);
-  const k2Bo = ortRopeBound(k2, { B, H: Hkv, T: 1, d: d2 }, pos, rope, caches);
+  const k2Bo = cachedRopeBound(k2, { B, H: Hkv, T: 1, d: d2 }, pos, rope, caches.dAngle);
   const got = new Float32Array(B * Hkv * d2);
   for (let b = 0; b < B; b++) for (let h = 0; h < Hkv; h++) got.set(r2.presentKey.subarray(((b * Hkv + h) * 9 + P[b]) * d2, ((b * Hkv + h) * 9 + P[b] + 1) * d2), (b * Hkv + h) * d2);
   const pr = checkWithin(got, k2Ref, k2Bo, 'ragged rotary decode: the new keys in present_key (at positions 8/5/2) vs float64 rotation', [B, Hkv, 1, d2]);
@@ -408,7 +374,7 @@ test('seqlens_k: ragged rows (right padding in a first prompt, per-row past leng
   const q2Ref = refRope(q2, { B, H, T: 1, d: d2 }, pos, rope);
   const o2: FeatureBoundOpts = { scale: 1 / Math.sqrt(d2), causal: true, qOffsets: P, kvRanges: kvRanges1, rescales: chunkedRescales(9, 1) };
   const ref2 = refFeaturesBound(q2Ref, r2.presentKey, r2.presentValue, dimsOf(c2, 9), { ...o2, dq: refRopeBound(q2, { B, H, T: 1, d: d2 }, pos, rope) });
-  const ref2o = refFeaturesBound(q2Ref, r2.presentKey, r2.presentValue, dimsOf(c2, 9), { ...o2, dq: ortRopeBound(q2, { B, H, T: 1, d: d2 }, pos, rope, caches) });
+  const ref2o = refFeaturesBound(q2Ref, r2.presentKey, r2.presentValue, dimsOf(c2, 9), { ...o2, dq: cachedRopeBound(q2, { B, H, T: 1, d: d2 }, pos, rope, caches.dAngle) });
   compare(t, 'ragged rotary decode, past 8/5/2', r2.out, kv2.output.data, ref2, ref2o, [B, H, 1, d2]);
 });
 
