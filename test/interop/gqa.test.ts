@@ -1,16 +1,19 @@
 // kvstream against onnxruntime-node's CPU GroupQueryAttention (com.microsoft), one feature at a
 // time: plain GQA (prefill, decode over a past cache, a chunk after a past), rotary (half-split
-// and interleaved, full and partial, default and explicit position ids), local_window_size,
-// softcap, seqlens_k (ragged rows, right padding), head_sink, smooth_softmax, ALiBi through
-// attention_bias, causal=0. Each case runs the same fp32 inputs through a one-node ORT graph
-// and through kvstream's public API, and holds both to the float64 reference
-// (test/helpers/reference-features.ts): kvstream within refFeaturesBound, ORT within twice it
-// (ORT's MLAS GEMM and exp are not the kernels the bound was derived for; doubling covers the
-// few-ulp exp of its softmax, no more). Window cases run ORT's tiled ("flash") path and its
+// and interleaved, full and partial, default and explicit position ids), local_window_size (also
+// with sliding_window_cache=1), softcap, seqlens_k (ragged rows, right padding), head_sink,
+// smooth_softmax, ALiBi through attention_bias, causal=0. Each case runs the same fp32 inputs
+// through a one-node ORT graph and through kvstream's public API, and holds both to the float64
+// reference (test/helpers/reference-features.ts): kvstream within refFeaturesBound, ORT within
+// twice it (ORT's MLAS GEMM and exp are not the kernels the bound was derived for; doubling covers
+// the few-ulp exp of its softmax, no more). Window cases run ORT's tiled ("flash") path and its
 // full-matrix path (ORT_GQA_DISABLE_FLASH_ATTENTION=1).
-// The conventions this pins (docs/semantics.md): kvstream window W = ORT local_window_size
-// (ORT 1.30: the query at position p sees keys p - lws < s <= p); seqlens_k[b] = row b's total
-// length - 1; smooth_softmax = head sinks of 0; head_sink = kvstream sinks.
+// The conventions pinned here (docs/semantics.md):
+// - kvstream window W = ORT local_window_size: the query at position p sees keys p - W < s <= p
+//   (ORT since microsoft/onnxruntime#25927, Sept 2025; before it, local_window_size + 1 keys);
+// - seqlens_k[b] = row b's total length (past + new) - 1 = kvRanges [0, seqlens_k[b] + 1), with
+//   the row's queries at seqlens_k[b] + 1 - T (qOffsets);
+// - head_sink = kvstream sinks; smooth_softmax = sinks of 0 for every head.
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import * as ort from 'onnxruntime-node';
@@ -293,8 +296,9 @@ test('local_window_size = kvstream window W (key visible iff p - W < s <= p), bo
   for (const W of [1, 4, 7]) {
     await prefillAndDecode(t, `local_window_size ${W}`, { attrs: { localWindowSize: W }, kv: { window: W }, ref: { window: W }, bothPaths: true });
   }
-  // The mapping is W = local_window_size, not local_window_size + 1 (ORT before the 2025 rewrite
-  // of its CPU mask): with W + 1 the outputs differ far beyond the bound.
+  // The mapping is W = local_window_size, not local_window_size + 1 (ORT's CPU and CUDA kernels
+  // before microsoft/onnxruntime#25927, Sept 2025, left the current token out of the window):
+  // with W + 1 the outputs differ far beyond the bound.
   const d = 16, B = 1, T = 10, c: Case = { B, T, P: [0], d };
   const q = randn(B * H * T * d, 91), k = randn(B * Hkv * T * d, 92), v = randn(B * Hkv * T * d, 93);
   const r = await runStep(c, { localWindowSize: 4 }, {}, {}, q, k, v);
