@@ -313,6 +313,9 @@ function attnSlots(g: Gen, s: AttnSizes, ctx: Ctx, withV: boolean, paged: boolea
   const dims = objSlot('dims', { ...s }, ctx, badDimField);
   const fields: Record<string, Field> = { ...optsFields(g, s, true, dtype), ...modFields(g, s) };
   if (pg) Object.assign(fields, { pageSize: pg.pageSize, blockTable: pg.table });
+  // A slot offset (a ring buffer's part): valid ones keep sStart + S <= sCap; a few cross it, or come with pages.
+  else if (g.chance(0.15)) fields.sStart = g.chance(0.85) ? g.range(0, s.sCap - s.S + 1) : g.pick([s.sCap - s.S + 1, s.sCap, I32_MAX]);
+  if (pg && g.chance(0.02)) fields.sStart = 1;
   ctx.optArrays = Object.values(fields).filter((x): x is Int32Array => ArrayBuffer.isView(x));
   const opts = objSlot('opts', fields, ctx, (g2, k, v) =>
     k === 'pageSize' || k === 'blockTable' ? badPageField(g2, k, s, pg!) : k in MOD_KEYS ? badModField(g2, k, s) : badOptField(g2, k, v));
@@ -581,8 +584,47 @@ function generic(target: string): Maker {
   };
 }
 
+/** rope(x, out, dims {B,H,T,d}, opts {rotaryDim, theta, interleaved}, positions [B,T]); out is x itself a third of the time. */
+function rope(g: Gen, api: Api): Call {
+  const d = { B: g.range(1, 3), H: g.range(1, 4), T: g.chance(0.98) ? g.range(1, 12) : 300, d: g.pick(HEAD_DIMS) };
+  const n = numel(d.B, d.H, d.T, d.d);
+  const rot = g.chance(0.8) ? 2 * g.range(1, Math.floor(d.d / 2) + 1) : g.pick([0, 1, 3, d.d + 1, d.d + 2]);
+  const opts = { rotaryDim: rot, theta: g.chance(0.8) ? g.pick([10000, 500000, 1e6]) : g.pick([1e-30, 1, 1e300]), interleaved: g.chance(0.5) };
+  const pos = (g2: Gen): V => {
+    const p = new Int32Array(d.B * d.T);
+    for (let i = 0; i < p.length; i++) p[i] = g2.chance(0.9) ? g2.range(0, 40000) : g2.pick([I32_MIN, I32_MAX, -1]);
+    return { v: p, d: viewD(p) };
+  };
+  const inPlace = g.chance(0.33);
+  const ctx: Ctx = { api, args: [], state: false };
+  const slots: Slot[] = [
+    f32Slot('x', n), f32Slot('out', n), objSlot('dims', d, ctx, badDimField),
+    objSlot('opts', opts, ctx, (g2, k) => (k === 'interleaved' ? g2.pick<V>([{ v: 1, d: '1' }, { v: null, d: 'null' }, scalar(g2)]) : k === 'theta' ? g2.pick<V>([{ v: 0, d: '0' }, { v: -1, d: '-1' }, badNumber(g2)]) : badInt(g2, 2))),
+    { name: 'positions', ok: pos, bad: (g2) => badI32(g2, new Int32Array(d.B * d.T)) },
+  ];
+  const vs = buildArgs(g, slots, ctx);
+  // ArrayBuffer.isView, not instanceof: a revoked Proxy throws on getPrototypeOf.
+  const x0 = ctx.args[0], xIsArray = ArrayBuffer.isView(x0) && x0.constructor === Float32Array;
+  if (inPlace && ctx.args.length >= 2 && xIsArray) ctx.args[1] = x0;
+  else if (g.chance(0.03) && ctx.args.length >= 2) {
+    // out overlapping x by all but one float: refused.
+    const buf = new ArrayBuffer(4 * (n + 1));
+    [ctx.args[0], ctx.args[1]] = [new Float32Array(buf, 0, n), new Float32Array(buf, 4, n)];
+  }
+  const fn = api.binding.rope;
+  return { target: 'rope', d: describeArgs(vs) + (inPlace ? ' (in place)' : ''), run: () => fn(...ctx.args), state: false };
+}
+
+/** kvEncode(dtype, src [rows,d], dst [rows,d], scale [rows,ceil(d/32)] | null, rows, d). */
+const kvEncode = simple('kvEncode', (g) => {
+  const dtype = g.pick(['f16', 'bf16', 'i8'] as const), rows = g.chance(0.97) ? g.range(0, 20) : 5000, d = g.pick(HEAD_DIMS);
+  const scale = dtype === 'i8' ? f32Slot('scale', rows * Math.ceil(d / 32)) : { name: 'scale', ok: () => ({ v: null, d: 'null' }), bad: (g2: Gen) => f32(g2, rows) };
+  const dt: Slot = { name: 'dtype', ok: () => ({ v: dtype, d: `'${dtype}'` }), bad: (g2) => g2.pick<V>([{ v: 'f32', d: "'f32'" }, { v: 'int8', d: "'int8'" }, badString(g2), scalar(g2)]) };
+  return [dt, f32Slot('src', rows * d), storageSlot('dst', dtype, rows * d), scale, intSlot('rows', rows), intSlot('d', d)];
+});
+
 const EXPORTS: Record<string, Maker> = {
-  attnUpdate, attnUpdateAsync, attnMerge, attnFinalize, attnProbs, linear, mhaForward, projectHeads, mergeProject, setNumThreads, info, setKernelPath, poolCheck,
+  attnUpdate, attnUpdateAsync, attnMerge, attnFinalize, attnProbs, linear, mhaForward, projectHeads, mergeProject, setNumThreads, info, setKernelPath, poolCheck, rope, kvEncode,
   getKernelPath, kernelCounts, resetKernelCounts,
 };
 
@@ -640,6 +682,31 @@ function optionsV(g: Gen, fields: Record<string, () => V>): V {
 }
 
 const smallSizes = (g: Gen) => attnSizes(g, 'small');
+
+/** The public score options (ScoreOptions): valid, extreme or wrong, each present half the time via optionsV. */
+function scoreFields(g: Gen, s: AttnSizes): Record<string, () => V> {
+  const arr = (n: number, make: () => number, typed: boolean): V => {
+    const a = Array.from({ length: n }, make);
+    return typed ? { v: Float32Array.from(a), d: `f32(${n})` } : { v: a, d: `[${n} numbers]` };
+  };
+  const rope = (): V => {
+    const r: Record<string, unknown> = {};
+    if (g.chance(0.5)) r.dim = g.chance(0.8) ? 2 * g.range(1, Math.max(1, Math.floor(s.dK / 2)) + 1) : g.pick([1, 0, s.dK + 2, 2.5, -2]);
+    if (g.chance(0.4)) r.theta = g.chance(0.8) ? g.pick([10000, 1e6]) : g.pick([0, -1, NaN, Infinity]);
+    if (g.chance(0.4)) r.style = g.chance(0.8) ? g.pick(['half', 'interleaved']) : g.pick(['neox', '', 3]);
+    return g.chance(0.9) ? { v: r, d: `rope${JSON.stringify(r)}` } : scalar(g);
+  };
+  return {
+    softcap: () => (g.chance(0.8) ? { v: g.pick([0, 1, 30, 1e-30]), d: 'softcap' } : badNumber(g)),
+    alibi: () => (g.chance(0.4) ? boolV(g) : g.chance(0.8) ? arr(s.H, () => g.pick([0.5, 0.0625, 0]), g.chance(0.5)) : g.pick([arr(s.H + 1, () => 1, true), arr(s.H, () => NaN, false), scalar(g)])),
+    window: () => (g.chance(0.8) ? { v: g.range(0, s.S + 3), d: 'window' } : badInt(g, 2, true)),
+    kvRanges: () => (g.chance(0.8) ? { v: Int32Array.from({ length: 2 * s.B }, (_, i) => (i % 2 ? s.S : g.range(0, s.S + 1))), d: 'kvRanges' } : g.pick([{ v: [5, 1], d: '[5,1]' }, { v: new Int32Array(2 * s.B + 1), d: 'i32(2B+1)' }, { v: [0.5, 2], d: '[0.5,2]' }, scalar(g)])),
+    qOffsets: () => (g.chance(0.8) ? { v: Array.from({ length: s.B }, () => g.range(-2, s.S + 2)), d: 'qOffsets' } : g.pick([{ v: [2 ** 40], d: '[2^40]' }, { v: new Int32Array(s.B + 1), d: 'i32(B+1)' }, scalar(g)])),
+    sinks: () => (g.chance(0.8) ? arr(s.H, () => g.pick([0, -5, 3]), g.chance(0.5)) : g.pick([arr(s.H, () => Infinity, true), arr(1 + s.H, () => 0, false), scalar(g)])),
+    rope,
+    ropePositions: () => (g.chance(0.8) ? { v: Int32Array.from({ length: s.B * s.T }, () => g.range(0, 50)), d: 'ropePositions' } : g.pick([{ v: new Int32Array(1 + s.B * s.T), d: 'i32(BT+1)' }, { v: [1, 2], d: '[1,2]' }, scalar(g)])),
+  };
+}
 const qOffsetV = (g: Gen, s: AttnSizes): V => (g.chance(0.8) ? { v: g.range(-3, s.S + 3), d: 'qOffset' } : badInt(g, 0, true));
 const boolV = (g: Gen): V => (g.chance(0.9) ? { v: g.chance(0.5), d: 'bool' } : scalar(g));
 
@@ -665,6 +732,7 @@ function apiAttention(g: Gen, api: Api): Call {
   const s = smallSizes(g);
   const q = tensorV(g, [s.B, s.H, s.T, s.dK]), k = tensorV(g, [s.B, s.Hkv, s.S || 1, s.dK]), v = tensorV(g, [s.B, s.Hkv, s.S || 1, s.dV]);
   const o = optionsV(g, {
+    ...(g.chance(0.4) ? scoreFields(g, s) : {}),
     scale: () => (g.chance(0.7) ? { v: 0.5, d: '0.5' } : badNumber(g)), causal: () => boolV(g), qOffset: () => qOffsetV(g, s), dropout: () => dropoutV(g), returnWeights: () => boolV(g),
     out: () => {
       const inputs = [q, k, v];
@@ -678,7 +746,7 @@ function apiAttention(g: Gen, api: Api): Call {
 function apiState(g: Gen, api: Api): Call {
   const s = smallSizes(g);
   const q = tensorV(g, [s.B, s.H, s.T, s.dK], 0.1);
-  const o = optionsV(g, { dV: () => (g.chance(0.9) ? { v: s.dV, d: String(s.dV) } : badInt(g, s.dV, true)), scale: () => badNumber(g), causal: () => boolV(g), qOffset: () => qOffsetV(g, s), dropout: () => dropoutV(g) });
+  const o = optionsV(g, { ...(g.chance(0.4) ? scoreFields(g, s) : {}), dV: () => (g.chance(0.9) ? { v: s.dV, d: String(s.dV) } : badInt(g, s.dV, true)), scale: () => badNumber(g), causal: () => boolV(g), qOffset: () => qOffsetV(g, s), dropout: () => dropoutV(g) });
   if (!g.chance(0.1)) setField(o.v, 'dV', s.dV);
   const ops: { d: string; run: (st: Kv.OnlineSoftmaxState) => unknown }[] = [];
   for (let n = g.range(1, 5); n > 0; n--) {
@@ -736,7 +804,14 @@ function apiState(g: Gen, api: Api): Call {
 
 function apiKvCache(g: Gen, api: Api): Call {
   const s = smallSizes(g);
-  const cfg = optionsV(g, { capacity: () => (g.chance(0.7) ? { v: g.range(1, 8), d: 'cap' } : badInt(g, 4, true)) });
+  const cfg = optionsV(g, {
+    capacity: () => (g.chance(0.7) ? { v: g.range(1, 8), d: 'cap' } : badInt(g, 4, true)),
+    dtype: () => (g.chance(0.85) ? { v: g.pick(['fp32', 'fp16', 'bf16', 'int8']), d: 'dtype' } : g.pick<V>([{ v: 'f16', d: "'f16'" }, scalar(g)])),
+    window: () => (g.chance(0.8) ? { v: g.range(1, 6), d: 'window' } : badInt(g, 2, true)),
+    sinkTokens: () => (g.chance(0.8) ? { v: g.range(0, 3), d: 'sinks' } : badInt(g, 1, true)),
+    pageSize: () => (g.chance(0.8) ? { v: g.pick([1, 2, 4, 16]), d: 'page' } : badInt(g, 4, true)),
+    rope: () => (g.chance(0.8) ? { v: g.chance(0.5) ? {} : { dim: 2, style: 'interleaved' }, d: 'rope' } : g.pick<V>([{ v: { dim: 3 }, d: 'rope{dim:3}' }, scalar(g)])),
+  });
   const c = cfg.v as Record<string, unknown> | null;
   if (g.chance(0.9)) {
     for (const [k, x] of Object.entries({ batch: s.B, numKvHeads: s.Hkv, dK: s.dK, dV: s.dV })) setField(c, k, x);
@@ -745,14 +820,23 @@ function apiKvCache(g: Gen, api: Api): Call {
   const ops: { d: string; run: (kc: Kv.KvCache) => unknown }[] = [];
   for (let n = g.range(1, 5); n > 0; n--) {
     const S = g.range(0, 10);
-    switch (g.int(6)) {
+    const rows = (n: number): V => (g.chance(0.8) ? { v: Array.from({ length: n }, () => g.int(s.B)), d: `rows(${n})` } : g.pick<V>([{ v: [s.B], d: '[B]' }, { v: [-1], d: '[-1]' }, { v: [], d: '[]' }, { v: [0.5], d: '[0.5]' }, scalar(g)]));
+    switch (g.int(10)) {
       case 0: case 1: { const k = tensorV(g, [s.B, s.Hkv, S, s.dK], 0.1), v = tensorV(g, [s.B, s.Hkv, S, s.dV], 0.1); ops.push({ d: `append(${k.d}, ${v.d})`, run: (kc) => kc.append(k.v as Kv.Tensor, v.v as Kv.Tensor) }); break; }
+      case 6: { const r = rows(s.B); ops.push({ d: `reorder(${r.d})`, run: (kc) => kc.reorder(r.v as number[]) }); break; }
+      case 7: { const r = rows(g.range(1, 4)); ops.push({ d: `select(${r.d}).append`, run: (kc) => { const c2 = kc.select(r.v as number[]); c2.append(api.kv.zeros([c2.batch, s.Hkv, 1, s.dK]), api.kv.zeros([c2.batch, s.Hkv, 1, s.dV])); } }); break; }
+      case 8: ops.push({ d: 'fork().append', run: (kc) => { const c2 = kc.fork(); c2.append(api.kv.zeros([s.B, s.Hkv, 1, s.dK]), api.kv.zeros([s.B, s.Hkv, 1, s.dV])); } }); break;
+      case 9: {
+        const q = tensorV(g, [s.B, s.H, s.T, s.dK], 0.05);
+        ops.push({ d: `updateCache(${q.d})`, run: (kc) => new api.kv.OnlineSoftmaxState(q.v as Kv.Tensor, { dV: s.dV, causal: true, qOffset: kc.length - s.T }).updateCache(kc).finalize() });
+        break;
+      }
       case 2: { const x = g.chance(0.7) ? { v: g.range(0, 12), d: 'n' } : badInt(g, 1, true); ops.push({ d: `crop(${x.d})`, run: (kc) => kc.crop(x.v as number) }); break; }
       case 3: { const x = g.chance(0.5) ? { v: undefined, d: '' } : g.chance(0.7) ? { v: g.range(0, 12), d: 'S' } : badInt(g, 1, true); ops.push({ d: `snapshot(${x.d})`, run: (kc) => kc.snapshot(x.v as number) }); break; }
       case 4: ops.push({ d: 'reset()', run: (kc) => kc.reset() }); break;
       default: {
         const q = tensorV(g, [s.B, s.H, s.T, s.dK], 0.05);
-        ops.push({ d: `attention(${q.d}, keys(), values())`, run: (kc) => kc.length > 0 && api.kv.attention(q.v as Kv.Tensor, kc.keys(), kc.values(), { causal: true, qOffset: kc.length - s.T }) });
+        ops.push({ d: `attention(${q.d}, keys(), values())`, run: (kc) => kc.length > 0 && kc.window === 0 && kc.pageSize === 0 && api.kv.attention(q.v as Kv.Tensor, kc.keys(), kc.values(), { causal: true, qOffset: kc.length - s.T }) });
       }
     }
   }
