@@ -8,7 +8,10 @@
 //    chunk), which is what the chunk's queries can see under the window mask.
 //  - paged (`pageSize` P): a pool of pages [pages,H_kv,P,d] shared by forks and selections
 //    (refcounted, copy on write) and a block table [B,maxBlocks] per cache; batch row b's
-//    position s is row s % P of page blockTable[b, s / P] (-1: no page).
+//    position s is row s % P of page blockTable[b, s / P] (-1: no page). With `window` (paged
+//    sliding window, vLLM-style): the sinks [0, N0) have a table of their own, and the table of
+//    the positions >= N0 starts at `origin` (a position), dropping its leading pages (and moving
+//    origin by whole pages) once the ring rule no longer needs them.
 // Storage is of `dtype`: fp32 (Float32Array), fp16 / bf16 (Uint16Array bits), int8 (Int8Array,
 // with fp32 scales [rows, ceil(d/32)]: element = q · scale of its row and group of 32 channels).
 // Appends are encoded by the addon (kvEncode); keys are rotated first when `rope` is set.
@@ -43,7 +46,7 @@ export interface KvCacheConfig {
   window?: number;
   /** StreamingLLM sink tokens (with `window`): positions [0, sinkTokens) are also kept forever. */
   sinkTokens?: number;
-  /** Paged storage: pages of this many positions and a block table per batch row (not with `window`). */
+  /** Paged storage: pages of this many positions and a block table per batch row (with `window`: pages left of it are released). */
   pageSize?: number;
   /** Keys are rotated on append at their absolute positions (or options.positions), once: cached rotated. */
   rope?: RopeOptions;
@@ -194,15 +197,30 @@ class PagePool {
   }
 }
 
-/** A paged cache's block table, held apart so a collected cache can return its pages. */
+/**
+ * A run of a paged cache's positions [lo, hi) with its own block table: position origin + r of
+ * batch row b is row r % P of page table[b, r / P] (-1: none). origin starts at lo; a window
+ * segment moves it by whole pages as it drops leading pages.
+ */
+interface Segment {
+  readonly lo: number;
+  readonly hi: number;
+  origin: number;
+  /** [B, maxBlocks] */
+  table: Int32Array;
+  maxBlocks: number;
+  /** reorder's second table (same size), kept for the next reorder. */
+  spare?: Int32Array;
+}
+
+/** A paged cache's tables, held apart so a collected cache can return its pages. */
 interface Blocks {
   pool: PagePool;
-  /** [B, maxBlocks] page numbers, -1 for none. */
-  table: Int32Array;
+  segs: Segment[];
 }
 
 const pageReturn = new FinalizationRegistry<Blocks>((blocks) => {
-  for (const p of blocks.table) if (p >= 0) blocks.pool.release(p);
+  for (const seg of blocks.segs) for (const p of seg.table) if (p >= 0) blocks.pool.release(p);
 });
 
 const DTYPE_LIST = CACHE_DTYPES.map((x) => `'${x}'`).join(', ');
@@ -231,10 +249,8 @@ export class KvCache {
   // Ring: R = slots - sinkTokens ring slots.
   private ringStart = 0;
   private ringHeld = 0;
-  // Paged.
+  // Paged: one segment [0, inf), or with a window the sinks [0, N0) (when N0 > 0) and [N0, inf).
   private blocks!: Blocks;
-  private maxBlocks = 0;
-  private spareTable: Int32Array | undefined;
   // Rotated keys of the last append [B,H_kv,n,d_k] (rope only), reused while n fits.
   private ropeBuf: Float32Array | undefined;
   private ropeIds: Int32Array | undefined;
@@ -259,14 +275,14 @@ export class KvCache {
     if (this.sinkTokens > 0 && !this.window) {
       throw new ArgumentError(`Expected sinkTokens only with a window (sinks plus the last window positions), got sinkTokens=${this.sinkTokens} and window ${show(config.window)}`);
     }
-    if (this.pageSize && this.window) {
-      throw new ArgumentError(`Expected either window or pageSize (a paged window cache is not supported), got window=${this.window} and pageSize=${this.pageSize}`);
-    }
     this.rope = config.rope === undefined ? undefined : resolveRope(config.rope, this.dK);
     this.layout = this.pageSize ? 'paged' : this.window ? 'ring' : 'contiguous';
     if (this.layout === 'paged') {
-      this.maxBlocks = Math.ceil(capacity / this.pageSize);
-      this.blocks = { pool: pool ?? new PagePool(dtype, this.numKvHeads, this.pageSize, this.dK, this.dV, this.batch * this.maxBlocks), table: this.newTable(this.maxBlocks) };
+      const P = this.pageSize, N0 = this.sinkTokens, blocks = Math.ceil(capacity / P);
+      const segs = [this.newSegment(N0, Infinity, blocks)];
+      if (N0 > 0) segs.unshift(this.newSegment(0, N0, Math.ceil(N0 / P)));
+      const pages = this.batch * segs.reduce((a, g) => a + g.maxBlocks, 0);
+      this.blocks = { pool: pool ?? new PagePool(dtype, this.numKvHeads, P, this.dK, this.dV, pages), segs };
       pageReturn.register(this, this.blocks);
     } else {
       this.slots = this.sinkTokens + capacity;
@@ -279,14 +295,24 @@ export class KvCache {
     return this.len;
   }
 
-  /** Positions stored per head before the next growth (ring: sink + ring slots; paged: blocks · pageSize). */
+  /**
+   * Positions stored per head before the next growth (ring: sink + ring slots; paged: blocks ·
+   * pageSize of its tables).
+   */
   get capacity(): number {
-    return this.layout === 'paged' ? this.maxBlocks * this.pageSize : this.slots;
+    return this.layout === 'paged' ? this.blocks.segs.reduce((a, g) => a + g.maxBlocks, 0) * this.pageSize : this.slots;
   }
 
-  /** Positions held (readable by parts()): length, or for a ring the sinks plus the ring's positions. */
+  /** Positions held (readable by parts()): length, or for a window cache the sinks plus the window's positions. */
   get held(): number {
-    return this.layout === 'ring' ? Math.min(this.len, this.sinkTokens) + this.ringHeld : this.len;
+    if (this.layout === 'ring') return Math.min(this.len, this.sinkTokens) + this.ringHeld;
+    if (this.layout === 'paged') return this.blocks.segs.reduce((a, g) => a + this.segRows(g), 0);
+    return this.len;
+  }
+
+  /** Positions segment g holds: [origin, min(length, hi)). */
+  private segRows(g: Segment): number {
+    return Math.max(0, Math.min(this.len, g.hi) - g.origin);
   }
 
   /**
@@ -385,50 +411,72 @@ export class KvCache {
 
   private appendPaged(k: Rows, v: Rows, n: number): void {
     const P = this.pageSize, start = this.len, end = start + n, B = this.batch, Hkv = this.numKvHeads;
-    const j0 = Math.floor(start / P), j1 = Math.ceil(end / P);
-    if (j1 > this.maxBlocks) this.growTable(Math.max(j1, 2 * this.maxBlocks));
-    const pool = this.blocks.pool;
+    const { pool, segs } = this.blocks;
+    // Window: first drop the leading pages wholly before the last W + n - 1 positions (the ring
+    // rule; this append writes after them).
+    if (this.window) {
+      const g = segs[segs.length - 1], drop = Math.floor((end - (this.window + n - 1) - g.origin) / P);
+      if (drop > 0) this.dropLeading(g, drop);
+    }
     // Pages to take: missing blocks and shared ones (copy on write), reserved before any write.
     let want = 0;
-    for (let b = 0; b < B; b++)
-      for (let j = j0; j < j1; j++) {
-        const p = this.blocks.table[b * this.maxBlocks + j];
-        if (p < 0 || pool.refs[p] > 1) want++;
-      }
+    for (const g of segs) {
+      const p0 = Math.max(start, g.lo), p1 = Math.min(end, g.hi);
+      if (p0 >= p1) continue;
+      const j0 = Math.floor((p0 - g.origin) / P), j1 = Math.ceil((p1 - g.origin) / P);
+      if (j1 > g.maxBlocks) this.growTable(g, Math.max(j1, 2 * g.maxBlocks));
+      for (let b = 0; b < B; b++)
+        for (let j = j0; j < j1; j++) {
+          const p = g.table[b * g.maxBlocks + j];
+          if (p < 0 || pool.refs[p] > 1) want++;
+        }
+    }
     pool.reserve(want);
-    const table = this.blocks.table;
-    for (let b = 0; b < B; b++)
-      for (let j = j0; j < j1; j++) {
-        const at = b * this.maxBlocks + j;
-        let p = table[at];
-        if (p < 0) p = table[at] = pool.take();
-        else if (pool.refs[p] > 1) {
-          const q = pool.take();
-          pool.copyPage(p, q);
-          pool.release(p);
-          p = table[at] = q;
+    for (const g of segs) {
+      const p0 = Math.max(start, g.lo), p1 = Math.min(end, g.hi);
+      if (p0 >= p1) continue;
+      const table = g.table, mb = g.maxBlocks;
+      for (let b = 0; b < B; b++)
+        for (let j = Math.floor((p0 - g.origin) / P); g.origin + j * P < p1; j++) {
+          const at = b * mb + j;
+          let p = table[at];
+          if (p < 0) p = table[at] = pool.take();
+          else if (pool.refs[p] > 1) {
+            const q = pool.take();
+            pool.copyPage(p, q);
+            pool.release(p);
+            p = table[at] = q;
+          }
+          const base = g.origin + j * P, s0 = Math.max(p0, base), s1 = Math.min(p1, base + P);
+          for (let h = 0; h < Hkv; h++) {
+            const row = (p * Hkv + h) * P + (s0 - base), src = (b * Hkv + h) * n + (s0 - start);
+            pool.k.copyFrom(k, src, row, s1 - s0);
+            pool.v.copyFrom(v, src, row, s1 - s0);
+          }
         }
-        const s0 = Math.max(start, j * P), s1 = Math.min(end, (j + 1) * P);
-        for (let h = 0; h < Hkv; h++) {
-          const row = (p * Hkv + h) * P + (s0 - j * P), src = (b * Hkv + h) * n + (s0 - start);
-          pool.k.copyFrom(k, src, row, s1 - s0);
-          pool.v.copyFrom(v, src, row, s1 - s0);
-        }
-      }
+    }
   }
 
   /**
-   * What attention must fold, in position order: one part (contiguous, paged), or for a ring the
-   * sink part (window 0) and one or two ring parts (window W). Views read the storage in place
+   * What attention must fold, in position order: one part (contiguous, paged), or for a window
+   * cache the sink part (window 0) and one or two window parts (window W; paged: one). Views read the storage in place
    * and are valid until the next append, crop, reorder or reset. Empty cache: no parts.
    */
   parts(): KvPart[] {
     if (this.len === 0) return [];
     if (this.layout === 'contiguous') return [{ k: this.view(this.k, 0, this.len), v: this.view(this.v, 0, this.len), sOffset: 0 }];
     if (this.layout === 'paged') {
-      const pool = this.blocks.pool, cap = this.maxBlocks * this.pageSize, pages = { pageSize: this.pageSize, blockTable: this.blocks.table };
-      const view = (s: Store, d: number): KvView => ({ data: s.data, shape: [this.batch, this.numKvHeads, this.len, d], capacity: cap, dtype: this.dtype, pages, ...(s.scale ? { scale: s.scale } : {}) });
-      return [{ k: view(pool.k, this.dK), v: view(pool.v, this.dV), sOffset: 0 }];
+      const pool = this.blocks.pool, parts: KvPart[] = [];
+      for (const g of this.blocks.segs) {
+        const S = this.segRows(g);
+        if (S === 0) continue;
+        const cap = g.maxBlocks * this.pageSize, pages = { pageSize: this.pageSize, blockTable: g.table };
+        const view = (s: Store, d: number): KvView => ({ data: s.data, shape: [this.batch, this.numKvHeads, S, d], capacity: cap, dtype: this.dtype, pages, ...(s.scale ? { scale: s.scale } : {}) });
+        const part: KvPart = { k: view(pool.k, this.dK), v: view(pool.v, this.dV), sOffset: g.origin };
+        if (this.window) part.window = g.hi === Infinity ? this.window : 0;
+        parts.push(part);
+      }
+      return parts;
     }
     const N0 = this.sinkTokens, R = this.slots - N0, parts: KvPart[] = [];
     const sinks = Math.min(this.len, N0);
@@ -520,7 +568,8 @@ export class KvCache {
         };
         if (this.layout === 'paged') {
           const pool = this.blocks.pool, P = this.pageSize;
-          for (let j = 0; at < S; j++) run(pool.k, pool.v, (this.blocks.table[b * this.maxBlocks + j] * Hkv + h) * P, P);
+          for (const g of this.blocks.segs)
+            for (let j = 0, left = this.segRows(g); left > 0; j++, left -= P) run(pool.k, pool.v, (g.table[b * g.maxBlocks + j] * Hkv + h) * P, Math.min(P, left));
         } else for (const part of parts) run(this.k, this.v, bh * this.slots + (part.k.start ?? 0), part.k.shape[2]);
       }
   }
@@ -533,38 +582,56 @@ export class KvCache {
   crop(n: number): void {
     expectDim('n', n, 0);
     if (n > this.len) throw new ShapeError(`Expected crop length <= cache length ${this.len}, got ${n}`);
-    if (this.layout === 'ring') {
-      const N0 = this.sinkTokens, first = this.len - this.ringHeld;
+    if (this.window) {
+      const N0 = this.sinkTokens, first = this.layout === 'ring' ? this.len - this.ringHeld : this.blocks.segs[this.blocks.segs.length - 1].origin;
       const lowest = first > N0 ? Math.min(this.len, first + this.window - 1) : 0;
       if (n < lowest) {
         throw new ShapeError(
           `Expected crop length n >= ${lowest} for this window cache (it holds positions [${first}, ${this.len}) after ${N0} sinks, ` +
-            `and the next queries see the ${this.window - 1} positions before n), got ${n}; give it capacity > window to crop further back`,
+            `and the next queries see the ${this.window - 1} positions before n), got ${n}; ${this.layout === 'ring' ? 'give it capacity > window' : 'append drafts as one chunk'} to crop further back`,
         );
       }
-      this.ringHeld = Math.max(0, n - Math.max(first, N0));
-      if (this.ringHeld === 0) this.ringStart = 0;
-    } else if (this.layout === 'paged') {
-      this.dropBlocks(Math.ceil(n / this.pageSize));
+      if (this.layout === 'ring') {
+        this.ringHeld = Math.max(0, n - Math.max(first, N0));
+        if (this.ringHeld === 0) this.ringStart = 0;
+      }
     }
+    if (this.layout === 'paged') for (const g of this.blocks.segs) this.dropBlocks(g, Math.max(0, Math.ceil((n - g.origin) / this.pageSize)));
     this.len = n;
   }
 
   /** Empties the cache; storage is kept for reuse (a paged cache returns its pages to the pool). */
   reset(): void {
-    if (this.layout === 'paged') this.dropBlocks(0);
+    if (this.layout === 'paged') {
+      for (const g of this.blocks.segs) {
+        this.dropBlocks(g, 0);
+        g.origin = g.lo;
+      }
+    }
     this.len = this.ringStart = this.ringHeld = 0;
   }
 
-  /** Releases every page of blocks >= j0 of every row. */
-  private dropBlocks(j0: number): void {
-    const { pool, table } = this.blocks;
+  /** Releases every page of blocks >= j0 of every row of segment g. */
+  private dropBlocks(g: Segment, j0: number): void {
+    const { pool } = this.blocks, table = g.table;
     for (let b = 0; b < this.batch; b++)
-      for (let j = j0; j < this.maxBlocks; j++) {
-        const at = b * this.maxBlocks + j;
+      for (let j = j0; j < g.maxBlocks; j++) {
+        const at = b * g.maxBlocks + j;
         if (table[at] >= 0) pool.release(table[at]);
         table[at] = -1;
       }
+  }
+
+  /** Releases the first `count` blocks of every row of segment g and shifts the rest down; origin moves with them. */
+  private dropLeading(g: Segment, count: number): void {
+    const { pool } = this.blocks, table = g.table, mb = g.maxBlocks;
+    for (let b = 0; b < this.batch; b++) {
+      const row = b * mb;
+      for (let j = 0; j < count; j++) if (table[row + j] >= 0) pool.release(table[row + j]);
+      table.copyWithin(row, row + count, row + mb);
+      table.fill(-1, row + mb - count, row + mb);
+    }
+    g.origin += count * this.pageSize;
   }
 
   /**
@@ -575,13 +642,15 @@ export class KvCache {
   reorder(indices: readonly number[] | Int32Array): void {
     const idx = this.expectIndices('indices', indices, this.batch);
     if (this.layout === 'paged') {
-      const { pool, table } = this.blocks, mb = this.maxBlocks;
-      const next = this.spareTable?.length === table.length ? this.spareTable : new Int32Array(table.length);
-      for (let b = 0; b < this.batch; b++) next.set(table.subarray(idx[b] * mb, (idx[b] + 1) * mb), b * mb);
-      for (const p of next) if (p >= 0) pool.refs[p]++;
-      for (const p of table) if (p >= 0) pool.release(p);
-      this.spareTable = table;
-      this.blocks.table = next;
+      const { pool } = this.blocks;
+      for (const g of this.blocks.segs) {
+        const table = g.table, mb = g.maxBlocks;
+        const next = g.spare?.length === table.length ? g.spare : new Int32Array(table.length);
+        for (let b = 0; b < this.batch; b++) next.set(table.subarray(idx[b] * mb, (idx[b] + 1) * mb), b * mb);
+        for (const p of next) if (p >= 0) pool.refs[p]++;
+        for (const p of table) if (p >= 0) pool.release(p);
+        [g.spare, g.table] = [table, next];
+      }
       return;
     }
     const spare = this.spare ? [this.spare.k, this.spare.v] : this.newStores(this.slots);
@@ -600,10 +669,15 @@ export class KvCache {
     const idx = this.expectIndices('indices', indices);
     const B = idx.length;
     if (this.layout === 'paged') {
-      const c = new KvCache({ ...this.config, batch: B, capacity: this.maxBlocks * this.pageSize }, this.blocks.pool);
-      const mb = this.maxBlocks, table = c.blocks.table;
-      for (let b = 0; b < B; b++) table.set(this.blocks.table.subarray(idx[b] * mb, (idx[b] + 1) * mb), b * mb);
-      for (const p of table) if (p >= 0) this.blocks.pool.refs[p]++;
+      const { pool, segs } = this.blocks;
+      const c = new KvCache({ ...this.config, batch: B, capacity: segs[segs.length - 1].maxBlocks * this.pageSize }, pool);
+      for (const [i, g] of segs.entries()) {
+        const cg = c.blocks.segs[i], mb = g.maxBlocks;
+        if (cg.maxBlocks !== mb) [cg.table, cg.maxBlocks] = [c.newTable(mb), mb];
+        for (let b = 0; b < B; b++) cg.table.set(g.table.subarray(idx[b] * mb, (idx[b] + 1) * mb), b * mb);
+        for (const p of cg.table) if (p >= 0) pool.refs[p]++;
+        cg.origin = g.origin;
+      }
       c.len = this.len;
       return c;
     }
@@ -673,12 +747,14 @@ export class KvCache {
     return new Int32Array(expectAllocatable('block table', ['B', 'maxBlocks'], [this.batch, maxBlocks])).fill(-1);
   }
 
-  private growTable(maxBlocks: number): void {
-    const table = this.newTable(maxBlocks), old = this.blocks.table, mb = this.maxBlocks;
-    for (let b = 0; b < this.batch; b++) table.set(old.subarray(b * mb, (b + 1) * mb), b * maxBlocks);
-    this.blocks.table = table;
-    this.maxBlocks = maxBlocks;
-    this.spareTable = undefined;
+  private newSegment(lo: number, hi: number, maxBlocks: number): Segment {
+    return { lo, hi, origin: lo, table: this.newTable(maxBlocks), maxBlocks };
+  }
+
+  private growTable(g: Segment, maxBlocks: number): void {
+    const table = this.newTable(maxBlocks), mb = g.maxBlocks;
+    for (let b = 0; b < this.batch; b++) table.set(g.table.subarray(b * mb, (b + 1) * mb), b * maxBlocks);
+    [g.table, g.maxBlocks, g.spare] = [table, maxBlocks, undefined];
   }
 }
 

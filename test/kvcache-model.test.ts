@@ -56,10 +56,10 @@ function runSequence(t: ExecutionContext, seed: number): boolean {
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(g.uniform() * xs.length)];
   const int = (lo: number, hi: number) => lo + Math.floor(g.uniform() * (hi - lo + 1));
   const batch = int(1, 3), Hkv = int(1, 2), dK = pick([4, 33, 40]), dV = pick([3, 8]), dtype = pick(DTYPES);
-  const kind = pick(['contiguous', 'ring', 'ring', 'paged', 'paged']);
+  const kind = pick(['contiguous', 'ring', 'ring', 'paged', 'paged', 'paged window', 'paged window']);
   const config: KvCacheConfig = { batch, numKvHeads: Hkv, dK, dV, dtype, capacity: int(1, 9) };
-  if (kind === 'ring') Object.assign(config, { window: int(1, 6), sinkTokens: pick([0, 0, 1, 3]) });
-  if (kind === 'paged') config.pageSize = pick([1, 2, 4, 5]);
+  if (kind === 'ring' || kind === 'paged window') Object.assign(config, { window: int(1, 6), sinkTokens: pick([0, 0, 1, 3]) });
+  if (kind.startsWith('paged')) config.pageSize = pick([1, 2, 4, 5]);
   const W = config.window ?? 0;
   const label = `seed ${seed} ${JSON.stringify(config)}`;
   const lives: Live[] = [{ cache: new KvCache(config), k: Array.from({ length: batch }, () => []), v: Array.from({ length: batch }, () => []), need0: 0 }];

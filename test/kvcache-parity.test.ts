@@ -29,6 +29,8 @@ const LAYOUTS: { name: string; config: Partial<KvCacheConfig> }[] = [
   { name: 'ring W5 + 3 sinks', config: { window: 5, sinkTokens: 3 } },
   { name: 'paged 4', config: { pageSize: 4, capacity: 4 } },
   { name: 'paged 16', config: { pageSize: 16 } },
+  { name: 'paged 4, window 6', config: { pageSize: 4, window: 6 } },
+  { name: 'paged 2, window 5 + 3 sinks', config: { pageSize: 2, window: 5, sinkTokens: 3 } },
 ];
 
 /** Positions [s0, s1) of x [B,Hkv,S,d] as [B,Hkv,s1-s0,d]. */

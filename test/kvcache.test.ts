@@ -75,6 +75,7 @@ const LAYOUTS: { name: string; config: Partial<KvCacheConfig> }[] = [
   { name: 'ring', config: { window: 5 } },
   { name: 'ring + sinks', config: { window: 4, sinkTokens: 2 } },
   { name: 'paged', config: { pageSize: 4, capacity: 4 } },
+  { name: 'paged window + sinks', config: { pageSize: 2, window: 5, sinkTokens: 3 } },
 ];
 const DTYPES: CacheDtype[] = ['fp32', 'fp16', 'bf16', 'int8'];
 const [B3, H3, HKV3, DK3, DV3] = [3, 4, 2, 36, 8];
@@ -354,7 +355,6 @@ test('config validation: every bad value is named with what was expected and wha
     [{ ...cfg, window: 4, sinkTokens: -1 }, 'ShapeError', 'Expected sinkTokens to be an integer >= 0, got -1'],
     [{ ...cfg, sinkTokens: 4 }, 'ArgumentError', 'Expected sinkTokens only with a window (sinks plus the last window positions), got sinkTokens=4 and window undefined'],
     [{ ...cfg, pageSize: 0 }, 'ShapeError', 'Expected pageSize to be an integer >= 1, got 0'],
-    [{ ...cfg, pageSize: 16, window: 64 }, 'ArgumentError', 'Expected either window or pageSize (a paged window cache is not supported), got window=64 and pageSize=16'],
     [{ ...cfg, rope: { dim: 3 } }, 'ArgumentError', 'Expected rope.dim to be an even integer in [2, d=4], got 3'],
     [{ ...cfg, rope: { style: 'neox' } }, 'ArgumentError', "Expected rope.style to be 'half' or 'interleaved', got \"neox\""],
     [{ ...cfg, capacity: 2 ** 28 }, 'ArgumentError', 'Expected k cache storage [B,H_kv,capacity,d_k]=[2,3,268435456,4] to fit the 2 GiB tensor limit (536870912 floats), got 6442450944 floats (25769803776 bytes)'],
@@ -408,4 +408,28 @@ test('a paged fork that is garbage-collected returns its pages to the shared poo
   t.is(r.status, 0, r.stderr);
   const pages = Number(r.stdout.trim());
   t.true(pages >= 5 && pages <= 64, `pool pages after 200 dropped forks: ${pages} (stdout ${JSON.stringify(r.stdout)}, stderr ${r.stderr.slice(0, 300)})`);
+});
+
+test('paged window: pages wholly left of the window return to the pool; decode runs in a fixed set of pages', (t) => {
+  const rng = new Rng(29);
+  const cache = new KvCache({ ...cfg3, window: 6, sinkTokens: 3, pageSize: 4 });
+  fill(cache, rng, [9, 1, 1, 1, 1, 1]); // sinks [0,3) in their own page; the window's in pages of 4 from 3
+  const pool = cache.parts()[0].k.data, capacity = cache.capacity;
+  for (let i = 0; i < 60; i++) fill(cache, rng, [1]);
+  const parts = cache.parts();
+  t.is(parts[0].k.data, pool, 'the pool did not grow in 60 decode steps');
+  t.is(cache.capacity, capacity, 'nor did the tables');
+  t.deepEqual(parts.map((p) => [p.sOffset, p.window]), [[0, 0], [parts[1].sOffset, 6]]);
+  const held = heldPositions(cache);
+  t.deepEqual(held.slice(0, 3), [0, 1, 2]);
+  // The window's positions start on a page boundary after the sinks, at most a page before the last 6.
+  const first = held[3];
+  t.is((first - 3) % 4, 0);
+  t.true(first <= cache.length - 6 && first > cache.length - 6 - 4, `first window position ${first} for length ${cache.length}`);
+  checkFold(t, cache, rng, 'paged window after decode');
+  // Crop is refused past what the window still holds, with the paged advice.
+  t.throws(() => cache.crop(first + 4), {
+    name: 'ShapeError',
+    message: `Expected crop length n >= ${first + 5} for this window cache (it holds positions [${first}, ${cache.length}) after 3 sinks, and the next queries see the 5 positions before n), got ${first + 4}; append drafts as one chunk to crop further back`,
+  });
 });
