@@ -62,3 +62,85 @@ export function moduleSession(mha: MultiHeadAttention, causal: boolean, withPast
 
 export const f32 = (data: Float32Array, dims: number[]) => new ort.Tensor('float32', data, dims);
 export const version = ort.env.versions.common;
+
+const CAST_INT32 = 6;
+
+export interface GqaModuleOptions {
+  /** local_window_size: key s visible to query t iff t - W < s (test/interop/gqa.test.ts pins W = local_window_size). */
+  window?: number;
+  /** sliding_window_cache=1: past/present keep a fixed buffer of the most recent positions (with window). */
+  slidingWindowCache?: boolean;
+  /** do_rotary=1 (half-split, rotary over the whole head) with cos_cache/sin_cache inputs [maxPos, d/2]. */
+  rotary?: boolean;
+}
+
+/**
+ * The module with `mha`'s weights around com.microsoft GroupQueryAttention (causal, with past):
+ * x [B,T,d_model], past_key/past_value [B,H_kv,P,d] -> y [B,T,d_out], present_key/present_value.
+ * seqlens_k and total_sequence_length enter as fp32 and go through Cast (bench/onnx.ts writes
+ * fp32 inputs only), as test/helpers/ort-gqa.ts does. Requires d_k = d_v.
+ */
+export function gqaModuleSession(mha: MultiHeadAttention, threads: number, o: GqaModuleOptions = {}) {
+  const { dModel, numHeads: H, numKvHeads: Hkv, dK: d, dOut } = mha.config;
+  const w = mha.weights;
+  const attrs = [{ name: 'num_heads', int: H }, { name: 'kv_num_heads', int: Hkv }];
+  if (o.window !== undefined) attrs.push({ name: 'local_window_size', int: o.window });
+  if (o.slidingWindowCache) attrs.push({ name: 'sliding_window_cache', int: 1 });
+  if (o.rotary) attrs.push({ name: 'do_rotary', int: 1 }, { name: 'rotary_interleaved', int: 0 });
+  const proj = (name: string, wName: string, bName: string) => [
+    { op: 'MatMul', inputs: ['x', wName], outputs: [`${name}_mm`] },
+    { op: 'Add', inputs: [`${name}_mm`, bName], outputs: [name] },
+  ];
+  return session(onnxModel({
+    nodes: [
+      ...proj('query', 'w_q', 'b_q'), ...proj('key', 'w_k', 'b_k'), ...proj('value', 'w_v', 'b_v'),
+      { op: 'Cast', inputs: ['seqlens_f'], outputs: ['seqlens_k'], attrs: [{ name: 'to', int: CAST_INT32 }] },
+      { op: 'Cast', inputs: ['total_f'], outputs: ['total_sequence_length'], attrs: [{ name: 'to', int: CAST_INT32 }] },
+      {
+        op: 'GroupQueryAttention', domain: 'com.microsoft', attrs,
+        inputs: ['query', 'key', 'value', 'past_key', 'past_value', 'seqlens_k', 'total_sequence_length', ...(o.rotary ? ['cos_cache', 'sin_cache'] : [])],
+        outputs: ['a', 'present_key', 'present_value'],
+      },
+      { op: 'MatMul', inputs: ['a', 'w_o'], outputs: ['ao'] },
+      { op: 'Add', inputs: ['ao', 'b_o'], outputs: ['y'] },
+    ],
+    inputs: [
+      { name: 'x', dims: ['B', 'T', dModel] }, { name: 'past_key', dims: ['B', Hkv, 'P', d] }, { name: 'past_value', dims: ['B', Hkv, 'P', d] },
+      { name: 'seqlens_f', dims: ['B'] }, { name: 'total_f', dims: [1] },
+      ...(o.rotary ? [{ name: 'cos_cache', dims: ['M', d / 2] }, { name: 'sin_cache', dims: ['M', d / 2] }] : []),
+    ],
+    outputs: [{ name: 'y', dims: ['B', 'T', dOut] }, { name: 'present_key', dims: ['B', Hkv, 'PT', d] }, { name: 'present_value', dims: ['B', Hkv, 'PT', d] }],
+    initializers: [
+      { name: 'w_q', dims: [dModel, H * d], data: w.wQ.data }, { name: 'b_q', dims: [H * d], data: w.bQ!.data },
+      { name: 'w_k', dims: [dModel, Hkv * d], data: w.wK.data }, { name: 'b_k', dims: [Hkv * d], data: w.bK!.data },
+      { name: 'w_v', dims: [dModel, Hkv * d], data: w.wV.data }, { name: 'b_v', dims: [Hkv * d], data: w.bV!.data },
+      { name: 'w_o', dims: [H * d, dOut], data: w.wO.data }, { name: 'b_o', dims: [dOut], data: w.bO!.data },
+    ],
+  }), threads);
+}
+
+/** cos/sin caches [maxPos, d/2] for do_rotary (theta 10000, rotary over the whole head d). */
+export function rotaryCaches(maxPos: number, d: number, theta = 10000) {
+  const half = d / 2, cos = new Float32Array(maxPos * half), sin = new Float32Array(maxPos * half);
+  for (let p = 0; p < maxPos; p++)
+    for (let i = 0; i < half; i++) {
+      const a = p * theta ** (-(2 * i) / d);
+      cos[p * half + i] = Math.cos(a);
+      sin[p * half + i] = Math.sin(a);
+    }
+  return { cos: f32(cos, [maxPos, half]), sin: f32(sin, [maxPos, half]) };
+}
+
+/**
+ * One GQA-module step: x [B,T,d_model] after `past` positions held in pastK/pastV; returns the
+ * present tensors (the next past). With a sliding window cache, past tensors keep their size.
+ */
+export async function gqaStep(s: ort.InferenceSession, x: Float32Array, dims: [number, number, number], pastK: ort.Tensor, pastV: ort.Tensor, past: number, extra: Feeds = {}) {
+  const [B, T, dModel] = dims;
+  const total = past + T;
+  const r = await s.run({
+    x: f32(x, [B, T, dModel]), past_key: pastK, past_value: pastV,
+    seqlens_f: f32(new Float32Array(B).fill(total - 1), [B]), total_f: f32(Float32Array.of(total), [1]), ...extra,
+  });
+  return { k: r.present_key, v: r.present_value };
+}

@@ -40,7 +40,7 @@ import type { Tensor } from '../src/tensor.ts';
 import { npyHeader } from '../src/io/npy.ts';
 import { plainRead } from './floor.ts';
 import { cachedKernel, coreKernel, fusedKernel } from './kernels.ts';
-import { coreSession, f32, moduleSession, version as ortVersion } from './ort.ts';
+import { coreSession, f32, gqaModuleSession, gqaStep, moduleSession, rotaryCaches, version as ortVersion } from './ort.ts';
 import type { Feeds, OrtTensor } from './ort.ts';
 
 // OpenBLAS reads these at load: drop them by re-running this script without them.
@@ -306,15 +306,24 @@ for (const threads of THREADS) {
       for (const c of chunks) m.forward(c, c, { cache, causal: true, out });
     });
     const torchRope = torch ? await torchSystem(torch, { workload: 'W2', mask: 'causal', rope: true }, 'rope') : null;
+    // onnxruntime: the module around GroupQueryAttention with do_rotary (cos/sin caches), against the same graph without.
+    const [gqaRope, gqaPlain] = [await gqaModuleSession(mha, threads, { rotary: true }), await gqaModuleSession(mha, threads)];
+    const rot = rotaryCaches(T, D);
+    const ortPrefill = (s: typeof gqaRope, extra = {}) => timeAsync(async () => {
+      let [pk, pv]: OrtTensor[] = [f32(new Float32Array(0), [1, H, 0, D]), f32(new Float32Array(0), [1, H, 0, D])];
+      for (const [i, c] of chunks.entries()) ({ k: pk, v: pv } = await gqaStep(s, c.data, [1, CH, DM], pk, pv, i * CH, extra));
+    });
     await measure('W2', 'causal', threads, {
       kvstream: () => prefill(mhaRope, cacheRope),
       '~W2': () => prefill(mha, cachePlain),
+      onnxruntime: () => ortPrefill(gqaRope, { cos_cache: rot.cos, sin_cache: rot.sin }),
+      '~onnxruntime/W2': () => ortPrefill(gqaPlain),
       ...(torchRope ? { torch: torchRope, '~torch/W2': () => torch!.ask({ workload: 'W2', mask: 'causal' }) } : {}),
     }, moduleFlop, REPS, true, {
       base: { feature: 'rope' },
       annotate: (ms, made) => {
         for (const [key, row] of made) {
-          const base = ms.get(key === 'torch' ? '~torch/W2' : '~W2')!;
+          const base = ms.get(key === 'kvstream' ? '~W2' : `~${key}/W2`)!;
           Object.assign(row, { baseline_ms: base, ratio_to_W2: row.median_ms / base });
           notes.set(row, `${(row.median_ms / base).toFixed(3)}x W2 without rope (${fmtMs(base)})${key === 'kvstream' ? ', target <= 1.05x' : ''}`);
         }
@@ -439,17 +448,35 @@ for (const threads of THREADS) {
       for (const xi of xs) mha.forward(xi, xi, { cache: ring, causal: true, out });
     }) / STEPS;
     const torchW6 = torch ? await torchSystem(torch, { workload: 'W6', mask: 'causal', steps: STEPS }, 'W6') : null;
+    // onnxruntime: the module around GroupQueryAttention with local_window_size W and
+    // sliding_window_cache=1 (a past buffer of the last W positions), against the same graph
+    // without a window decoding after the W3 prompt (past growing from 4096).
+    const [gqaW6, gqaW3] = [await gqaModuleSession(mha, threads, { window: W, slidingWindowCache: true }), await gqaModuleSession(mha, threads)];
+    const held = ring.snapshot(); // [1,H,held,D], oldest first: ORT's buffer starts with the last W
+    const lastW = (t: Tensor) => {
+      const n = t.shape[2], out = new Float32Array(H * W * D);
+      for (let h = 0; h < H; h++) out.set(t.data.subarray((h * n + n - W) * D, (h * n + n) * D), h * W * D);
+      return f32(out, [1, H, W, D]);
+    };
+    const [w6k, w6v] = [lastW(held.k), lastW(held.v)];
+    const w3Prompt = w3(1).prompt;
+    const [w3k, w3v] = [f32(w3Prompt.k.data, [1, H, P, D]), f32(w3Prompt.v.data, [1, H, P, D])];
+    const ortDecode = (s: typeof gqaW6, pk: OrtTensor, pv: OrtTensor, past: number) => async () => (await timeAsync(async () => {
+      for (const [i, xi] of xs.entries()) ({ k: pk, v: pv } = await gqaStep(s, xi.data, [1, 1, DM], pk, pv, past + i));
+    })) / STEPS;
     await measure('W6', 'causal', threads, {
       kvstream: decodeRing,
       '~W3-b1': () => decode(cache),
+      onnxruntime: ortDecode(gqaW6, w6k, w6v, STREAM),
+      '~onnxruntime/W3-b1': ortDecode(gqaW3, w3k, w3v, P),
       ...(torchW6 ? { torch: torchW6, '~torch/W3-b1': () => torch!.ask({ workload: 'W3-b1', mask: 'none', steps: STEPS }) } : {}),
     }, null, Math.min(REPS, 5), true, {
       base: { cache: 'fp32', feature: 'window', window: W, stream: STREAM },
       annotate: (ms, made) => {
         for (const [key, row] of made) {
-          const base = ms.get(key === 'torch' ? '~torch/W3-b1' : '~W3-b1')!;
+          const base = ms.get(key === 'kvstream' ? '~W3-b1' : `~${key}/W3-b1`)!;
           Object.assign(row, { baseline_ms: base, ratio_to_W3_b1: row.median_ms / base });
-          notes.set(row, `${(row.median_ms / base).toFixed(3)}x ${key === 'torch' ? 'torch ' : ''}W3-b1 (${fmtMs(base)})${key === 'kvstream' ? ', target <= 1.20x' : ''}`);
+          notes.set(row, `${(row.median_ms / base).toFixed(3)}x ${key === 'kvstream' ? '' : `${key} `}W3-b1 (${fmtMs(base)})${key === 'kvstream' ? ', target <= 1.20x' : ''}`);
         }
       },
     });
