@@ -354,6 +354,13 @@ test('seqlens_k: ragged rows (right padding in a first prompt, per-row past leng
   const ref1 = refFeaturesBound(q1, kAll, vAll, dimsOf(c1, 9), { scale, causal: true, qOffsets: P, kvRanges: kvRanges1, rescales: chunkedRescales(9, 1) });
   const kv1 = attention({ data: q1, shape: [B, H, 1, d] }, { data: kAll, shape: [B, Hkv, 9, d] }, { data: vAll, shape: [B, Hkv, 9, d] }, { causal: true, qOffsets: P, kvRanges: kvRanges1 });
   compare(t, 'ragged decode, past 8/5/2', r1.out, kv1.output.data, ref1, ref1, [B, H, 1, d]);
+  // With local_window_size 3: each row's window ends at its own position.
+  for (const disableFlash of [false, true]) {
+    const rw = await runStep(c1, { localWindowSize: 3 }, { past: true }, {}, q1, k1, v1, { k: pk, v: pv }, disableFlash);
+    const refW = refFeaturesBound(q1, kAll, vAll, dimsOf(c1, 9), { scale, causal: true, qOffsets: P, kvRanges: kvRanges1, window: 3, rescales: chunkedRescales(9, 1) });
+    const kvW = attention({ data: q1, shape: [B, H, 1, d] }, { data: kAll, shape: [B, Hkv, 9, d] }, { data: vAll, shape: [B, Hkv, 9, d] }, { causal: true, qOffsets: P, kvRanges: kvRanges1, window: 3 });
+    compare(t, `ragged decode, past 8/5/2, local_window_size 3${disableFlash ? ' (ORT full-matrix path)' : ''}`, rw.out, kvW.output.data, refW, refW, [B, H, 1, d]);
+  }
 
   // The same ragged decode with rotary: ORT's default position ids are seqlens_k + 1 - T = P_b;
   // kvstream rotates queries at qOffsets and keys at their slots (slot = position here).
