@@ -26,32 +26,31 @@ export interface ToReadableOptions {
  * read; completion ends the Readable, an error destroys it with that error, and destroying the
  * Readable (an early break, a failed pipeline) unsubscribes, which closes the source.
  * Credit (docs/streams.md): a value keeps its source chunk's credit while it sits in the
- * Readable's buffer, and releases it at the consumer's next read after taking it.
+ * Readable's buffer and until the consumer's next read after taking it.
  */
 export function toReadable<T>(source: Observable<T>, options: ToReadableOptions = {}): Readable {
   const { demand, bytes = false } = options;
   let sub: Subscription | undefined;
-  const holds: { hold: Hold; bytes: number }[] = []; // one per value pushed and not yet released
-  let queued = 0; // bytes (byte mode) or values pushed whose holds are in `holds`
-  /** Releases the holds of values the consumer has taken (no longer in the buffer). */
+  const holds: { hold: Hold; size: number }[] = []; // one per value pushed and not yet taken
+  let queued = 0; // their sizes: bytes (byte mode) or values
+  /** Releases the holds of values no longer in the buffer (the oldest, as `buffered` remain). */
   const releaseTaken = (buffered: number) => {
-    while (holds.length && queued - holds[0].bytes >= buffered) {
-      const { hold, bytes: n } = holds.shift()!;
-      queued -= n;
+    while (holds.length && queued - holds[0].size >= buffered) {
+      const { hold, size } = holds.shift()!;
+      queued -= size;
       hold.release();
     }
   };
-  return new Readable({
+  const readable = new Readable({
     objectMode: !bytes,
     highWaterMark: options.highWaterMark ?? (bytes ? 64 * 1024 : 1),
     read() {
-      releaseTaken(this.readableLength);
       if (sub) return demand?.next();
       sub = source.subscribe({
         next: (value) => {
-          const n = bytes ? byteLength(value) : 1;
-          holds.push({ hold: retain(), bytes: n });
-          queued += n;
+          const size = bytes ? byteLength(value) : 1;
+          holds.push({ hold: retain(), size });
+          queued += size;
           this.push(value);
         },
         error: (e: unknown) => this.destroy(e instanceof Error ? e : new Error(String(e))),
@@ -64,6 +63,16 @@ export function toReadable<T>(source: Observable<T>, options: ToReadableOptions 
       callback(err);
     },
   });
+  // Every consumer asks through read() (pipe and flowing mode, async iteration, highland): a
+  // value is released at the first read after it left the buffer (taken by a read, or handed
+  // to 'data' listeners by a push into a flowing stream), so a for-await body keeps its value's
+  // credit until the loop asks for the next.
+  const read = readable.read;
+  readable.read = function (this: Readable, n?: number) {
+    releaseTaken(this.readableLength);
+    return read.call(this, n);
+  };
+  return readable;
 }
 
 /** What push() adds to a byte-mode Readable's length. */

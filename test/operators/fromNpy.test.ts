@@ -1,11 +1,16 @@
-// Disk source: exact chunks, on-demand reads (bounded read-ahead), and the file always closed.
+// Disk source: exact chunks, on-demand reads (bounded read-ahead: highWaterMark credit by
+// default, demand when given), and the file always closed.
 import test from 'ava';
 import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { concatMap, lastValueFrom, map, Subject, take, tap, timer, toArray } from 'rxjs';
+import type { Observable } from 'rxjs';
+import { MultiHeadAttention } from '../../src/mha.ts';
 import { encodeNpy } from '../../src/io/npy.ts';
-import { concatTokens, fromNpy } from '../../src/operators/index.ts';
+import { attendChunk, concatTokens, fromNpy } from '../../src/operators/index.ts';
+import type { KvChunk, TokenChunk } from '../../src/operators/index.ts';
+import { awaitEach } from '../../src/streams/index.ts';
 import { Rng } from '../../src/random.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'kvstream-fromnpy-'));
@@ -109,4 +114,99 @@ test.serial('readAhead: the next reads start before the consumer works on a chun
   }
   t.throws(() => fromNpy(bigPath, CHUNK, { readAhead: 17 }), { name: 'ArgumentError', message: 'Expected readAhead to be an integer in [0, 16], got 17' });
   t.throws(() => fromNpy(bigPath, CHUNK, { readAhead: -1 }), { name: 'ShapeError', message: 'Expected readAhead to be an integer >= 0, got -1' });
+});
+
+/** The big file's chunk x [1,n,1024] as its own keys and values (one head of width 1024). */
+const asKv = map((c: TokenChunk): KvChunk => {
+  const kv = { data: c.x.data, shape: [1, 1, c.end - c.start, BIG_D] };
+  return { ...c, k: kv, v: kv };
+});
+const wide = MultiHeadAttention.random({ dModel: 4, numHeads: 1, dK: BIG_D, dV: BIG_D }, 2);
+const xQ = new Rng(3).normalTensor([1, 1, 4]);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Resolves once `cond()` holds or `limit` ms have passed (polled every ms). */
+const until = async (cond: () => boolean, limit = 5000) => {
+  for (const end = Date.now() + limit; !cond() && Date.now() < end;) await sleep(1);
+};
+
+/**
+ * Streams the big file through `stages` into a sink awaiting 1 ms per chunk, counting chunks
+ * read (onRead) and consumed (sink done) at every step; returns the most read and not consumed.
+ */
+async function readAhead(t: import('ava').ExecutionContext, options: { highWaterMark?: number; readAhead?: number }, stages: (s: Observable<TokenChunk>) => Observable<TokenChunk>) {
+  let reads = 0, consumed = 0, maxAhead = 0;
+  const step = () => (maxAhead = Math.max(maxAhead, reads - consumed));
+  await lastValueFrom(stages(fromNpy(bigPath, CHUNK, { ...options, onRead: () => (reads++, step()) })).pipe(
+    awaitEach(async (c) => {
+      await sleep(1);
+      t.is(c.index, consumed);
+      consumed++;
+      step();
+    }),
+  ));
+  t.is(consumed, BIG_S / CHUNK);
+  return maxAhead;
+}
+
+test.serial('default credit: an async stage and a slow sink keep reads - consumed <= highWaterMark + readAhead at every step', async (t) => {
+  for (const [highWaterMark, ahead] of [[undefined, 0], [1, 0], [3, 0], [2, 2]] as const) {
+    const bound = (highWaterMark ?? 2) + ahead;
+    const what = `highWaterMark ${highWaterMark ?? '2 (default)'}, readAhead ${ahead}`;
+    // attendChunk({ async: true }) then the sink: both hold each chunk's credit.
+    const viaAttend = await readAhead(t, { highWaterMark, readAhead: ahead }, (s) => s.pipe(asKv, attendChunk(wide, xQ, { async: true })));
+    t.true(viaAttend <= bound, `${what}, attendChunk async: read ${viaAttend} chunks ahead of the sink (bound ${bound})`);
+    // The sink alone, behind a map that builds new objects: the credit is the delivery's, not the value's.
+    const viaMap = await readAhead(t, { highWaterMark, readAhead: ahead }, (s) => s.pipe(map((c) => ({ ...c }))));
+    t.true(viaMap <= bound, `${what}, sink only: read ${viaMap} chunks ahead of the sink (bound ${bound})`);
+    // The source does use its credit: reads overlap the slow sink up to the bound.
+    t.is(Math.max(viaAttend, viaMap), bound, `${what}: the most chunks read ahead`);
+  }
+  t.throws(() => fromNpy(bigPath, CHUNK, { highWaterMark: 0 }), { name: 'ArgumentError', message: 'Expected highWaterMark to be an integer in [1, 64], got 0' });
+  t.throws(() => fromNpy(bigPath, CHUNK, { highWaterMark: 1.5 }), { name: 'ArgumentError', message: 'Expected highWaterMark to be an integer in [1, 64], got 1.5' });
+});
+
+test.serial('two async stages with a map between them: the second holds the credit the first passed on', async (t) => {
+  const max = await readAhead(t, {}, (s) => s.pipe(
+    awaitEach(async (c) => c), // fast
+    map((c) => ({ index: c.index, start: c.start, end: c.end, x: c.x })), // new objects
+  ));
+  t.true(max <= 2, `read ${max} chunks ahead of the sink (bound 2)`);
+});
+
+test.serial('demand overrides the default: nothing is read past what demand asked for, whatever highWaterMark', async (t) => {
+  const before = openFds();
+  const demand = new Subject<void>();
+  let reads = 0;
+  const seen: number[] = [];
+  const sub = fromNpy(bigPath, CHUNK, { demand, highWaterMark: 8, onRead: () => reads++ }).pipe(
+    awaitEach(async (c) => c.index),
+  ).subscribe((i) => seen.push(i));
+  await until(() => seen.length === 1);
+  await sleep(30); // time for reads that should not happen
+  t.is(reads, 1, 'one chunk on subscribe, none without demand');
+  demand.next();
+  demand.next();
+  await until(() => seen.length === 3);
+  await sleep(30);
+  t.is(reads, 3);
+  t.deepEqual(seen, [0, 1, 2]);
+  sub.unsubscribe();
+  await until(() => openFds() === before); // the file closes asynchronously
+  t.is(openFds(), before);
+});
+
+test.serial('unsubscribing with chunks held by async stages closes the file and leaves no credit waiting', async (t) => {
+  const before = openFds();
+  let reads = 0;
+  const got = await lastValueFrom(fromNpy(bigPath, CHUNK, { onRead: () => reads++ }).pipe(
+    asKv,
+    attendChunk(wide, xQ, { async: true }),
+    awaitEach(async (c) => (await sleep(1), c.index)),
+    take(3),
+    toArray(),
+  ));
+  t.deepEqual(got, [0, 1, 2]);
+  await until(() => openFds() === before); // close() waits for a read in flight
+  t.true(reads <= 3 + 2, `${reads} chunks read for 3 taken`);
+  t.is(openFds(), before);
 });

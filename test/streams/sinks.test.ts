@@ -1,6 +1,6 @@
 // Out of the operators: a Readable / async iterable / .npy bytes, through stream/promises
-// pipeline and highland, paced by the reader through `demand`, with errors and early exits
-// reaching both ends.
+// pipeline and highland, paced by the reader (read-ahead credit by default, or `demand`), with
+// errors and early exits reaching both ends.
 import test from 'ava';
 import _ from 'highland';
 import { createReadStream, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
@@ -9,14 +9,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { finalize, from, map, Observable, Subject, throwError } from 'rxjs';
+import { finalize, from, lastValueFrom, map, Observable, Subject, throwError } from 'rxjs';
 import { ShapeError } from '../../src/errors.ts';
 import { encodeNpy } from '../../src/io/npy.ts';
 import { MultiHeadAttention } from '../../src/mha.ts';
 import { attendChunk, projectKv, splitTokens } from '../../src/operators/index.ts';
 import type { TokenChunk } from '../../src/operators/index.ts';
 import { Rng } from '../../src/random.ts';
-import { fromNpyBytes, fromTokens, toAsyncIterable, toNpyBytes, toReadable } from '../../src/streams/index.ts';
+import { awaitEach, fromNpyBytes, fromTokens, toAsyncIterable, toNpyBytes, toReadable } from '../../src/streams/index.ts';
 import type { Tensor } from '../../src/tensor.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'kvstream-sinks-'));
@@ -72,8 +72,8 @@ test('pipeline(Readable of rows, rows → attention outputs, sink): the streamed
   t.true(worst <= 1e-5 * (1 + big), `largest difference ${worst} at flat index ${at} (bound ${1e-5 * (1 + big)})`);
 });
 
-/** A cold source of `n` chunks counting what it produced, paced by `demand` like the stream sources. */
-function counting(n: number, demand?: Subject<void>) {
+/** A cold source of `n` one-row chunks counting the rows it produced (fromTokens: credit, or `demand`). */
+function counting(n: number, demand?: Subject<void>, highWaterMark?: number) {
   const state = { produced: 0, tornDown: false };
   const x = rng.normalTensor([1, n, 2]);
   const rows = Array.from({ length: n }, (_x, s) => x.data.slice(2 * s, 2 * s + 2));
@@ -82,9 +82,74 @@ function counting(n: number, demand?: Subject<void>) {
       state.produced++;
       yield r;
     }
-  })(), { demand }).pipe(finalize(() => (state.tornDown = true)));
+  })(), { demand, highWaterMark }).pipe(finalize(() => (state.tornDown = true)));
   return { source, state };
 }
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+test('default credit: a slow for-await loop, awaitEach and attendChunk async bound fromTokens at highWaterMark rows ahead', async (t) => {
+  for (const highWaterMark of [undefined, 1, 3]) {
+    const bound = highWaterMark ?? 2;
+    const { source, state } = counting(30, undefined, highWaterMark);
+    let seen = 0, maxAhead = 0;
+    for await (const c of toAsyncIterable(source)) {
+      t.is(c.end, ++seen);
+      maxAhead = Math.max(maxAhead, state.produced - (seen - 1)); // row `seen`'s body has not finished
+      await sleep(2);
+    }
+    t.is(seen, 30);
+    t.true(maxAhead <= bound, `highWaterMark ${highWaterMark}: for-await: the source ran ${maxAhead} rows ahead of the finished loop bodies (bound ${bound})`);
+    t.is(maxAhead, bound, `highWaterMark ${highWaterMark}: for-await: the source uses its credit`);
+
+    const paced = counting(30, undefined, highWaterMark);
+    let done = 0, ahead = 0;
+    const mha = MultiHeadAttention.random({ dModel: 2, numHeads: 1 }, 4);
+    await lastValueFrom(paced.source.pipe(
+      projectKv(mha),
+      attendChunk(mha, rng.normalTensor([1, 1, 2]), { async: true }),
+      awaitEach(async () => {
+        ahead = Math.max(ahead, paced.state.produced - done);
+        await sleep(2);
+        done++;
+      }),
+    ));
+    t.is(done, 30);
+    t.true(ahead <= bound, `highWaterMark ${highWaterMark}: attendChunk async → awaitEach: ${ahead} rows ahead of the sink (bound ${bound})`);
+  }
+});
+
+test('default credit through a Node Writable: rows not yet written <= source highWaterMark + the Writable\'s highWaterMark', async (t) => {
+  for (const writableHwm of [1, 4]) {
+    const { source, state } = counting(40);
+    let written = 0, maxAhead = 0;
+    await pipeline(toReadable(source), new Writable({
+      objectMode: true,
+      highWaterMark: writableHwm,
+      write(_c, _e, cb) {
+        maxAhead = Math.max(maxAhead, state.produced - written);
+        setTimeout(() => (written++, cb()), 2);
+      },
+    }));
+    t.is(written, 40);
+    t.true(maxAhead <= 2 + writableHwm, `Writable highWaterMark ${writableHwm}: ${maxAhead} rows produced and not written (bound ${2 + writableHwm})`);
+  }
+  // Byte mode, a 64 KiB Readable buffer far larger than the rows: credit is released by bytes taken.
+  const { source, state } = counting(40);
+  let bytesWritten = 0, maxAhead = 0;
+  const HEADER = 128; // npyHeader([1,40,2]) is 128 bytes
+  await pipeline(toReadable(source.pipe(toNpyBytes(40)), { bytes: true }), new Writable({
+    highWaterMark: 8,
+    write(c: Buffer, _e, cb) {
+      setTimeout(() => {
+        bytesWritten += c.length;
+        maxAhead = Math.max(maxAhead, state.produced - Math.max(0, bytesWritten - HEADER) / 8);
+        cb();
+      }, 2);
+    },
+  }));
+  t.is(bytesWritten, HEADER + 40 * 8);
+  t.true(maxAhead <= 2 + 1, `byte mode: ${maxAhead} rows produced and not written (bound 2 + the Writable's 8 bytes = 1 row)`);
+});
 
 test('toAsyncIterable with demand: the loop paces the source; break tears it down', async (t) => {
   const demand = new Subject<void>();
