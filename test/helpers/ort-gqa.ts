@@ -114,24 +114,33 @@ export function gqaModel(a: GqaAttrs, d: number, g: GqaGraphInputs = {}): Uint8A
   });
 }
 
+// Session creations are serialized: the environment variable below is process-wide and ava runs a
+// file's tests concurrently.
+let creating: Promise<unknown> = Promise.resolve();
+
 /**
  * A session of the GQA graph on the CPU EP. `disableFlash` creates it with
  * ORT_GQA_DISABLE_FLASH_ATTENTION=1 (ORT reads it when the kernel is built; it picks the tiled
  * online-softmax path or the full-matrix path), restored afterwards.
  */
-export async function gqaSession(a: GqaAttrs, d: number, g: GqaGraphInputs = {}, disableFlash = false): Promise<ort.InferenceSession> {
-  const key = 'ORT_GQA_DISABLE_FLASH_ATTENTION', before = process.env[key];
-  if (disableFlash) process.env[key] = '1';
-  else delete process.env[key];
-  try {
-    return await ort.InferenceSession.create(gqaModel(a, d, g), {
-      intraOpNumThreads: 1, interOpNumThreads: 1, executionMode: 'sequential',
-      extra: { session: { intra_op: { allow_spinning: '0' } } },
-    });
-  } finally {
-    if (before === undefined) delete process.env[key];
-    else process.env[key] = before;
-  }
+export function gqaSession(a: GqaAttrs, d: number, g: GqaGraphInputs = {}, disableFlash = false): Promise<ort.InferenceSession> {
+  const create = async () => {
+    const key = 'ORT_GQA_DISABLE_FLASH_ATTENTION', before = process.env[key];
+    if (disableFlash) process.env[key] = '1';
+    else delete process.env[key];
+    try {
+      return await ort.InferenceSession.create(gqaModel(a, d, g), {
+        intraOpNumThreads: 1, interOpNumThreads: 1, executionMode: 'sequential',
+        extra: { session: { intra_op: { allow_spinning: '0' } } },
+      });
+    } finally {
+      if (before === undefined) delete process.env[key];
+      else process.env[key] = before;
+    }
+  };
+  const session = creating.then(create);
+  creating = session.catch(() => undefined);
+  return session;
 }
 
 /** Runs the session: dims B, S (queries), H, H_kv, d. */
