@@ -42,11 +42,11 @@ export interface KvCacheConfig {
   capacity?: number;
   /** Storage type (default 'fp32'); appends are encoded on the way in, snapshot() decodes. */
   dtype?: CacheDtype;
-  /** Sliding window W: a ring buffer keeping (at least) the last W positions; parts carry `window: W`. */
+  /** Sliding window W: keeps (at least) the last W positions (a ring buffer; paged: pages left of it released); parts carry `window: W`. */
   window?: number;
   /** StreamingLLM sink tokens (with `window`): positions [0, sinkTokens) are also kept forever. */
   sinkTokens?: number;
-  /** Paged storage: pages of this many positions and a block table per batch row (with `window`: pages left of it are released). */
+  /** Paged storage: pages of this many positions and a block table per batch row. */
   pageSize?: number;
   /** Keys are rotated on append at their absolute positions (or options.positions), once: cached rotated. */
   rope?: RopeOptions;

@@ -10,6 +10,8 @@ import { OnlineSoftmaxState } from '../src/attention.ts';
 import type { CacheDtype } from '../src/attention.ts';
 import { KvCache } from '../src/kvcache.ts';
 import type { KvCacheConfig } from '../src/kvcache.ts';
+import { getKernelPath, info, setKernelPath } from '../src/native.ts';
+import type { KernelPath } from '../src/native.ts';
 import { Rng } from '../src/random.ts';
 import type { RopeOptions } from '../src/rope.ts';
 import type { Tensor } from '../src/tensor.ts';
@@ -195,3 +197,19 @@ for (const layout of LAYOUTS)
         checkStream(t, s, { batch: B, numKvHeads: Hkv, dK, dV, dtype, ...layout.config, ...slack }, script, `${layout.name} ${dtype} script ${i}`);
       }
   });
+
+test.serial('every kernel path folds every layout within the bound (fp32 and int8)', (t) => {
+  const before = getKernelPath();
+  const paths: KernelPath[] = ['blas', 'rows', 'deterministic', ...(info().tile ? (['tile'] as const) : [])];
+  const s = stream(500);
+  try {
+    for (const path of paths) {
+      setKernelPath(path);
+      for (const layout of LAYOUTS)
+        for (const dtype of ['fp32', 'int8'] as const)
+          checkStream(t, s, { batch: B, numKvHeads: Hkv, dK, dV, dtype, ...layout.config }, CHUNKINGS[2], `${path} path, ${layout.name} ${dtype}`);
+    }
+  } finally {
+    setKernelPath(before);
+  }
+});
