@@ -405,7 +405,7 @@ for (const threads of THREADS) {
           const parts = row.ratio_to_fp32 === undefined ? [] : [`${(row.ratio_to_fp32 as number).toFixed(3)}x fp32${sys === 'kvstream' ? ` (target <= ${dt === 'int8' ? '0.35' : '0.55'}x)` : ''}`];
           if (row.system === 'kvstream' && row.variant !== 'fresh') {
             const bytes = stepBytes(B, dt), floor = ms.get(`~floor@${dt}`)!;
-            Object.assign(row, { bytes_per_step: bytes, gbps: bytes / row.median_ms / 1e6, floor_ms: floor, floor_gbps: bytes / floor / 1e6, of_floor: row.median_ms / floor });
+            Object.assign(row, { bytes_per_step: bytes, cache_bytes_per_step: bytes - weightBytes, gbps: bytes / row.median_ms / 1e6, floor_ms: floor, floor_gbps: bytes / floor / 1e6, of_floor: row.median_ms / floor });
             parts.push(`${(bytes / 1e6).toFixed(1)} MB/step at ${(bytes / row.median_ms / 1e6).toFixed(1)} GB/s = ${(row.median_ms / floor).toFixed(2)}x the plain read (${fmtMs(floor)}, ${(bytes / floor / 1e6).toFixed(1)} GB/s)${dt === 'fp32' && !row.variant ? ', target <= 1.10x' : ''}`);
           }
           if (parts.length) notes.set(row, parts.join('; '));
