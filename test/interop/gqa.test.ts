@@ -469,3 +469,27 @@ test('PagedAttention: no CPU kernel in this onnxruntime-node (paged parity has n
   t.regex(String(err), /PagedAttention/);
   t.log(`skipped: paged attention has no CPU kernel in onnxruntime-node ${version}: ${String(err).slice(0, 200)}`);
 });
+
+// ORT's schema: "When processing the first prompt the kernel uses only the first element" of
+// position_ids: every row of a first prompt is rotated from position_ids[0][0]. kvstream honors
+// ropePositions row by row; the parity holds with row 0's start for every row.
+test('rotary in a first prompt: ORT reads only position_ids[0][0] (every row starts there)', async (t) => {
+  const d = 32, B = 2, T = 5, rope: Required<RopeOptions> = { dim: 32, theta: 10000, style: 'half' };
+  const caches = ropeCachesFp32(32, 32, 10000);
+  const c: Case = { B, T, P: [0, 0], d };
+  const q = randn(B * H * T * d, 81), k = randn(B * Hkv * T * d, 82), v = randn(B * Hkv * T * d, 83);
+  const ids = Int32Array.from([3, 4, 5, 6, 7, 10, 11, 12, 13, 14]);
+  const r = await runStep(c, { doRotary: true }, { rotary: true, positionIds: true }, { rotaryHalf: 16, cos: caches.cos, sin: caches.sin, positionIds: ids }, q, k, v);
+  const used = positions(B, T, [3, 3]);
+  const qRef = refRope(q, { B, H, T, d }, used, rope), kRef = refRope(k, { B, H: Hkv, T, d }, used, rope);
+  const kBo = cachedRopeBound(k, { B, H: Hkv, T, d }, used, rope, caches.dAngle);
+  const pk = checkWithin(r.presentKey, kRef, kBo, 'ORT present_key vs keys rotated from position 3 in both rows', [B, Hkv, T, d]);
+  t.true(pk.ok, pk.message);
+  const o: FeatureBoundOpts = { scale: 1 / Math.sqrt(d), causal: true, qOffset: 0, rescales: 3 };
+  const ref = refFeaturesBound(qRef, kRef, v, dimsOf(c, T), { ...o, dq: refRopeBound(q, { B, H, T, d }, used, rope), dk: refRopeBound(k, { B, H: Hkv, T, d }, used, rope) });
+  const refO = refFeaturesBound(qRef, kRef, v, dimsOf(c, T), { ...o, dq: cachedRopeBound(q, { B, H, T, d }, used, rope, caches.dAngle), dk: kBo });
+  const cache = new KvCache({ batch: B, numKvHeads: Hkv, dK: d, dV: d, rope });
+  cache.append({ data: k, shape: [B, Hkv, T, d] }, { data: v, shape: [B, Hkv, T, d] }, { positions: used });
+  const st = new OnlineSoftmaxState({ data: q, shape: [B, H, T, d] }, { dV: d, causal: true, qOffset: 0, rope, ropePositions: used }).updateCache(cache).finalize();
+  compare(t, 'first prompt with position_ids (3.., 10..)', r.out, st.output.data, ref, refO, [B, H, T, d]);
+});
