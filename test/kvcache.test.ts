@@ -356,6 +356,10 @@ test('config validation: every bad value is named with what was expected and wha
     [{ ...cfg, sinkTokens: 4 }, 'ArgumentError', 'Expected sinkTokens only with a window (sinks plus the last window positions), got sinkTokens=4 and window undefined'],
     [{ ...cfg, pageSize: 0 }, 'ShapeError', 'Expected pageSize to be an integer >= 1, got 0'],
     [{ ...cfg, rope: { dim: 3 } }, 'ArgumentError', 'Expected rope.dim to be an even integer in [2, d=4], got 3'],
+    [{ ...cfg, rope: 3 }, 'ArgumentError', 'Expected rope to be an object, got 3'],
+    [{ ...cfg, rope: { theta: -1 } }, 'ArgumentError', 'Expected rope.theta to be a number in [5e-324, 1e+300], got -1'],
+    [{ ...cfg, window: 2.5 }, 'ShapeError', 'Expected window to be an integer >= 1, got 2.5'],
+    [{ ...cfg, dtype: 'f16' }, 'ArgumentError', "Expected dtype to be one of 'fp32', 'fp16', 'bf16', 'int8', got \"f16\""],
     [{ ...cfg, rope: { style: 'neox' } }, 'ArgumentError', "Expected rope.style to be 'half' or 'interleaved', got \"neox\""],
     [{ ...cfg, capacity: 2 ** 28 }, 'ArgumentError', 'Expected k cache storage [B,H_kv,capacity,d_k]=[2,3,268435456,4] to fit the 2 GiB tensor limit (536870912 floats), got 6442450944 floats (25769803776 bytes)'],
     [{ ...cfg, pageSize: 2 ** 20, capacity: 2 ** 28 }, 'ArgumentError', 'Expected k page pool [pages,H_kv,pageSize,d_k]=[512,3,1048576,4] to fit the 2 GiB tensor limit (536870912 floats), got 6442450944 floats (25769803776 bytes)'],
@@ -378,6 +382,8 @@ test('argument validation: append, crop, snapshot, reorder, select, keys', (t) =
   t.is(roped.length, 0, 'rejected appends change nothing');
   throws(() => cache.crop(-1), 'ShapeError', 'Expected n to be an integer >= 0, got -1');
   throws(() => cache.snapshot(2), 'ShapeError', 'Expected S <= positions held 1, got 2');
+  throws(() => cache.storedSnapshot(-1), 'ShapeError', 'Expected S to be an integer >= 0, got -1');
+  throws(() => cache.crop(1.5), 'ShapeError', 'Expected n to be an integer >= 0, got 1.5');
   throws(() => cache.reorder([0]), 'ShapeError', 'Expected indices shape [B]=[2] (one source row per batch row), got 1 elements');
   throws(() => cache.reorder([0, 2]), 'ArgumentError', 'Expected indices[1] to be a batch row in [0, 2), got 2');
   throws(() => cache.reorder([0, 0.5]), 'ArgumentError', 'Expected indices[1] to be a batch row in [0, 2), got 0.5');
