@@ -461,7 +461,9 @@ for (const threads of THREADS) {
     const [w6k, w6v] = [lastW(held.k), lastW(held.v)];
     const w3Prompt = w3(1).prompt;
     const [w3k, w3v] = [f32(w3Prompt.k.data, [1, H, P, D]), f32(w3Prompt.v.data, [1, H, P, D])];
-    const ortDecode = (s: typeof gqaW6, pk: OrtTensor, pv: OrtTensor, past: number) => async () => (await timeAsync(async () => {
+    /** A repetition from past tensors k0, v0 holding `past` positions (each repetition starts there again). */
+    const ortDecode = (s: typeof gqaW6, k0: OrtTensor, v0: OrtTensor, past: number) => async () => (await timeAsync(async () => {
+      let [pk, pv] = [k0, v0];
       for (const [i, xi] of xs.entries()) ({ k: pk, v: pv } = await gqaStep(s, xi.data, [1, 1, DM], pk, pv, past + i));
     })) / STEPS;
     await measure('W6', 'causal', threads, {
