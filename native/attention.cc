@@ -52,6 +52,8 @@ void attn_state_init(int64_t rows, int64_t d_v, float* m, float* l, float* acc) 
 
 namespace {
 
+const bool AVX2_SOFTMAX = softmax_avx2();
+
 // Folds one block of scores [R, sk] (keys at absolute s_abs0..) into the state rows m, l [R]
 // and acc [R, d_v]; row r is query t_abs = pos(r).first of head pos(r).second. On return the
 // scores hold the probabilities to multiply into V: exp(score - m_new) · keep / (1 - p), 0 where
@@ -66,14 +68,14 @@ void softmax_block(const AttnOpts& o, int64_t b, float* scores, int64_t R, int64
     const auto [t_abs, h] = pos(r);
     const int64_t n = visible(o.causal, t_abs, s_abs0, sk);
     if (has_score_mods(o)) apply_score_mods(o, sc_r, n, b, t_abs, h, s_abs0, [](float x) { return std::tanh(x); });
-    const float mx = row_max(sc_r, n);
+    const float mx = AVX2_SOFTMAX ? row_max_avx2(sc_r, n) : row_max(sc_r, n);
     if (mx == NEG_INF) {  // nothing visible: this block adds nothing to the row
       std::fill(sc_r, sc_r + sk, 0.0f);
       continue;
     }
     const float m_new = mx != mx ? mx : std::max(m[r], mx);  // a NaN score poisons the row, as in torch
     const float alpha = std::exp(m[r] - m_new);  // exp(-inf) = 0 for an empty row
-    const float sum = exp_sub_sum(sc_r, n, m_new);
+    const float sum = AVX2_SOFTMAX ? exp_sub_sum_avx2(sc_r, n, m_new) : exp_sub_sum(sc_r, n, m_new);
     std::fill(sc_r + n, sc_r + sk, 0.0f);
     // lse counts every visible key; dropout only thins what reaches the accumulator.
     if (dropout) {
@@ -109,7 +111,9 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
                          !has_score_mods(opts) && tile_supported(d_k, d_v);
   // Converted (half, int8) blocks of 256 keys stay in L2 on the row path (256 was faster than 64
   // in a decode loop here: fewer BLAS calls per key); paged blocks never straddle a page.
-  const int64_t rows_block = kv_block_rows(kv, kv.dtype == KvDtype::F32 ? SK : 256), blas_block = kv_block_rows(kv, SK);
+  // Direct kernels (half and int8 read in place) take blocks of SK keys: no scratch to keep in L2.
+  const bool direct = rows_path && kv_direct(kv);
+  const int64_t rows_block = kv_block_rows(kv, kv.dtype == KvDtype::F32 || direct ? SK : 256), blas_block = kv_block_rows(kv, SK);
 
   if (rows_path) {
     // The T rows of each of a kv head's `group` query heads are contiguous in q, m, l and acc:
@@ -133,6 +137,12 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
         const int64_t sk = visible(opts.causal, t_abs_last, s_abs0, std::min(rows_block, S - s0));
         if (sk == 0) break;
         if (left_of_window(opts, q0, s_abs0 + sk - 1)) continue;
+        if (direct) {
+          kv_dot(kv, bh_kv, dims.s_cap, d_k, s0, sk, q_r, R, opts.scale, scores);
+          softmax_block(opts, b, scores, R, sk, s_abs0, pos, m_r, l_r, acc_r, d_v);
+          kv_accumulate(kv, bh_kv, dims.s_cap, d_v, s0, sk, scores, R, acc_r);
+          continue;
+        }
         const float* kb = kv_rows(kv, false, bh_kv, dims.s_cap, d_k, s0, sk, tls.k_rows);
         if (R == 1) sgemv(false, (int)sk, (int)d_k, opts.scale, kb, (int)d_k, q_r, 0.0f, scores);
         else if (R <= FEW_ROWS) dot_rows(q_r, R, kb, sk, d_k, opts.scale, scores);

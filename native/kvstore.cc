@@ -2,8 +2,12 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <type_traits>
 
 #include "kernel_path.h"
+#include "vec.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -117,6 +121,513 @@ const float* kv_rows(const KvStore& kv, bool is_v, int64_t bh_kv, int64_t s_cap,
     s += run;
   }
   return scratch.data();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Direct row-path kernels: the storage is read in place and widened in registers.
+
+namespace {
+
+// Calls f(storage_row, i, run) for runs of rows [s0 + i, s0 + i + run) of kv head bh_kv that
+// are contiguous in storage (one run for contiguous storage, one per page otherwise).
+template <typename F>
+void for_runs(const KvStore& kv, int64_t bh_kv, int64_t s_cap, int64_t s0, int64_t n, F f) {
+  const KvPages& p = kv.pages;
+  if (!p.block_table) return f(bh_kv * s_cap + s0, int64_t(0), n);
+  const int64_t b = bh_kv / p.H_kv, h_kv = bh_kv % p.H_kv;
+  for (int64_t s = s0; s < s0 + n;) {
+    const int64_t run = std::min(s0 + n - s, p.page - s % p.page);
+    f(((int64_t)p.block_table[b * p.max_blocks + s / p.page] * p.H_kv + h_kv) * p.page + s % p.page, s - s0, run);
+    s += run;
+  }
+}
+
+#ifdef KVS_X86
+#ifndef KVS_PREFETCH_BYTES
+#define KVS_PREFETCH_BYTES 4096
+#endif
+#define KVS_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define KVS_AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) static inline
+
+const bool HAS_AVX2 = [] {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}();
+
+// Loaders: 8 consecutive stored elements widened to fp32 (int8 unscaled), and one element.
+struct LdF32 {
+  typedef float T;
+  KVS_AVX2_INLINE __m256 ld(const T* p) { return _mm256_loadu_ps(p); }
+  static float one(const T* p) { return *p; }
+};
+struct LdF16 {
+  typedef uint16_t T;
+  KVS_AVX2_INLINE __m256 ld(const T* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+  static float one(const T* p) { return f16_to_f32(*p); }
+};
+struct LdBF16 {  // bf16 is the top half of an fp32
+  typedef uint16_t T;
+  KVS_AVX2_INLINE __m256 ld(const T* p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
+  }
+  static float one(const T* p) {
+    const uint32_t bits = (uint32_t)*p << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+  }
+};
+struct LdI8 {
+  typedef int8_t T;
+  KVS_AVX2_INLINE __m256 ld(const T* p) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p))); }
+  static float one(const T* p) { return (float)*p; }
+};
+
+// Software prefetch this many bytes ahead of the streamed storage rows (hardware prefetch alone
+// left the direct kernels below the fp32 path's DRAM bandwidth).
+constexpr int64_t PREFETCH = KVS_PREFETCH_BYTES;
+KVS_AVX2_INLINE void prefetch_span(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p) + PREFETCH;
+  for (int64_t i = 0; i < bytes; i += 64) _mm_prefetch(c + i, _MM_HINT_T0);
+}
+
+// Largest d of the split bf16 kernels (q split on the stack).
+constexpr int64_t MAX_SPLIT_D = 1024;
+
+// [x0..x7] -> x0 + ... + x7
+KVS_AVX2_INLINE float hsum(__m256 a) {
+  __m128 x = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_add_ss(x, _mm_movehdup_ps(x));
+  return _mm_cvtss_f32(x);
+}
+// Eight vectors -> one vector of their sums: lane u = sum of a[u].
+KVS_AVX2_INLINE __m256 hsum8(const __m256* a) {
+  const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+  const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+// out [n] = scale · k [n, d] · q [d] (unscaled elements for int8). Eight keys at a time, one
+// accumulator each, reduced together.
+template <typename L>
+KVS_AVX2 void dot1(const typename L::T* k, int64_t n, int64_t d, const float* q, float scale, float* out) {
+  const int64_t d8 = d & ~int64_t(7);
+  int64_t s = 0;
+  for (; s + 8 <= n; s += 8) {
+    const typename L::T* k_s = k + s * d;
+    if (PREFETCH) prefetch_span(k_s, 8 * d * sizeof(typename L::T));
+    __m256 a[8];
+    for (int u = 0; u < 8; ++u) a[u] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < d8; j += 8) {
+      const __m256 q_j = _mm256_loadu_ps(q + j);
+      for (int u = 0; u < 8; ++u) a[u] = _mm256_fmadd_ps(q_j, L::ld(k_s + u * d + j), a[u]);
+    }
+    __m256 r = hsum8(a);
+    if (d8 < d) {
+      alignas(32) float t[8];
+      for (int u = 0; u < 8; ++u) {
+        t[u] = 0.0f;
+        for (int64_t j = d8; j < d; ++j) t[u] += q[j] * L::one(k_s + u * d + j);
+      }
+      r = _mm256_add_ps(r, _mm256_load_ps(t));
+    }
+    _mm256_storeu_ps(out + s, _mm256_mul_ps(r, _mm256_set1_ps(scale)));
+  }
+  for (; s < n; ++s) {
+    const typename L::T* k_s = k + s * d;
+    __m256 a = _mm256_setzero_ps();
+    for (int64_t j = 0; j < d8; j += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + j), L::ld(k_s + j), a);
+    float dot = hsum(a);
+    for (int64_t j = d8; j < d; ++j) dot += q[j] * L::one(k_s + j);
+    out[s] = dot * scale;
+  }
+}
+
+// int8 keys with d % 32 == 0: out [n] = scale · Σ_g k_scale[s, g] · (k [s, g-th 32] · q [g-th 32]).
+// The n·G (key, group) units are consecutive 32-byte runs with consecutive scales: eight units
+// at a time, reduced together and scaled by one vector of scales.
+KVS_AVX2_INLINE __m256 dot_unit(const int8_t* k_u, const float* q_g) {
+  __m256 x = _mm256_mul_ps(_mm256_loadu_ps(q_g), LdI8::ld(k_u));
+  x = _mm256_fmadd_ps(_mm256_loadu_ps(q_g + 8), LdI8::ld(k_u + 8), x);
+  x = _mm256_fmadd_ps(_mm256_loadu_ps(q_g + 16), LdI8::ld(k_u + 16), x);
+  return _mm256_fmadd_ps(_mm256_loadu_ps(q_g + 24), LdI8::ld(k_u + 24), x);
+}
+
+// G = d / 32 in {1, 2, 4}: eight keys per step, their G·8 unit sums folded into one vector of
+// eight scores in registers.
+template <int G>
+KVS_AVX2 void dot1_i8g(const int8_t* k, const float* k_scale, int64_t n, const float* q, float scale, float* out) {
+  constexpr int64_t d = G * Q8_GROUP;
+  int64_t s = 0;
+  for (; s + 8 <= n; s += 8) {
+    const int8_t* k_s = k + s * d;
+    if (PREFETCH) prefetch_span(k_s, 8 * d);
+    __m256 v[G];  // v[m] lane i: unit m·8 + i (key (m·8 + i) / G, group (m·8 + i) % G), scaled
+    for (int m = 0; m < G; ++m) {
+      __m256 a[8];
+      for (int i = 0; i < 8; ++i) a[i] = dot_unit(k_s + (m * 8 + i) * Q8_GROUP, q + ((m * 8 + i) % G) * Q8_GROUP);
+      v[m] = _mm256_mul_ps(hsum8(a), _mm256_loadu_ps(k_scale + s * G + m * 8));
+    }
+    __m256 r;
+    if constexpr (G == 1) {
+      r = v[0];
+    } else if constexpr (G == 2) {  // hadd: [k0 k1 k4 k5 | k2 k3 k6 k7]
+      r = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_hadd_ps(v[0], v[1])), 0xd8));
+    } else {  // two hadds: [k0 k2 k4 k6 | k1 k3 k5 k7]
+      const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+      r = _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    }
+    _mm256_storeu_ps(out + s, _mm256_mul_ps(r, _mm256_set1_ps(scale)));
+  }
+  for (; s < n; ++s) {
+    float dot = 0.0f;
+    for (int g = 0; g < G; ++g) dot += hsum(dot_unit(k + s * d + g * Q8_GROUP, q + g * Q8_GROUP)) * k_scale[s * G + g];
+    out[s] = dot * scale;
+  }
+}
+
+// Any d % 32 == 0: unit by unit.
+KVS_AVX2 void dot1_i8(const int8_t* k, const float* k_scale, int64_t n, int64_t d, const float* q, float scale,
+                      float* out) {
+  const int64_t G = d / Q8_GROUP;
+  for (int64_t s = 0; s < n; ++s) {
+    float dot = 0.0f;
+    for (int64_t g = 0; g < G; ++g) dot += hsum(dot_unit(k + s * d + g * Q8_GROUP, q + g * Q8_GROUP)) * k_scale[s * G + g];
+    out[s] = dot * scale;
+  }
+}
+
+// acc [d0, d0 + 8·NV) += Σ_s p[s] · v [s, d0 + ...]; int8: += Σ_s w[s, group] · v [s, ...] with
+// w [n, G] = p · v_scale. The slab of acc stays in registers while the keys stream.
+template <typename L, int NV>
+KVS_AVX2 void pv_slab(const typename L::T* v, const float* w, int64_t G, int64_t n, int64_t d, int64_t d0,
+                      const float* p, float* acc) {
+  __m256 a[NV];
+  for (int i = 0; i < NV; ++i) a[i] = _mm256_loadu_ps(acc + d0 + 8 * i);
+  const int64_t g0 = d0 / Q8_GROUP;  // d0 % 32 == 0: vector i is in group g0 + i / 4
+  for (int64_t s = 0; s < n; ++s) {
+    const typename L::T* v_s = v + s * d + d0;
+    if (PREFETCH) prefetch_span(v_s, 8 * NV * sizeof(typename L::T));
+    if constexpr (std::is_same<L, LdI8>::value) {
+      const float* w_s = w + s * G + g0;
+      for (int i = 0; i < NV; ++i) a[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(w_s + i / 4), L::ld(v_s + 8 * i), a[i]);
+    } else {
+      const __m256 w = _mm256_broadcast_ss(p + s);
+      for (int i = 0; i < NV; ++i) a[i] = _mm256_fmadd_ps(w, L::ld(v_s + 8 * i), a[i]);
+    }
+  }
+  for (int i = 0; i < NV; ++i) _mm256_storeu_ps(acc + d0 + 8 * i, a[i]);
+}
+
+// acc [d] += Σ_s p[s] · v [s, :] over n keys; slabs of 64 columns, then a scalar tail.
+template <typename L>
+KVS_AVX2 void pv1(const typename L::T* v, const float* v_scale, int64_t n, int64_t d, const float* p, float* acc) {
+  const int64_t G = q8_groups(d), d8 = d & ~int64_t(7);
+  const float* w = nullptr;
+  if constexpr (std::is_same<L, LdI8>::value) {
+    thread_local std::vector<float> w_buf;
+    resize_scratch(w_buf, n * G, "kv weights");
+    for (int64_t s = 0; s < n; ++s)
+      for (int64_t g = 0; g < G; ++g) w_buf[s * G + g] = p[s] * v_scale[s * G + g];
+    w = w_buf.data();
+  }
+  for (int64_t d0 = 0; d0 < d8; d0 += 64) {
+    switch (std::min<int64_t>(8, (d8 - d0) / 8)) {
+      case 8: pv_slab<L, 8>(v, w, G, n, d, d0, p, acc); break;
+      case 7: pv_slab<L, 7>(v, w, G, n, d, d0, p, acc); break;
+      case 6: pv_slab<L, 6>(v, w, G, n, d, d0, p, acc); break;
+      case 5: pv_slab<L, 5>(v, w, G, n, d, d0, p, acc); break;
+      case 4: pv_slab<L, 4>(v, w, G, n, d, d0, p, acc); break;
+      case 3: pv_slab<L, 3>(v, w, G, n, d, d0, p, acc); break;
+      case 2: pv_slab<L, 2>(v, w, G, n, d, d0, p, acc); break;
+      default: pv_slab<L, 1>(v, w, G, n, d, d0, p, acc);
+    }
+  }
+  for (int64_t j = d8; j < d; ++j) {
+    float a = acc[j];
+    for (int64_t s = 0; s < n; ++s) a += (w ? w[s * G + j / Q8_GROUP] : p[s]) * L::one(v + s * d + j);
+    acc[j] = a;
+  }
+}
+
+// bf16 without a widening shuffle: a 32-byte load holds 16 values as 8 lanes of (even, odd)
+// pairs; lane & 0xffff0000 is the odd value as fp32 and lane << 16 the even one. The dot runs on
+// q split the same way; the accumulate keeps even and odd columns apart and interleaves them
+// at the end. d % 16 == 0.
+KVS_AVX2_INLINE __m256 bf16_odd(__m256i x) { return _mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32((int)0xffff0000u))); }
+KVS_AVX2_INLINE __m256 bf16_even(__m256i x) { return _mm256_castsi256_ps(_mm256_slli_epi32(x, 16)); }
+KVS_AVX2_INLINE __m256i ld256(const void* p) { return _mm256_loadu_si256((const __m256i*)p); }
+
+// qs [d]: per block of 16, the 8 even then the 8 odd elements of q.
+KVS_AVX2_INLINE void split_even_odd(const float* q, int64_t d, float* qs) {
+  for (int64_t j = 0; j < d; j += 16)
+    for (int i = 0; i < 8; ++i) {
+      qs[j + i] = q[j + 2 * i];
+      qs[j + 8 + i] = q[j + 2 * i + 1];
+    }
+}
+
+KVS_AVX2 void dot1_bf16(const uint16_t* k, int64_t n, int64_t d, const float* q, float scale, float* out) {
+  alignas(32) float qs[MAX_SPLIT_D];
+  split_even_odd(q, d, qs);
+  int64_t s = 0;
+  for (; s + 8 <= n; s += 8) {
+    const uint16_t* k_s = k + s * d;
+    if (PREFETCH) prefetch_span(k_s, 8 * d * 2);
+    __m256 a[8];
+    for (int u = 0; u < 8; ++u) a[u] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < d; j += 16) {
+      const __m256 qe = _mm256_load_ps(qs + j), qo = _mm256_load_ps(qs + j + 8);
+      for (int u = 0; u < 8; ++u) {
+        const __m256i x = ld256(k_s + u * d + j);
+        a[u] = _mm256_fmadd_ps(qo, bf16_odd(x), _mm256_fmadd_ps(qe, bf16_even(x), a[u]));
+      }
+    }
+    _mm256_storeu_ps(out + s, _mm256_mul_ps(hsum8(a), _mm256_set1_ps(scale)));
+  }
+  for (; s < n; ++s) {
+    const uint16_t* k_s = k + s * d;
+    __m256 a = _mm256_setzero_ps();
+    for (int64_t j = 0; j < d; j += 16) {
+      const __m256i x = ld256(k_s + j);
+      a = _mm256_fmadd_ps(_mm256_load_ps(qs + j + 8), bf16_odd(x), _mm256_fmadd_ps(_mm256_load_ps(qs + j), bf16_even(x), a));
+    }
+    out[s] = hsum(a) * scale;
+  }
+}
+
+// acc [d0, d0 + 16·NB) += Σ_s p[s] · v [s, d0 + ...].
+template <int NB>
+KVS_AVX2 void pv_slab_bf16(const uint16_t* v, int64_t n, int64_t d, int64_t d0, const float* p, float* acc) {
+  __m256 e[NB], o[NB];
+  for (int i = 0; i < NB; ++i) e[i] = o[i] = _mm256_setzero_ps();
+  for (int64_t s = 0; s < n; ++s) {
+    const uint16_t* v_s = v + s * d + d0;
+    if (PREFETCH) prefetch_span(v_s, 32 * NB);
+    const __m256 w = _mm256_broadcast_ss(p + s);
+    for (int i = 0; i < NB; ++i) {
+      const __m256i x = ld256(v_s + 16 * i);
+      e[i] = _mm256_fmadd_ps(w, bf16_even(x), e[i]);
+      o[i] = _mm256_fmadd_ps(w, bf16_odd(x), o[i]);
+    }
+  }
+  for (int i = 0; i < NB; ++i) {  // [e0 o0 e1 o1 .. e7 o7] added to acc
+    const __m256 lo = _mm256_unpacklo_ps(e[i], o[i]), hi = _mm256_unpackhi_ps(e[i], o[i]);
+    float* a = acc + d0 + 16 * i;
+    _mm256_storeu_ps(a, _mm256_add_ps(_mm256_loadu_ps(a), _mm256_permute2f128_ps(lo, hi, 0x20)));
+    _mm256_storeu_ps(a + 8, _mm256_add_ps(_mm256_loadu_ps(a + 8), _mm256_permute2f128_ps(lo, hi, 0x31)));
+  }
+}
+
+KVS_AVX2 void pv1_bf16(const uint16_t* v, int64_t n, int64_t d, const float* p, float* acc) {
+  for (int64_t d0 = 0; d0 < d; d0 += 64) {
+    switch (std::min<int64_t>(4, (d - d0) / 16)) {
+      case 4: pv_slab_bf16<4>(v, n, d, d0, p, acc); break;
+      case 3: pv_slab_bf16<3>(v, n, d, d0, p, acc); break;
+      case 2: pv_slab_bf16<2>(v, n, d, d0, p, acc); break;
+      default: pv_slab_bf16<1>(v, n, d, d0, p, acc);
+    }
+  }
+}
+
+// Storage rows [n, d] -> fp32 (int8 scaled as kv_rows does: one fp32 product per element).
+template <typename L>
+KVS_AVX2 void widen(const typename L::T* x, const float* scale, int64_t n, int64_t d, float* out) {
+  const int64_t G = q8_groups(d), d8 = d & ~int64_t(7);
+  for (int64_t s = 0; s < n; ++s) {
+    const typename L::T* x_s = x + s * d;
+    float* o_s = out + s * d;
+    int64_t j = 0;
+    for (; j < d8; j += 8) {
+      __m256 y = L::ld(x_s + j);
+      if (scale) y = _mm256_mul_ps(y, _mm256_set1_ps(scale[s * G + j / Q8_GROUP]));
+      _mm256_storeu_ps(o_s + j, y);
+    }
+    for (; j < d; ++j) o_s[j] = L::one(x_s + j) * (scale ? scale[s * G + j / Q8_GROUP] : 1.0f);
+  }
+}
+
+// The online softmax's row max and exp-sum (vmath.h) in 8-lane vectors, same polynomial: on
+// AVX2 without AVX-512, GCC compiles vmath's 16-float compares to scalar code.
+typedef float v8 __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+KVS_AVX2 float row_max8(const float* x, int64_t n) {
+  constexpr float NEG_INF = -std::numeric_limits<float>::infinity();
+  v8 m = v8{} + NEG_INF;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    v8 x_i;
+    std::memcpy(&x_i, x + i, sizeof x_i);
+    m = vec::vmax_t(m, x_i);
+  }
+  float r = NEG_INF;
+  for (int j = 0; j < 8; ++j) r = r > m[j] || r != r ? r : m[j];  // NaN propagates
+  for (; i < n; ++i) r = r > x[i] || r != r ? r : x[i];
+  return r;
+}
+
+KVS_AVX2 float exp_sub_sum8(float* x, int64_t n, float m) {
+  v8 sum = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    v8 x_i;
+    std::memcpy(&x_i, x + i, sizeof x_i);
+    const v8 e = vec::exp_nonpos_t<v8, v8i>(x_i - m);
+    std::memcpy(x + i, &e, sizeof e);
+    sum += e;
+  }
+  if (i < n) {  // tail: pad with -inf, whose exp is 0
+    v8 t;
+    for (int j = 0; j < 8; ++j) t[j] = i + j < n ? x[i + j] : -std::numeric_limits<float>::infinity();
+    const v8 e = vec::exp_nonpos_t<v8, v8i>(t - m);
+    for (int j = 0; i + j < n; ++j) x[i + j] = e[j];
+    sum += e;
+  }
+  float s = 0.0f;
+  for (int j = 0; j < 8; ++j) s += sum[j];
+  return s;
+}
+
+// Keys per widened chunk when several query rows share it: 32 keys of d = 64 are 8 KiB of L1.
+constexpr int64_t CHUNK = 32;
+
+thread_local std::vector<float> chunk_buf;
+
+template <typename L>
+KVS_AVX2 void dot_rows_direct(const KvStore& kv, int64_t bh_kv, int64_t s_cap, int64_t d, int64_t s0, int64_t n,
+                              const float* q, int64_t R, float scale, float* out) {
+  const auto* k = static_cast<const typename L::T*>(kv.k);
+  const bool i8 = kv.dtype == KvDtype::I8;
+  if (R == 1 && i8 && d % Q8_GROUP == 0)
+    return for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run) {
+      const int8_t* k_r = reinterpret_cast<const int8_t*>(k) + row * d;
+      const float* ks_r = kv.k_scale + row * (d / Q8_GROUP);
+      switch (d / Q8_GROUP) {
+        case 1: return dot1_i8g<1>(k_r, ks_r, run, q, scale, out + i);
+        case 2: return dot1_i8g<2>(k_r, ks_r, run, q, scale, out + i);
+        case 4: return dot1_i8g<4>(k_r, ks_r, run, q, scale, out + i);
+        default: return dot1_i8(k_r, ks_r, run, d, q, scale, out + i);
+      }
+    });
+  if constexpr (std::is_same<L, LdBF16>::value)
+    if (R == 1 && d % 16 == 0 && d <= MAX_SPLIT_D)
+      return for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run) {
+        dot1_bf16(k + row * d, run, d, q, scale, out + i);
+      });
+  if (R == 1 && !i8)
+    return for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run) {
+      dot1<L>(k + row * d, run, d, q, scale, out + i);
+    });
+  // Several rows (or int8 with a partial group): widen a chunk into L1 once, dot every row on it.
+  resize_scratch(chunk_buf, CHUNK * d, "kv chunk");
+  float* buf = chunk_buf.data();
+  for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run) {
+    for (int64_t c = 0; c < run; c += CHUNK) {
+      const int64_t nc = std::min(CHUNK, run - c);
+      widen<L>(k + (row + c) * d, i8 ? kv.k_scale + (row + c) * q8_groups(d) : nullptr, nc, d, buf);
+      for (int64_t r = 0; r < R; ++r) dot1<LdF32>(buf, nc, d, q + r * d, scale, out + r * n + i + c);
+    }
+  });
+}
+
+template <typename L>
+KVS_AVX2 void accumulate_direct(const KvStore& kv, int64_t bh_kv, int64_t s_cap, int64_t d, int64_t s0, int64_t n,
+                                const float* p, int64_t R, float* acc) {
+  const auto* v = static_cast<const typename L::T*>(kv.v);
+  const bool i8 = kv.dtype == KvDtype::I8;
+  if constexpr (std::is_same<L, LdBF16>::value)
+    if (R == 1 && d % 16 == 0)
+      return for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run) {
+        pv1_bf16(v + row * d, run, d, p + i, acc);
+      });
+  if (R == 1)
+    return for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run) {
+      pv1<L>(v + row * d, i8 ? kv.v_scale + row * q8_groups(d) : nullptr, run, d, p + i, acc);
+    });
+  resize_scratch(chunk_buf, CHUNK * d, "kv chunk");
+  float* buf = chunk_buf.data();
+  for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run) {
+    for (int64_t c = 0; c < run; c += CHUNK) {
+      const int64_t nc = std::min(CHUNK, run - c);
+      widen<L>(v + (row + c) * d, i8 ? kv.v_scale + (row + c) * q8_groups(d) : nullptr, nc, d, buf);
+      for (int64_t r = 0; r < R; ++r) pv1<LdF32>(buf, nullptr, nc, d, p + r * n + i + c, acc + r * d);
+    }
+  });
+}
+#endif
+
+}  // namespace
+
+bool softmax_avx2() {
+#ifdef KVS_X86
+  // A function static, not HAS_AVX2: attention.cc reads this during its own static init.
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
+           !__builtin_cpu_supports("avx512f");
+  }();
+  return yes;
+#else
+  return false;
+#endif
+}
+
+float row_max_avx2(const float* x, int64_t n) {
+#ifdef KVS_X86
+  return row_max8(x, n);
+#else
+  (void)x, (void)n;
+  throw std::logic_error("row_max_avx2: not an x86-64 build");
+#endif
+}
+
+float exp_sub_sum_avx2(float* x, int64_t n, float m) {
+#ifdef KVS_X86
+  return exp_sub_sum8(x, n, m);
+#else
+  (void)x, (void)n, (void)m;
+  throw std::logic_error("exp_sub_sum_avx2: not an x86-64 build");
+#endif
+}
+
+bool kv_direct(const KvStore& kv) {
+#ifdef KVS_X86
+  return kv.dtype != KvDtype::F32 && HAS_AVX2;
+#else
+  (void)kv;
+  return false;
+#endif
+}
+
+void kv_dot(const KvStore& kv, int64_t bh_kv, int64_t s_cap, int64_t d, int64_t s0, int64_t n, const float* q,
+            int64_t R, float scale, float* out) {
+#ifdef KVS_X86
+  switch (kv.dtype) {
+    case KvDtype::F16: return dot_rows_direct<LdF16>(kv, bh_kv, s_cap, d, s0, n, q, R, scale, out);
+    case KvDtype::BF16: return dot_rows_direct<LdBF16>(kv, bh_kv, s_cap, d, s0, n, q, R, scale, out);
+    case KvDtype::I8: return dot_rows_direct<LdI8>(kv, bh_kv, s_cap, d, s0, n, q, R, scale, out);
+    default: break;
+  }
+#endif
+  (void)kv, (void)bh_kv, (void)s_cap, (void)d, (void)s0, (void)n, (void)q, (void)R, (void)scale, (void)out;
+  throw std::logic_error("kv_dot: no direct kernel for this storage (check kv_direct first)");
+}
+
+void kv_accumulate(const KvStore& kv, int64_t bh_kv, int64_t s_cap, int64_t d, int64_t s0, int64_t n, const float* p,
+                   int64_t R, float* acc) {
+#ifdef KVS_X86
+  switch (kv.dtype) {
+    case KvDtype::F16: return accumulate_direct<LdF16>(kv, bh_kv, s_cap, d, s0, n, p, R, acc);
+    case KvDtype::BF16: return accumulate_direct<LdBF16>(kv, bh_kv, s_cap, d, s0, n, p, R, acc);
+    case KvDtype::I8: return accumulate_direct<LdI8>(kv, bh_kv, s_cap, d, s0, n, p, R, acc);
+    default: break;
+  }
+#endif
+  (void)kv, (void)bh_kv, (void)s_cap, (void)d, (void)s0, (void)n, (void)p, (void)R, (void)acc;
+  throw std::logic_error("kv_accumulate: no direct kernel for this storage (check kv_direct first)");
 }
 
 }  // namespace kvs

@@ -1,5 +1,6 @@
 // A KV cache's storage as the kernels read it: fp32, fp16, bf16 or int8 with scales. Kernels
-// never expand a whole cache: they convert one block of rows at a time into per-thread scratch
+// never expand a whole cache: the row path reads half and int8 storage in place (kv_dot,
+// kv_accumulate), the other paths convert one block of rows at a time into per-thread scratch
 // (fp32 storage is read in place).
 //
 // Layout: k [B, H_kv, s_cap, d_k], v [B, H_kv, s_cap, d_v] in `dtype`;
@@ -48,6 +49,24 @@ inline KvStore kv_f32(const float* k, const float* v) { return {KvDtype::F32, k,
 // (fp16 and bf16 widen exactly; int8 is one fp32 product per element).
 const float* kv_rows(const KvStore& kv, bool is_v, int64_t bh_kv, int64_t s_cap, int64_t d, int64_t s0, int64_t n,
                      std::vector<float>& scratch);
+
+// Row-path kernels that read half and int8 storage in place, widening in registers (AVX2, FMA
+// and F16C; runtime dispatch). kv_direct says whether they exist for this storage on this CPU:
+// when false the caller converts blocks with kv_rows and runs the fp32 kernels.
+bool kv_direct(const KvStore& kv);
+// out [R, n] = scale · q [R, d] · kᵀ over keys [s0, s0 + n) of kv head bh_kv (k rows of width d).
+void kv_dot(const KvStore& kv, int64_t bh_kv, int64_t s_cap, int64_t d, int64_t s0, int64_t n, const float* q,
+            int64_t R, float scale, float* out);
+// acc [R, d] += p [R, n] · v over keys [s0, s0 + n) of kv head bh_kv (v rows of width d).
+void kv_accumulate(const KvStore& kv, int64_t bh_kv, int64_t s_cap, int64_t d, int64_t s0, int64_t n, const float* p,
+                   int64_t R, float* acc);
+
+// vmath.h's row_max and exp_sub_sum (same polynomial) in 8-lane AVX2 code, which the softmax
+// takes where softmax_avx2() (AVX2, FMA and F16C without AVX-512F): there GCC compiles vmath's
+// 16-float compares to scalar code.
+bool softmax_avx2();
+float row_max_avx2(const float* x, int64_t n);
+float exp_sub_sum_avx2(float* x, int64_t n, float m);
 
 // One fp16 value (IEEE binary16 bits) as fp32, exactly.
 float f16_to_f32(uint16_t h);

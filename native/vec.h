@@ -23,7 +23,11 @@ KVS_INLINE void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 // A broadcast for non-hot paths (GCC keeps an add of 0; hot loops use the ISA's broadcast).
 KVS_INLINE vf splat(float a) { return vf{} + a; }
 // max that propagates a NaN in either argument (a NaN score must not pass for a masked key).
-KVS_INLINE vf vmax(vf a, vf b) { return (a > b) | (a != a) ? a : b; }
+// V is any GCC float vector type, VI its int32 twin (the AVX2 kernels of kvstore.cc use 8 lanes:
+// GCC lowers compares of 16-float vectors to scalar code on AVX2).
+template <typename V>
+KVS_INLINE V vmax_t(V a, V b) { return (a > b) | (a != a) ? a : b; }
+KVS_INLINE vf vmax(vf a, vf b) { return vmax_t(a, b); }
 
 constexpr float LOG2E = 1.44269504088896341f, LN2_HI = 0.693359375f, LN2_LO = -2.12194440e-4f;
 constexpr float EXP_MIN = -87.3f;  // exp(-87.3) ~ 1.2e-38, the smallest normal float
@@ -31,22 +35,24 @@ constexpr float EXP_MIN = -87.3f;  // exp(-87.3) ~ 1.2e-38, the smallest normal 
 // exp(y) for y <= 0: y = k·ln2 + r with integer k = ceil(y·log2e - 1/2), so |r| <= ln2/2
 // (ln2 split in two so k·ln2 is exact); exp(r) by its Taylor polynomial to r^6, relative error
 // < 2.3e-7 (measured over [-87, 0]); times 2^k built in the exponent bits. y < EXP_MIN (and -inf) gives 0.
-KVS_INLINE vf exp_nonpos(vf y0) {
-  const vi tiny = y0 < splat(EXP_MIN);
-  const vf y = tiny ? splat(EXP_MIN) : y0;
-  const vi ki = __builtin_convertvector(y * LOG2E - 0.5f, vi);  // truncation = ceil: argument <= 0
-  const vf k = __builtin_convertvector(ki, vf);
-  const vf r = (y - k * LN2_HI) - k * LN2_LO;
-  vf p = splat(1.0f / 720.0f);
+template <typename V, typename VI>
+KVS_INLINE V exp_nonpos_t(V y0) {
+  const VI tiny = y0 < (V{} + EXP_MIN);
+  const V y = tiny ? V{} + EXP_MIN : y0;
+  const VI ki = __builtin_convertvector(y * LOG2E - 0.5f, VI);  // truncation = ceil: argument <= 0
+  const V k = __builtin_convertvector(ki, V);
+  const V r = (y - k * LN2_HI) - k * LN2_LO;
+  V p = V{} + 1.0f / 720.0f;
   p = p * r + 1.0f / 120.0f;
   p = p * r + 1.0f / 24.0f;
   p = p * r + 1.0f / 6.0f;
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const vf e = p * (vf)((ki + 127) << 23);
-  return tiny ? splat(0.0f) : e;
+  const V e = p * (V)((ki + 127) << 23);
+  return tiny ? V{} : e;
 }
+KVS_INLINE vf exp_nonpos(vf y0) { return exp_nonpos_t<vf, vi>(y0); }
 
 }  // namespace vec
 }  // namespace kvs
