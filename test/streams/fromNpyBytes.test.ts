@@ -13,7 +13,7 @@ import { convertNpy, decodeNpy, encodeNpy, f32ToF16 } from '../../src/io/npy.ts'
 import type { Dtype } from '../../src/io/npy.ts';
 import { concatTokens, splitTokens } from '../../src/operators/index.ts';
 import { Rng } from '../../src/random.ts';
-import { fromNpyBytes } from '../../src/streams/index.ts';
+import { awaitEach, fromNpyBytes } from '../../src/streams/index.ts';
 import type { Tensor } from '../../src/tensor.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'kvstream-npybytes-'));
@@ -127,6 +127,24 @@ test('a slow synchronous consumer: bytes pulled stay within a chunk and the Read
   t.is(consumed, 32);
   // The Readable reads up to its highWaterMark (one piece) ahead of the queue, plus the header.
   t.true(maxAhead <= 2 * PIECE + 128, `pulled ${maxAhead} bytes beyond the chunks consumed`);
+});
+
+test('default credit: a slow awaitEach sink keeps bytes pulled within highWaterMark chunks and the Readable\'s buffer of what was consumed', async (t) => {
+  for (const highWaterMark of [undefined, 3]) {
+    const { stream, state } = counted(encodeNpy(BIG));
+    let consumed = 0, maxAhead = 0;
+    await lastValueFrom(fromNpyBytes(stream, 64, { highWaterMark }).pipe(awaitEach(async (c) => {
+      t.is(c.x.data[0], c.start);
+      await new Promise((r) => setTimeout(r, 1));
+      maxAhead = Math.max(maxAhead, state.pulled - consumed * CHUNK_BYTES); // this chunk not yet consumed
+      consumed++;
+    })));
+    t.is(consumed, 32);
+    // highWaterMark chunks, plus what the Readable reads ahead (its buffer and the piece in hand) and the header.
+    const bound = (highWaterMark ?? 2) * CHUNK_BYTES + 2 * PIECE + 128;
+    t.true(maxAhead <= bound, `highWaterMark ${highWaterMark}: pulled ${maxAhead} bytes beyond the chunks consumed (bound ${bound})`);
+    t.true(maxAhead > ((highWaterMark ?? 2) - 1) * CHUNK_BYTES, `highWaterMark ${highWaterMark}: the source reads ahead of the sink (${maxAhead} bytes)`);
+  }
 });
 
 test('an asynchronous consumer pacing with demand: bounded read-ahead; take(2) destroys the Readable', async (t) => {

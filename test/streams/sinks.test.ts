@@ -189,6 +189,19 @@ test('highland → kvstream → highland: a highland source, and highland pullin
   }
   t.true(maxAhead <= 3, `the source ran ${maxAhead} rows ahead of highland's pulls`);
   hs.destroy();
+
+  // Without demand: the credit alone bounds it (highWaterMark 2, plus the value highland holds for its next pull).
+  const plain = counting(40);
+  const hp = _<TokenChunk>(toReadable(plain.source));
+  const pullPlain = () => new Promise<TokenChunk>((resolve, reject) => hp.pull((err, c) => (err ? reject(err) : resolve(c as TokenChunk))));
+  let plainAhead = 0;
+  for (let i = 1; i <= 10; i++) {
+    t.is((await pullPlain()).end, i);
+    await new Promise((r) => setTimeout(r, 2));
+    plainAhead = Math.max(plainAhead, plain.state.produced - i);
+  }
+  t.true(plainAhead <= 3, `without demand the source ran ${plainAhead} rows ahead of highland's pulls (bound 3)`);
+  hp.destroy();
 });
 
 test('errors: an Observable error rejects the pipeline; a failing Writable tears the source down', async (t) => {
