@@ -380,8 +380,8 @@ export class OnlineSoftmaxState {
     this.scale = expectNumber('scale', options.scale ?? 1 / Math.sqrt(this.dK), -3.4e38, 3.4e38);
     this.causal = expectFlag('causal', options.causal) ?? false;
     this.dropout = checkDropout(options.dropout);
-    if (options.qOffset === undefined && (this.causal || this.dropout)) {
-      throw new ArgumentError('Expected qOffset (absolute position of query 0) for a streaming state with causal or dropout, got undefined');
+    if (options.qOffset === undefined && options.qOffsets === undefined && (this.causal || this.dropout)) {
+      throw new ArgumentError('Expected qOffset (absolute position of query 0) or qOffsets [B] for a streaming state with causal or dropout, got neither');
     }
     this.qOffset_ = expectOffset(options.qOffset ?? 0);
     this.score = resolveScore(options, this.B, this.H, this.T, this.dK);

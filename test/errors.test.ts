@@ -45,7 +45,7 @@ test('TS API: options out of range and missing arguments', (t) => {
   t.throws(() => attention(q, k, v, { dropout: { p: 0.1, seed: -1 } }), { name: 'ArgumentError', message: 'Expected dropout.seed to be an integer in [0, 2^53), got -1' });
   t.throws(() => attention(q, k, v, { qOffset: 1.5 }), { name: 'ArgumentError', message: 'Expected qOffset to be a 32-bit integer, got 1.5' });
   t.throws(() => attention(q, k, v, { scale: Number.NaN }), { name: 'ArgumentError', message: 'Expected scale to be a number in [-3.4e+38, 3.4e+38], got NaN' });
-  t.throws(() => new OnlineSoftmaxState(q, { dV: 32, causal: true }), { name: 'ArgumentError', message: 'Expected qOffset (absolute position of query 0) for a streaming state with causal or dropout, got undefined' });
+  t.throws(() => new OnlineSoftmaxState(q, { dV: 32, causal: true }), { name: 'ArgumentError', message: 'Expected qOffset (absolute position of query 0) or qOffsets [B] for a streaming state with causal or dropout, got neither' });
   t.throws(() => (attention as (...a: unknown[]) => unknown)(q, k), { name: 'ShapeError', message: 'Expected v rank 4 [B,H_kv,S,d_v], got undefined' });
   const mha = MultiHeadAttention.random({ dModel: 16, numHeads: 2 }, 1);
   t.throws(() => mha.forward(zeros([1, 3, 16]), null), { name: 'ShapeError', message: 'Expected x_kv shape [B,S,d_kv_in] (or a cache), got null' });
