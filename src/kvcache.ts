@@ -459,8 +459,9 @@ export class KvCache {
 
   /**
    * What attention must fold, in position order: one part (contiguous, paged), or for a window
-   * cache the sink part (window 0) and one or two window parts (window W; paged: one). Views read the storage in place
-   * and are valid until the next append, crop, reorder or reset. Empty cache: no parts.
+   * cache the sink part (window 0) and one or two window parts (window W; paged: one). Views
+   * read the storage in place and are valid until this cache's next append, crop, reorder or
+   * reset (forks and selections never write into pages this cache reads). Empty cache: no parts.
    */
   parts(): KvPart[] {
     if (this.len === 0) return [];
