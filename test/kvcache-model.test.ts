@@ -6,6 +6,7 @@
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import type { CacheDtype } from '../src/attention.ts';
+import { bf16ToF32, f16ToF32 } from '../src/io/npy.ts';
 import { KvCache } from '../src/kvcache.ts';
 import type { KvCacheConfig } from '../src/kvcache.ts';
 import { Rng } from '../src/random.ts';
@@ -22,6 +23,15 @@ interface Live {
 
 const DTYPES: CacheDtype[] = ['fp32', 'fp16', 'bf16', 'int8'];
 
+/** Stored bits [rows, d] (+ int8 scales [rows, ceil(d/32)]) as fp32, independently of the cache. */
+function decode(data: ArrayLike<number>, scale: Float32Array | undefined, dtype: CacheDtype, d: number): Float32Array {
+  if (dtype === 'fp16') return f16ToF32(data as Uint16Array);
+  if (dtype === 'bf16') return bf16ToF32(data as Uint16Array);
+  if (dtype === 'fp32') return Float32Array.from(data);
+  const g = Math.ceil(d / 32);
+  return Float32Array.from(data, (q, i) => Math.fround(q * scale![Math.floor(i / d) * g + Math.floor((i % d) / 32)]));
+}
+
 function check(t: ExecutionContext, live: Live, label: string): boolean {
   const c = live.cache, parts = c.parts();
   const held = parts.flatMap((p) => Array.from({ length: p.k.shape[2] }, (_, i) => p.sOffset + i));
@@ -37,6 +47,12 @@ function check(t: ExecutionContext, live: Live, label: string): boolean {
   for (let s = live.need0; s < c.length; s++) if (!held.includes(s)) return fail(`position ${s} is needed and not held`);
   for (let s = 0; s < Math.min(c.length, c.sinkTokens); s++) if (!held.includes(s)) return fail(`sink ${s} not held`);
   const snap = c.snapshot(), S = held.length, { dK, dV, numKvHeads: Hkv } = c;
+  // The stored form decodes to the snapshot.
+  const stored = c.storedSnapshot();
+  for (const [x, d, want] of [[stored.k, dK, snap.k.data], [stored.v, dV, snap.v.data]] as const) {
+    const got = decode(x.data, x.scale, c.dtype, d);
+    for (let i = 0; i < got.length; i++) if (got[i] !== want[i] && !(Number.isNaN(got[i]) && Number.isNaN(want[i]))) return fail(`storedSnapshot element ${i} decodes to ${got[i]}, snapshot ${want[i]}`);
+  }
   for (let b = 0; b < c.batch; b++)
     for (let h = 0; h < Hkv; h++)
       for (const [j, s] of held.entries()) {
