@@ -50,14 +50,14 @@ class Writer {
 
 export type Attr = { name: string; int?: number; float?: number };
 export interface Node { op: string; domain?: string; inputs: string[]; outputs: string[]; attrs?: Attr[] }
-/** A dim is a number or a symbolic name. */
-export interface Value { name: string; dims: (number | string)[] }
+/** A dim is a number or a symbolic name; elemType is TensorProto.DataType (default 1 = FLOAT; 10 = FLOAT16, 16 = BFLOAT16). */
+export interface Value { name: string; dims: (number | string)[]; elemType?: number }
 export interface Initializer { name: string; dims: number[]; data: Float32Array }
 
 function valueInfo(v: Value): Writer {
   const shape = new Writer();
   for (const d of v.dims) shape.message(1, typeof d === 'number' ? new Writer().int(1, d) : new Writer().string(2, d));
-  const tensorType = new Writer().int(1, 1).message(2, shape);
+  const tensorType = new Writer().int(1, v.elemType ?? 1).message(2, shape);
   return new Writer().string(1, v.name).message(2, new Writer().message(1, tensorType));
 }
 

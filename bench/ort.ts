@@ -2,6 +2,7 @@
 // (packed QKV projection, optional past/present) + MatMul + Add for the whole module.
 import * as ort from 'onnxruntime-node';
 import type { MultiHeadAttention } from '../src/mha.ts';
+import { f32ToF16 } from '../src/io/npy.ts';
 import { onnxModel } from './onnx.ts';
 
 export type Feeds = Record<string, ort.Tensor>;
@@ -63,7 +64,10 @@ export function moduleSession(mha: MultiHeadAttention, causal: boolean, withPast
 export const f32 = (data: Float32Array, dims: number[]) => new ort.Tensor('float32', data, dims);
 export const version = ort.env.versions.common;
 
-const CAST_INT32 = 6;
+const CAST_INT32 = 6, FLOAT16 = 10;
+
+/** A float16 tensor of fp32 data (round to nearest even). */
+export const f16 = (data: Float32Array, dims: number[]) => new ort.Tensor('float16', f32ToF16(data), dims);
 
 export interface GqaModuleOptions {
   /** local_window_size: key s visible to query t iff t - W < s (test/interop/gqa.test.ts pins W = local_window_size). */
@@ -72,6 +76,11 @@ export interface GqaModuleOptions {
   slidingWindowCache?: boolean;
   /** do_rotary=1 (half-split, rotary over the whole head) with cos_cache/sin_cache inputs [maxPos, d/2]. */
   rotary?: boolean;
+  /**
+   * 'fp16': GQA runs in fp16 (ORT's CPU GQA has fp16 kernels, no bf16): past/present are float16
+   * tensors, the projections stay fp32 with Casts around GQA.
+   */
+  cache?: 'fp32' | 'fp16';
 }
 
 /**
@@ -87,9 +96,11 @@ export function gqaModuleSession(mha: MultiHeadAttention, threads: number, o: Gq
   if (o.window !== undefined) attrs.push({ name: 'local_window_size', int: o.window });
   if (o.slidingWindowCache) attrs.push({ name: 'sliding_window_cache', int: 1 });
   if (o.rotary) attrs.push({ name: 'do_rotary', int: 1 }, { name: 'rotary_interleaved', int: 0 });
+  const half = o.cache === 'fp16', et = half ? FLOAT16 : 1;
   const proj = (name: string, wName: string, bName: string) => [
     { op: 'MatMul', inputs: ['x', wName], outputs: [`${name}_mm`] },
-    { op: 'Add', inputs: [`${name}_mm`, bName], outputs: [name] },
+    { op: 'Add', inputs: [`${name}_mm`, bName], outputs: [half ? `${name}_32` : name] },
+    ...(half ? [{ op: 'Cast', inputs: [`${name}_32`], outputs: [name], attrs: [{ name: 'to', int: FLOAT16 }] }] : []),
   ];
   return session(onnxModel({
     nodes: [
@@ -99,17 +110,18 @@ export function gqaModuleSession(mha: MultiHeadAttention, threads: number, o: Gq
       {
         op: 'GroupQueryAttention', domain: 'com.microsoft', attrs,
         inputs: ['query', 'key', 'value', 'past_key', 'past_value', 'seqlens_k', 'total_sequence_length', ...(o.rotary ? ['cos_cache', 'sin_cache'] : [])],
-        outputs: ['a', 'present_key', 'present_value'],
+        outputs: [half ? 'a16' : 'a', 'present_key', 'present_value'],
       },
+      ...(half ? [{ op: 'Cast', inputs: ['a16'], outputs: ['a'], attrs: [{ name: 'to', int: 1 }] }] : []),
       { op: 'MatMul', inputs: ['a', 'w_o'], outputs: ['ao'] },
       { op: 'Add', inputs: ['ao', 'b_o'], outputs: ['y'] },
     ],
     inputs: [
-      { name: 'x', dims: ['B', 'T', dModel] }, { name: 'past_key', dims: ['B', Hkv, 'P', d] }, { name: 'past_value', dims: ['B', Hkv, 'P', d] },
+      { name: 'x', dims: ['B', 'T', dModel] }, { name: 'past_key', dims: ['B', Hkv, 'P', d], elemType: et }, { name: 'past_value', dims: ['B', Hkv, 'P', d], elemType: et },
       { name: 'seqlens_f', dims: ['B'] }, { name: 'total_f', dims: [1] },
       ...(o.rotary ? [{ name: 'cos_cache', dims: ['M', d / 2] }, { name: 'sin_cache', dims: ['M', d / 2] }] : []),
     ],
-    outputs: [{ name: 'y', dims: ['B', 'T', dOut] }, { name: 'present_key', dims: ['B', Hkv, 'PT', d] }, { name: 'present_value', dims: ['B', Hkv, 'PT', d] }],
+    outputs: [{ name: 'y', dims: ['B', 'T', dOut] }, { name: 'present_key', dims: ['B', Hkv, 'PT', d], elemType: et }, { name: 'present_value', dims: ['B', Hkv, 'PT', d], elemType: et }],
     initializers: [
       { name: 'w_q', dims: [dModel, H * d], data: w.wQ.data }, { name: 'b_q', dims: [H * d], data: w.bQ!.data },
       { name: 'w_k', dims: [dModel, Hkv * d], data: w.wK.data }, { name: 'b_k', dims: [Hkv * d], data: w.bK!.data },

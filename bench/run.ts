@@ -40,7 +40,7 @@ import type { Tensor } from '../src/tensor.ts';
 import { npyHeader } from '../src/io/npy.ts';
 import { plainRead } from './floor.ts';
 import { cachedKernel, coreKernel, fusedKernel } from './kernels.ts';
-import { coreSession, f32, gqaModuleSession, gqaStep, moduleSession, rotaryCaches, version as ortVersion } from './ort.ts';
+import { coreSession, f16, f32, gqaModuleSession, gqaStep, moduleSession, rotaryCaches, version as ortVersion } from './ort.ts';
 import type { Feeds, OrtTensor } from './ort.ts';
 
 // OpenBLAS reads these at load: drop them by re-running this script without them.
@@ -74,8 +74,8 @@ const want = (w: string) => !only || only.includes(w);
 
 const [H, D, DM] = [8, 64, 512];
 type System = 'kvstream' | 'onnxruntime' | 'torch';
-type Variant = 'kernel' | 'fresh';
-type SystemKey = System | `kvstream/${Variant}`;
+type Variant = 'kernel' | 'fresh' | 'gqa';
+type SystemKey = System | `kvstream/${Variant}` | `onnxruntime/${Variant}`;
 interface Row {
   workload: string; mask: 'none' | 'causal'; threads: number; system: System; variant?: string; median_ms: number; gflops: number | null;
   /** KV cache storage (W3, W6 and the paged row). */
@@ -194,7 +194,7 @@ function printRows(rs: Row[]) {
     const group = rs.filter((p) => p.cache === r.cache && p.feature === r.feature);
     const ours = group.find((p) => p.system === 'kvstream' && !p.variant);
     const kernel = group.find((p) => p.system === 'kvstream' && p.variant === 'kernel');
-    let ratios = r === ours ? group.filter((p) => p.system !== 'kvstream').map((p) => `${(r.median_ms / p.median_ms).toFixed(2)}x ${p.system}`).join(', ') : '';
+    let ratios = r === ours ? group.filter((p) => p.system !== 'kvstream').map((p) => `${(r.median_ms / p.median_ms).toFixed(2)}x ${p.system}${p.variant ? `/${p.variant}` : ''}`).join(', ') : '';
     if (kernel && r.system === 'kvstream' && r !== kernel) ratios += `${ratios ? ', ' : ''}${(r.median_ms / kernel.median_ms).toFixed(3)}x kernel`;
     const lim = r.gflops !== null && r.workload.startsWith('W1') ? ` (${((100 * r.gflops) / limit.get(r.threads)!).toFixed(0)}% of sgemm)` : '';
     const unit = r.workload.startsWith('W3') || r.workload === 'W6' ? 'ms/step' : r.workload === 'W4' ? 'ms/call' : 'ms';
@@ -382,6 +382,21 @@ for (const threads of THREADS) {
       })) / STEPS,
       ...(torch ? { torch: () => torch.ask({ workload, mask: 'none', steps: STEPS }) } : {}),
     };
+    if (B === 1) {
+      // onnxruntime's GroupQueryAttention module (its CPU kernel has fp16, not bf16 or int8): fp32 and
+      // fp16 past tensors; each step copies the past into a new present, as the Attention op does.
+      // Not at B 16: one 256-step run of the Attention op there already takes over a minute.
+      for (const dt of ['fp32', 'fp16'] as const) {
+        if (dt === 'fp16' && !CACHES.includes('fp16')) continue;
+        const g = await gqaModuleSession(mha, threads, { cache: dt });
+        const enc = dt === 'fp16' ? f16 : f32;
+        const [k0, v0] = [enc(prompt.k.data, [B, H, P, D]), enc(prompt.v.data, [B, H, P, D])];
+        systems[dt === 'fp32' ? 'onnxruntime/gqa' : 'onnxruntime/gqa@fp16'] = async () => (await timeAsync(async () => {
+          let [pk, pv]: OrtTensor[] = [k0, v0];
+          for (const [i, xi] of xs.entries()) ({ k: pk, v: pv } = await gqaStep(g, xi.data, [B, 1, DM], pk, pv, P + i));
+        })) / STEPS;
+      }
+    }
     // The other storage types: the public API and the kernel over the same prompt, encoded.
     for (const dt of CACHES) {
       if (dt === 'fp32') continue;
