@@ -2,7 +2,8 @@
 
 Usage: python3 recompute.py DIR  ->  prints one JSON object per case:
   {"name", "shapes_ok", "checks": {array: max_excess}, "problems": [...]}
-max_excess <= 0 means within the manifest's atol + rtol*|expected| (lse: atol alone). Follows
+max_excess <= 0 means within the manifest's atol + rtol*|expected| (lse: atol alone); 1e308
+stands for an infinite or NaN excess (JSON has neither). Follows
 DESIGN semantics in float64: projections, grouped heads, causal mask at q_offset, dropout from the
 stored mask, and, for chunked cases, the equivalence to one pass (prefix passes for
 partial_outputs). The cache features of docs/fixtures.md are read from the config fields that a
@@ -348,6 +349,8 @@ def main(directory):
             checks = check(case, z)
         except Exception as e:  # report, do not hide
             checks, problems = {}, problems + ["%s: %s" % (type(e).__name__, e)]
+        # JSON has no inf or NaN: an unbounded or undefined excess is written as 1e308.
+        checks = {k: (v if np.isfinite(v) else 1e308) for k, v in checks.items()}
         print(json.dumps({"name": case["name"], "shapes_ok": shapes_ok, "checks": checks, "problems": problems}))
 
 
