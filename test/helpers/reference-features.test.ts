@@ -7,7 +7,7 @@ import { binding, getKernelPath, info, setKernelPath, setNumThreads } from '../.
 import type { KernelPath } from '../../src/native.ts';
 import { chunkedRescales, refAttention } from './reference.ts';
 import {
-  keyVisible, quantizeQ8, refAlibiSlopes, refFeatures, refFeaturesBound, refRope, refRopeBound, roundBf16, roundF16, roundHalfEven, storageErrorBound, storageRound,
+  keyVisible, quantizeQ8, refAlibiSlopes, refFeatures, refFeaturesBound, refRope, refRopeBound, roundBf16, roundF16, roundHalfEven, storageErrorBound, storageRound, storageSpread,
 } from './reference-features.ts';
 import type { FeatureDims, FeatureOpts } from './reference-features.ts';
 
@@ -288,6 +288,26 @@ test('storage rounding stays within storageErrorBound, and the bound is tight wi
   }
 });
 
+test('storageSpread: enc of any fp32 value within dx stays within it (random trials), and it is far below the loose bound', (t) => {
+  const rows = 40, d = 40;
+  const x = Float64Array.from(normal(rows * d, 73), (z, i) => Math.fround(z * (i % 9 === 0 ? 20 : 1)));
+  const dx = x.map((z) => Math.abs(z) * 3e-7 + 1e-8);
+  const rng = new Rng(11, 3);
+  for (const dtype of ['fp16', 'bf16', 'int8'] as const) {
+    const spread = storageSpread(x, rows, d, dtype, dx), base = storageRound(x, rows, d, dtype);
+    let worst = 0;
+    for (let trial = 0; trial < 100; trial++) {
+      const y = Float32Array.from(x, (z, i) => z + (rng.uniform() * 2 - 1) * dx[i]);
+      const ey = storageRound(y, rows, d, dtype);
+      for (let i = 0; i < x.length; i++) worst = Math.max(worst, Math.abs(ey[i] - base[i]) / (spread[i] || Number.MIN_VALUE) * (ey[i] === base[i] ? 0 : 1));
+    }
+    t.true(worst <= 1, `${dtype}: a perturbed encoding is ${worst}x the spread`);
+    const loose = storageErrorBound(x, rows, d, dtype).map((e) => 2 * e);
+    const mean = (a: Float64Array) => a.reduce((p, c) => p + c, 0) / a.length;
+    t.true(mean(spread) < mean(loose) / 10, `${dtype}: spread ${mean(spread)} vs two roundings ${mean(loose)}`);
+  }
+});
+
 test('dtype in refFeatures rounds k and v first (equal to passing rounded k, v as fp32)', (t) => {
   const d = dims({ dK: 40, dV: 36 });
   const { q, k, v } = inputs(d, 81);
@@ -411,6 +431,32 @@ test.serial('the native kernels lie within refFeaturesBound for every feature, d
     setKernelPath(restore.path);
     setNumThreads(restore.threads);
   }
+});
+
+test.serial('rope in refFeaturesBound: the native rope, then the kernels (fp32 and int8 storage, per-row positions), within the bound', (t) => {
+  const d = dims({ B: 2, H: 4, Hkv: 2, T: 6, S: 30, dK: 40, dV: 36 });
+  const base = inputs(d, 97);
+  const q = f32(base.q), k = f32(base.k), v = f32(base.v);
+  const qOffsets = [24, 10];
+  const kPositions = Int32Array.from({ length: d.B * d.S }, (_, i) => (i % d.S) + 1000 * Math.floor(i / d.S));
+  const qPositions = Int32Array.from({ length: d.B * d.T }, (_, i) => qOffsets[Math.floor(i / d.T)] + (i % d.T) + 1000 * Math.floor(i / d.T));
+  for (const style of ['half', 'interleaved'] as const)
+    for (const dtype of ['fp32', 'int8'] as const) {
+      const rope = { dim: 24, theta: 500, style };
+      const qr = new Float32Array(q.length), kr = new Float32Array(k.length);
+      binding.rope(q, qr, { B: d.B, H: d.H, T: d.T, d: d.dK }, { rotaryDim: 24, theta: 500, interleaved: style === 'interleaved' }, qPositions);
+      binding.rope(k, kr, { B: d.B, H: d.Hkv, T: d.S, d: d.dK }, { rotaryDim: 24, theta: 500, interleaved: style === 'interleaved' }, kPositions);
+      const o: FeatureOpts = { scale: 0.3, causal: true, qOffsets, window: 9, dtype };
+      const got = nativeRun(qr, kr, v, d, o, [[0, 11], [11, 30]]);
+      const ref = refFeaturesBound(q, k, v, d, { ...o, rope: { ...rope, qPositions, kPositions }, rescales: chunkedRescales(d.S, 2) });
+      within(t, got.out, ref.out, ref.outBound, `rope ${style} ${dtype} out`);
+      within(t, got.lse, ref.lse, ref.lseBound, `rope ${style} ${dtype} lse`);
+      // Rope matters here: the same inputs unrotated are far outside the bound.
+      const plain = refFeaturesBound(q, k, v, d, { ...o, rescales: chunkedRescales(d.S, 2) });
+      let far = 0;
+      for (let i = 0; i < got.out.length; i++) far = Math.max(far, Math.abs(got.out[i] - plain.out[i]) / plain.outBound[i]);
+      t.true(far > 1, `rope ${style} ${dtype}: unrotated reference within bound too (${far})`);
+    }
 });
 
 test.serial('the bound with storage "unrounded" covers the fp16/bf16/int8 kernels against the fp32 reference, and is needed', (t) => {

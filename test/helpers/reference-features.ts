@@ -93,10 +93,64 @@ export function storageRound(x: ArrayLike<number>, rows: number, d: number, dtyp
  *   int8: with s the group's fp32 scale, y = fp32(x/s) = (x/s)(1+ε), |q - y| <= 1/2 (|y| < 127.5,
  *   so the clamp never acts), stored fp32(q·s): |stored - x| <= s(1/2 + u) + 2u|x|(1 + u).
  * `dx` (optional, same layout): the values encoded are only known within dx (another kernel's x̃
- * vs this x̂): the result then bounds |enc(x̃) - enc(x̂)| <= E(x̃) + |x̃ - x̂| + E(x̂), with E(x̃)
- * taken at |x| + dx and the int8 scale at (max + max dx)/127.
+ * vs this x̂): the result then bounds |enc(x̃) - enc(x̂)| by the smaller of
+ *   - E(x̃) + |x̃ - x̂| + E(x̂), with E(x̃) taken at |x| + dx and the int8 scale at (max + max dx)/127;
+ *   - the spread of the encoder over [x̂ - dx, x̂ + dx] (storageSpread): the encoders are monotone,
+ *     so enc(x̃) lies between enc(x̂ - dx) and enc(x̂ + dx), which are equal unless a rounding
+ *     boundary falls within dx (int8: over the scales the group's max allows too).
  */
 export function storageErrorBound(x: ArrayLike<number>, rows: number, d: number, dtype: StorageDtype, dx?: ArrayLike<number>): Float64Array {
+  const out = storageErrorBoundLoose(x, rows, d, dtype, dx);
+  if (!dx) return out;
+  const spread = storageSpread(x, rows, d, dtype, dx);
+  for (let i = 0; i < out.length; i++) out[i] = Math.min(out[i], spread[i]);
+  return out;
+}
+
+/**
+ * Per element: max |enc(y) - enc(x)| over fp32 values y with |y - x| <= dx, from the encoder's
+ * values at x ± dx (monotone in y). int8: the scale of y's group lies between those of the group
+ * maxima max(|x| - dx) and max(|x| + dx), and q = rint(fp32(y/s)) and fp32(q·s) are monotone in y
+ * and s, so the four corners bound the stored value.
+ */
+export function storageSpread(x: ArrayLike<number>, rows: number, d: number, dtype: StorageDtype, dx: ArrayLike<number>): Float64Array {
+  const out = new Float64Array(rows * d);
+  if (dtype !== 'int8') {
+    const f = dtype === 'fp16' ? roundF16 : dtype === 'bf16' ? roundBf16 : Math.fround;
+    for (let i = 0; i < out.length; i++) {
+      const e = f(x[i]), lo = f(x[i] - dx[i]), hi = f(x[i] + dx[i]);
+      out[i] = Math.max(hi - e, e - lo);
+    }
+    return out;
+  }
+  const groups = Math.ceil(d / Q8_GROUP);
+  for (let r = 0; r < rows; r++)
+    for (let g = 0; g < groups; g++) {
+      const i0 = r * d + g * Q8_GROUP, i1 = r * d + Math.min(d, (g + 1) * Q8_GROUP);
+      let mLo = 0, mHi = 0;
+      for (let i = i0; i < i1; i++) {
+        mLo = Math.max(mLo, Math.abs(x[i]) - dx[i]);
+        mHi = Math.max(mHi, Math.abs(x[i]) + dx[i]);
+      }
+      // The kernel's max is an fp32 value in [mLo, mHi], so its scale is in [sLo, sHi]; y/s,
+      // then q = rint(fp32(y/s)) and fp32(q·s) are monotone in y and in s, so the corners bound them.
+      const sLo = Math.fround(Math.fround(mLo) / 127), sHi = Math.fround(Math.fround(mHi) / 127);
+      const q = (y: number, sc: number) => (sc === 0 ? 0 : Math.max(-127, Math.min(127, roundHalfEven(Math.fround(Math.fround(y) / sc)))));
+      let max = 0;
+      for (let i = i0; i < i1; i++) max = Math.max(max, Math.abs(Math.fround(x[i])));
+      const s = Math.fround(max / 127);
+      for (let i = i0; i < i1; i++) {
+        const e = Math.fround(q(x[i], s) * s);
+        const qs = [q(x[i] - dx[i], sLo), q(x[i] - dx[i], sHi), q(x[i] + dx[i], sLo), q(x[i] + dx[i], sHi)];
+        const qLo = Math.min(...qs), qHi = Math.max(...qs);
+        const vals = [qLo * sLo, qLo * sHi, qHi * sLo, qHi * sHi].map(Math.fround);
+        out[i] = Math.max(Math.max(...vals) - e, e - Math.min(...vals));
+      }
+    }
+  return out;
+}
+
+function storageErrorBoundLoose(x: ArrayLike<number>, rows: number, d: number, dtype: StorageDtype, dx?: ArrayLike<number>): Float64Array {
   const out = new Float64Array(rows * d);
   const rel = dtype === 'fp16' ? 2 ** -11 : dtype === 'bf16' ? 2 ** -8 + U * (1 + 2 ** -8) : U;
   const abs = dtype === 'fp16' ? 2 ** -25 : dtype === 'bf16' ? 2 ** -134 : 0;
@@ -232,6 +286,12 @@ export interface FeatureOpts {
   dtype?: StorageDtype;
   /** Dropout on the probabilities with kvstream's Philox rule (refKeep). */
   dropout?: { p: number; seed: number };
+  /**
+   * Rotary embeddings of q and k (k before the storage rounding: keys are rotated, then stored).
+   * Position ids: qPositions [B,T] (default each query's absolute position), kPositions [B,S]
+   * (default each key's absolute position); the masks always use the absolute positions.
+   */
+  rope?: RefRope & { qPositions?: ArrayLike<number>; kPositions?: ArrayLike<number> };
 }
 
 export interface FeatureBoundOpts extends FeatureOpts {
@@ -294,6 +354,16 @@ export function refFeatures(q: ArrayLike<number>, k: ArrayLike<number>, v: Array
 export function refFeaturesBound(q: ArrayLike<number>, k: ArrayLike<number>, v: ArrayLike<number>, d: FeatureDims, o: FeatureBoundOpts): FeatureResult {
   const { B, H, Hkv, T, S, dK, dV } = d;
   if (H % Hkv !== 0) throw new Error(`refFeatures: H ${H} is not a multiple of Hkv ${Hkv}`);
+  if (o.rope) {
+    // Rotate first (float64, with refRopeBound's fp32 error added to dq, dk), then attend without rope.
+    const sOff = o.sOffset ?? 0;
+    const qPos = o.rope.qPositions ?? Array.from({ length: B * T }, (_, i) => (o.qOffsets ? o.qOffsets[Math.floor(i / T)] : o.qOffset ?? sOff + S - T) + (i % T));
+    const kPos = o.rope.kPositions ?? Array.from({ length: B * S }, (_, i) => (o.keyPositions ? o.keyPositions[i] : sOff + (i % S)));
+    const qd = { B, H, T, d: dK }, kd = { B, H: Hkv, T: S, d: dK };
+    return refFeaturesBound(refRope(q, qd, qPos, o.rope), refRope(k, kd, kPos, o.rope), v, d, {
+      ...o, rope: undefined, dq: refRopeBound(q, qd, qPos, o.rope, o.dq), dk: refRopeBound(k, kd, kPos, o.rope, o.dk),
+    });
+  }
   const dtype = o.dtype ?? 'fp32', storage = o.storage ?? 'same';
   const rowsK = B * Hkv * S;
   // k̂, v̂: what the reference attends over; dk, dv: their bound against the kernel's.
