@@ -4,7 +4,8 @@
 //
 // Each row gives ms/step, the ratio to the fp32 step, and the ratio to the "floor": the fp32
 // kernel over as many keys as make the same bytes (S · bytes(dtype) / bytes(fp32)), i.e. a read
-// of the same bytes by the fp32 path measured in the same run.
+// of the same bytes by the fp32 path measured in the same run. Wall and process CPU time both:
+// on a shared machine the CPU time is the steadier of the two (at 1 thread).
 //
 //   tsx bench/kvdtype.ts [--threads 1,2] [--batch 1,16] [--steps 64] [--reps 7] [--dtypes f32,f16,bf16,i8]
 //   KVSTREAM_ADDON=<path> loads another build of the addon.
@@ -70,7 +71,7 @@ for (const B of BATCHES) {
   /** One decode loop of STEPS steps over `dt` storage, keys [0, S) at step t with S = P + t + 1; bytes: S scaled by `frac` (the floor rows). */
   const loop = (dt: KvDtype, frac = 1) => {
     const s = stores.get(dt)!;
-    const t0 = performance.now();
+    const c0 = process.cpuUsage(), t0 = performance.now();
     for (let t = 0; t < STEPS; t++) {
       const S = Math.round((P + t + 1) * frac);
       m.fill(-Infinity);
@@ -81,22 +82,30 @@ for (const B of BATCHES) {
         qs[t]!, s.k, s.v, m, l, acc, s.ks, s.vs);
       addon.attnFinalize(rows, D, m, l, acc, acc, lse);
     }
-    return (performance.now() - t0) / STEPS;
+    const c = process.cpuUsage(c0);
+    return { wall: (performance.now() - t0) / STEPS, cpu: (c.user + c.system) / 1e3 / STEPS };
   };
   for (const threads of THREADS) {
     setNumThreads(threads);
-    const cases = DTYPES.flatMap((dt) => (dt === 'f32' ? [{ dt, floor: false }] : [{ dt, floor: false }, { dt, floor: true }]));
-    const samples = new Map(cases.map((c) => [`${c.dt}${c.floor ? ' floor' : ''}`, [] as number[]]));
+    const cases = DTYPES.flatMap((dt): { dt: KvDtype; floor: boolean }[] => (dt === 'f32' ? [{ dt, floor: false }] : [{ dt, floor: false }, { dt, floor: true }]));
+    const key = (c: { dt: KvDtype; floor: boolean }) => `${c.dt}${c.floor ? ' floor' : ''}`;
+    const wall = new Map(cases.map((c) => [key(c), [] as number[]])), cpu = new Map(cases.map((c) => [key(c), [] as number[]]));
     for (const c of cases) loop(c.dt); // warm-up
     for (let r = 0; r < REPS; r++)
-      for (const c of cases) samples.get(`${c.dt}${c.floor ? ' floor' : ''}`)!.push(c.floor ? loop('f32', keyBytes(c.dt) / keyBytes('f32')) : loop(c.dt));
-    const f32ms = median(samples.get('f32') ?? [loop('f32')]);
+      for (const c of cases) {
+        const x = c.floor ? loop('f32', keyBytes(c.dt) / keyBytes('f32')) : loop(c.dt);
+        wall.get(key(c))!.push(x.wall);
+        cpu.get(key(c))!.push(x.cpu);
+      }
     const MB = (dt: KvDtype) => (B * H * (P + STEPS / 2) * keyBytes(dt)) / 1e6;
-    console.log(`W3-b${B} (B ${B}, H ${H}, d ${D}, S ${P + 1}..${P + STEPS}), ${threads} thread${threads > 1 ? 's' : ''}, median of ${REPS} x ${STEPS} steps`);
+    console.log(`W3-b${B} (B ${B}, H ${H}, d ${D}, S ${P + 1}..${P + STEPS}), ${threads} thread${threads > 1 ? 's' : ''}, median of ${REPS} x ${STEPS} steps` +
+      ' (cpu: process CPU time per step, all threads)');
+    const f32 = { wall: median(wall.get('f32') ?? [NaN]), cpu: median(cpu.get('f32') ?? [NaN]) };
     for (const dt of DTYPES) {
-      const ms = median(samples.get(dt)!), floor = dt === 'f32' ? ms : median(samples.get(`${dt} floor`)!);
-      console.log(`  ${dt.padEnd(5)} ${ms.toFixed(3)} ms/step  ${(ms / f32ms).toFixed(3)}x fp32  ` +
-        `${(MB(dt) / ms).toFixed(1)} GB/s  floor (fp32 kernel, same bytes) ${floor.toFixed(3)} ms: ${(ms / floor).toFixed(2)}x`);
+      const w = median(wall.get(dt)!), c = median(cpu.get(dt)!);
+      const fw = dt === 'f32' ? w : median(wall.get(`${dt} floor`)!), fc = dt === 'f32' ? c : median(cpu.get(`${dt} floor`)!);
+      console.log(`  ${dt.padEnd(4)} ${(MB(dt)).toFixed(1).padStart(6)} MB  wall ${w.toFixed(3)} ms/step ${(w / f32.wall).toFixed(2)}x fp32, ` +
+        `${(MB(dt) / w).toFixed(1)} GB/s, ${(w / fw).toFixed(2)}x floor  |  cpu ${c.toFixed(3)} ms/step ${(c / f32.cpu).toFixed(2)}x fp32, ${(c / fc).toFixed(2)}x floor`);
     }
   }
 }

@@ -143,6 +143,9 @@ void for_runs(const KvStore& kv, int64_t bh_kv, int64_t s_cap, int64_t s0, int64
 }
 
 #ifdef KVS_X86
+#ifndef KVS_I8_ALT
+#define KVS_I8_ALT ld
+#endif
 #ifndef KVS_PREFETCH_BYTES
 #define KVS_PREFETCH_BYTES 4096
 #endif
@@ -180,6 +183,12 @@ struct LdBF16 {  // bf16 is the top half of an fp32
 struct LdI8 {
   typedef int8_t T;
   KVS_AVX2_INLINE __m256 ld(const T* p) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p))); }
+  // The same value without vcvtdq2ps (one pipe on Zen 1): 1.5·2^23 + x has x in its low
+  // mantissa bits; subtracting 1.5·2^23 is exact. Kernels alternate the two to spread the work.
+  KVS_AVX2_INLINE __m256 ld_alt(const T* p) {
+    const __m256i x = _mm256_add_epi32(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)), _mm256_set1_epi32(0x4b400000));
+    return _mm256_sub_ps(_mm256_castsi256_ps(x), _mm256_set1_ps(12582912.0f));
+  }
   static float one(const T* p) { return (float)*p; }
 };
 
@@ -250,9 +259,9 @@ KVS_AVX2 void dot1(const typename L::T* k, int64_t n, int64_t d, const float* q,
 // at a time, reduced together and scaled by one vector of scales.
 KVS_AVX2_INLINE __m256 dot_unit(const int8_t* k_u, const float* q_g) {
   __m256 x = _mm256_mul_ps(_mm256_loadu_ps(q_g), LdI8::ld(k_u));
-  x = _mm256_fmadd_ps(_mm256_loadu_ps(q_g + 8), LdI8::ld(k_u + 8), x);
+  x = _mm256_fmadd_ps(_mm256_loadu_ps(q_g + 8), LdI8::KVS_I8_ALT(k_u + 8), x);
   x = _mm256_fmadd_ps(_mm256_loadu_ps(q_g + 16), LdI8::ld(k_u + 16), x);
-  return _mm256_fmadd_ps(_mm256_loadu_ps(q_g + 24), LdI8::ld(k_u + 24), x);
+  return _mm256_fmadd_ps(_mm256_loadu_ps(q_g + 24), LdI8::KVS_I8_ALT(k_u + 24), x);
 }
 
 // G = d / 32 in {1, 2, 4}: eight keys per step, their G·8 unit sums folded into one vector of
@@ -312,7 +321,8 @@ KVS_AVX2 void pv_slab(const typename L::T* v, const float* w, int64_t G, int64_t
     if (PREFETCH) prefetch_span(v_s, 8 * NV * sizeof(typename L::T));
     if constexpr (std::is_same<L, LdI8>::value) {
       const float* w_s = w + s * G + g0;
-      for (int i = 0; i < NV; ++i) a[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(w_s + i / 4), L::ld(v_s + 8 * i), a[i]);
+      for (int i = 0; i < NV; ++i)
+        a[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(w_s + i / 4), i % 2 ? L::KVS_I8_ALT(v_s + 8 * i) : L::ld(v_s + 8 * i), a[i]);
     } else {
       const __m256 w = _mm256_broadcast_ss(p + s);
       for (int i = 0; i < NV; ++i) a[i] = _mm256_fmadd_ps(w, L::ld(v_s + 8 * i), a[i]);
@@ -329,7 +339,16 @@ KVS_AVX2 void pv1(const typename L::T* v, const float* v_scale, int64_t n, int64
   if constexpr (std::is_same<L, LdI8>::value) {
     thread_local std::vector<float> w_buf;
     resize_scratch(w_buf, n * G, "kv weights");
-    for (int64_t s = 0; s < n; ++s)
+    int64_t s = 0;
+    if (G == 1)
+      for (; s + 8 <= n; s += 8)
+        _mm256_storeu_ps(w_buf.data() + s, _mm256_mul_ps(_mm256_loadu_ps(p + s), _mm256_loadu_ps(v_scale + s)));
+    else if (G == 2)  // [p0 p0 p1 p1 ..]: keys s..s+3 per vector
+      for (; s + 4 <= n; s += 4) {
+        const __m256 ps = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(p + s)), _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+        _mm256_storeu_ps(w_buf.data() + 2 * s, _mm256_mul_ps(ps, _mm256_loadu_ps(v_scale + 2 * s)));
+      }
+    for (; s < n; ++s)
       for (int64_t g = 0; g < G; ++g) w_buf[s * G + g] = p[s] * v_scale[s * G + g];
     w = w_buf.data();
   }
