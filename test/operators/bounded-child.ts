@@ -26,9 +26,10 @@ const step = () => (maxAhead = Math.max(maxAhead, reads - consumed));
 const out: { first?: KvChunk & PartialOutput; last?: KvChunk & PartialOutput } = {};
 
 // Event-loop lateness and RSS, sampled every 10 ms during the run. A tick's lateness counts
-// against the event loop only up to the main thread's CPU time since the previous tick
-// (/proc/thread-self/schedstat, ns on the CPU): time spent runnable but waiting for a CPU that
-// other processes held is the machine's load, not a blocked loop. Raw lateness is reported too.
+// against the event loop only up to the main thread's CPU time (/proc/thread-self/schedstat,
+// ns on the CPU) since the last moment before the tick was due at which the loop was free (a
+// 2 ms probe records it): time spent runnable but waiting for a CPU that other processes held
+// is the machine's load, not a blocked loop. Raw lateness is reported too.
 const PERIOD = 10;
 const cpuNs = (): number | undefined => {
   try {
@@ -38,16 +39,22 @@ const cpuNs = (): number | undefined => {
   }
 };
 const t0 = performance.now();
-let expected = t0 + PERIOD, lastCpu = cpuNs(), worstLate = 0, worstRawLate = 0, sampledRss = 0;
+let free: { at: number; cpu: number | undefined }[] = [{ at: t0, cpu: cpuNs() }]; // the loop's latest free moments
+const probe = setInterval(() => {
+  free.push({ at: performance.now(), cpu: cpuNs() });
+  if (free.length > 16) free = free.slice(-8);
+}, 2);
+let expected = t0 + PERIOD, worstLate = 0, worstRawLate = 0, sampledRss = 0;
 const timer = setInterval(() => {
   const now = performance.now(), cpu = cpuNs();
   const late = Math.max(0, now - expected);
-  const own = cpu === undefined || lastCpu === undefined ? late : Math.min(late, (cpu - lastCpu) / 1e6);
+  const before = free.filter((f) => f.at <= expected).at(-1) ?? free[0];
+  const own = cpu === undefined || before.cpu === undefined ? late : Math.min(late, (cpu - before.cpu) / 1e6);
   worstRawLate = Math.max(worstRawLate, late);
   worstLate = Math.max(worstLate, own);
   if (process.env.DEBUG_LATE && late > 10) console.error(`late ${late.toFixed(1)} (own ${own.toFixed(1)}) at ${(now - t0).toFixed(0)} ms, reads ${reads} consumed ${consumed}`);
   expected = now + PERIOD;
-  lastCpu = cpuNs();
+  free.push({ at: now, cpu });
   sampledRss = Math.max(sampledRss, process.memoryUsage.rss());
 }, PERIOD);
 
@@ -85,6 +92,7 @@ if (sink === 'awaitEach' || sink === 'blocking') {
   }
 }
 clearInterval(timer);
+clearInterval(probe);
 const { first, last } = out;
 const list = (t: { data: Float32Array } | undefined) => Array.from(t?.data ?? []);
 console.log(JSON.stringify({
