@@ -5,7 +5,7 @@ import { ArgumentError, FixtureError, KvstreamError } from '../errors.ts';
 import { NpyFile } from '../io/npyfile.ts';
 import { expectDim, expectOptions } from '../tensor.ts';
 import { chunkSizes } from './chunks.ts';
-import { ticket } from '../streams/credit.ts';
+import { ticket, untracked } from '../streams/credit.ts';
 import { expectHighWaterMark } from '../streams/pull.ts';
 import type { TokenChunk } from './chunks.ts';
 
@@ -115,7 +115,7 @@ export function fromNpy(path: string, chunking: number | readonly number[], opti
         if (demand) {
           credit--;
           fetch(); // with readAhead, the next read starts before the consumer works on this chunk
-          subscriber.next(chunk);
+          untracked.deliver(() => subscriber.next(chunk)); // no stage holds it (nor an outer ticket)
           continue;
         }
         out++;

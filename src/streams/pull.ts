@@ -6,7 +6,7 @@ import { Observable } from 'rxjs';
 import type { Subscriber, Subscription } from 'rxjs';
 import { ArgumentError } from '../errors.ts';
 import { show } from '../tensor.ts';
-import { ticket } from './credit.ts';
+import { ticket, untracked } from './credit.ts';
 
 /** highland's end-of-stream marker `_.nil`, as @types/highland brands it. */
 export interface HighlandNil {
@@ -132,7 +132,7 @@ export function pullSource<C, P extends { produce(): Promise<C | undefined>; clo
           close().then(() => subscriber.complete(), (e: unknown) => subscriber.error(wrap(e)));
           return;
         }
-        if (demand) subscriber.next(chunk);
+        if (demand) untracked.deliver(() => subscriber.next(chunk)); // no stage holds it (nor an outer ticket)
         else {
           const t = ticket(freed);
           t.deliver(() => subscriber.next(chunk));
