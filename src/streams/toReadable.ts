@@ -5,9 +5,10 @@ import type { Hold } from './credit.ts';
 
 export interface ToReadableOptions {
   /**
-   * Not needed for kvstream's sources (fromNpy, fromTokens, fromNpyBytes): each value held in
-   * the Readable keeps its chunk's read-ahead credit until the consumer has taken it, so the
-   * source runs at most its own highWaterMark chunks ahead. For a source paced by `demand`:
+   * Not needed for kvstream's sources (fromNpy, fromTokens, fromNpyBytes): a value keeps its
+   * chunk's read-ahead credit while it is in the Readable and until the consumer's next read
+   * after taking it, so the source runs at most its own highWaterMark chunks ahead. For a
+   * source paced by `demand`:
    * signalled once per read the stream asks for after the first (pass the same Subject as the
    * source's `demand` option), at most this `highWaterMark` + 1 chunks ahead; the Observable
    * must then emit one value per source chunk (map, projectKv, attendChunk; not filter or last),
