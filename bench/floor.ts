@@ -2,7 +2,7 @@
 // step must read, measured in the same run as the step. JS cannot read at DRAM speed (a Float64Array
 // sum with 8 accumulators reaches ~4-11 GB/s on the bench machine), so the read is libc's, through
 // Node: Buffer.compare of two equal halves (memcmp: reads both, two streams) and indexOf of an absent
-// byte (memchr: one stream); the floor is the faster of the two. At 2 threads the bytes are split
+// byte (memchr: one stream); the floor is the faster of the two (each the median of 5 reads). At 2 threads the bytes are split
 // between the main thread and a worker over a SharedArrayBuffer, each reading its half `inner`
 // times between two barriers (ms per read = wall time / inner).
 import { Worker } from 'node:worker_threads';
@@ -39,8 +39,8 @@ for (;;) {
 export interface PlainRead {
   /** ms for one read of `bytes` (<= capacity) at this reader's thread count, by `how`. */
   read(bytes: number, how: 'memcmp' | 'memchr'): number;
-  /** The floor: ms of the faster of memcmp and memchr for `bytes`, one repetition each. */
-  floor(bytes: number): number;
+  /** The floor: ms of the faster of memcmp and memchr for `bytes`, each the median of `reads` reads. */
+  floor(bytes: number, reads?: number): number;
   close(): Promise<void>;
 }
 
@@ -88,7 +88,10 @@ export function plainRead(capacity: number, threads: number): PlainRead {
   };
   return {
     read,
-    floor: (bytes) => Math.min(read(bytes, 'memcmp'), read(bytes, 'memchr')),
+    floor: (bytes, reads = 5) => {
+      const med = (how: 'memcmp' | 'memchr') => Array.from({ length: reads }, () => read(bytes, how)).sort((a, b) => a - b)[reads >> 1]!;
+      return Math.min(med('memcmp'), med('memchr'));
+    },
     async close() {
       if (!worker) return;
       Atomics.store(c!, 0, -1);
