@@ -1,10 +1,10 @@
 // The memory floor of a decode step (issue 10): a plain sequential read of as many bytes as the
 // step must read, measured in the same run as the step. JS cannot read at DRAM speed (a Float64Array
 // sum with 8 accumulators reaches ~4-11 GB/s on the bench machine), so the read is libc's, through
-// Node: Buffer.compare of two equal halves (memcmp: reads both, two streams) and indexOf of an absent
-// byte (memchr: one stream); the floor is the faster of the two (each the median of 5 reads). At 2 threads the bytes are split
-// between the main thread and a worker over a SharedArrayBuffer, each reading its half `inner`
-// times between two barriers (ms per read = wall time / inner).
+// Node: Buffer.compare of two equal halves (memcmp: reads both, two streams) and indexOf of an
+// absent byte (memchr: one stream); the floor is the faster of the two, each the median of 5 reads.
+// At 2 threads the bytes are split between the main thread and a worker over a SharedArrayBuffer,
+// each reading its half `inner` times between two barriers (ms per read = wall time / inner).
 import { Worker } from 'node:worker_threads';
 
 const FILL = 0x3f; // not 0: a zero-filled allocation can map every page to the one zero page
