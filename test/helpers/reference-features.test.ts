@@ -3,6 +3,7 @@
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import { Rng } from '../../src/random.ts';
+import { alibiSlopes } from '../../src/attention.ts';
 import { binding, getKernelPath, info, setKernelPath, setNumThreads } from '../../src/native.ts';
 import type { KernelPath } from '../../src/native.ts';
 import { chunkedRescales, refAttention } from './reference.ts';
@@ -129,6 +130,10 @@ test('ALiBi over equal keys: probabilities are exp(-slope·distance) normalised'
   // Bloom's slopes: 8 heads 2^-1..2^-8; 12 heads adds the odd steps of 16.
   close(t, refAlibiSlopes(8), Array.from({ length: 8 }, (_, i) => 2 ** -(i + 1)), 0, 'slopes H=8');
   close(t, refAlibiSlopes(12), [...Array.from({ length: 8 }, (_, i) => 2 ** -(i + 1)), 2 ** -0.5, 2 ** -1.5, 2 ** -2.5, 2 ** -3.5], 1e-16, 'slopes H=12');
+});
+
+test('alibiSlopes(H) of src is Bloom\'s get_alibi_slopes(H) (this reference) in fp32, H = 1..33', (t) => {
+  for (let H = 1; H <= 33; H++) close(t, alibiSlopes(H), Array.from(refAlibiSlopes(H), Math.fround), 0, `H = ${H}`);
 });
 
 test('softcap: a huge cap changes nothing; a small one bounds every score by the cap', (t) => {
