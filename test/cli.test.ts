@@ -126,10 +126,10 @@ test('verify reports each bad entry by name and class, checks the rest, exits 1'
 test('unknown names, --list, missing folders, exit codes', async (t) => {
   const r = await cli(['streamin']);
   t.is(r.code, 2);
-  t.regex(r.stderr, /Unknown pipeline streamin \(did you mean streaming\?\)\. Known: basic_self_attn_small, chunked_prefill, cross_attention, decode, different_dk_dv, kv_sharing, kv_sharing_multi_query, large_batch_dropout, streaming, streaming_prefix_cache, use_cached_kv, with_caching/);
+  t.true(r.stderr.includes(`Unknown pipeline streamin (did you mean streaming?). Known: ${BUILTIN_CASES.map((c) => c.name).sort().join(', ')}`), r.stderr);
   const list = await cli(['--list']);
   t.is(list.code, 0);
-  t.is(list.stdout.trim().split('\n').length, 12);
+  t.is(list.stdout.trim().split('\n').length, BUILTIN_CASES.length);
   t.is((await cli([])).code, 2);
   t.is((await cli(['--bogus'])).code, 2);
   const missing = await cli(['verify', '/no/such/dir']);
@@ -151,7 +151,7 @@ test('unknown names, --list, missing folders, exit codes', async (t) => {
 test('verify passes on the committed fixtures', async (t) => {
   const v = await cli(['verify', 'fixtures', '--rerun']);
   t.is(v.code, 0, v.stdout);
-  t.regex(v.stdout, /12 passed, 0 failed/);
+  t.true(v.stdout.includes(`${BUILTIN_CASES.length} passed, 0 failed`), v.stdout.slice(-300));
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -339,7 +339,7 @@ test('progress on stderr: plain without a terminal, the bar with --progress; --j
   t.is(list.code, 0);
   t.regex(list.stderr, /warning: --list ignores streaming --seed/);
   const cases = JSON.parse(list.stdout) as { name: string; recipe: string; config: { chunk_sizes: number[] | null } }[];
-  t.is(cases.length, 12);
+  t.is(cases.length, BUILTIN_CASES.length);
   t.deepEqual(cases.find((c) => c.name === 'streaming')!.config.chunk_sizes, [5, 1, 7, 3, 4]);
   const gen = await cli(['basic_self_attn_small', '--out', out, '--json', '--rerun']);
   t.is(gen.code, 0, gen.stderr);
