@@ -6,7 +6,6 @@
 // bound (refFeaturesBound), whose output bound feeds the output projection (refLinearBound).
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
-import { alibiSlopes } from '../src/attention.ts';
 import type { ScoreOptions } from '../src/attention.ts';
 import { ArgumentError } from '../src/errors.ts';
 import { MultiHeadAttention } from '../src/mha.ts';
@@ -16,9 +15,7 @@ import { Rng } from '../src/random.ts';
 import type { RopeOptions } from '../src/rope.ts';
 import type { Tensor } from '../src/tensor.ts';
 import { assertWithin } from './helpers/assert.ts';
-import { chunkedRescales, refLinearBound, refProjectHeads, SECOND_ORDER } from './helpers/reference.ts';
-import { refFeaturesBound, refRope, refRopeBound } from './helpers/reference-features.ts';
-import type { StorageDtype } from './helpers/reference-features.ts';
+import { refModuleFeatures, tokenRows } from './helpers/module-features.ts';
 
 const [B, S, dModel, H, Hkv] = [2, 29, 48, 4, 2];
 const dK = dModel / H, dV = dK;
@@ -54,45 +51,15 @@ const CHUNKINGS = [[S], Array<number>(S).fill(1), [5, 1, 9, 14]];
 
 /** The module in float64 over the whole stream x [B,S,dModel] (causal, queries = keys = x), with its bound. */
 function reference(mha: MultiHeadAttention, x: Tensor, c: Case) {
-  const w = mha.weights, cfg = mha.config;
-  const q = refProjectHeads(x.data, w.wQ.data, w.bQ?.data ?? null, B, S, dModel, H, dK);
-  const k = refProjectHeads(x.data, w.wK.data, w.bK?.data ?? null, B, S, dModel, Hkv, dK);
-  const v = refProjectHeads(x.data, w.wV.data, w.bV?.data ?? null, B, S, dModel, Hkv, dV);
-  let [qy, qb, ky, kb] = [q.y, q.bound, k.y, k.bound];
-  if (c.rope) {
-    const rope = c.rope;
-    const ids = c.positions ?? 0;
-    [qy, qb] = [refRope(q.y, { B, H, T: S, d: dK }, ids, rope), refRopeBound(q.y, { B, H, T: S, d: dK }, ids, rope, q.bound)];
-    [ky, kb] = [refRope(k.y, { B, H: Hkv, T: S, d: dK }, ids, rope), refRopeBound(k.y, { B, H: Hkv, T: S, d: dK }, ids, rope, k.bound)];
-  }
-  const alibi = c.score?.alibi === true ? alibiSlopes(H) : undefined;
-  const att = refFeaturesBound(qy, ky, v.y, { B, H, Hkv, T: S, S, dK, dV }, {
-    scale: cfg.scale, causal: true, qOffset: 0, window: c.cache.window ?? 0, sinkTokens: c.cache.sinkTokens ?? 0,
-    softcap: c.score?.softcap, alibi, kvRanges: c.score?.kvRanges as number[] | undefined, sinks: c.score?.sinks as number[] | undefined, dtype: (c.cache.dtype ?? 'fp32') as StorageDtype,
-    rescales: chunkedRescales(S, 3 * S), dq: qb, dk: kb, dv: v.bound,
+  return refModuleFeatures(mha, x, x, {
+    causal: true, qOffset: 0, window: c.cache.window, sinkTokens: c.cache.sinkTokens, softcap: c.score?.softcap, alibi: c.score?.alibi === true,
+    kvRanges: c.score?.kvRanges as number[] | undefined, sinks: c.score?.sinks as number[] | undefined, dtype: c.cache.dtype ?? 'fp32',
+    rope: c.rope, qPositions: c.positions, kPositions: c.positions,
   });
-  // o [B,H,S,dV] -> [B,S,H·dV], then the output projection.
-  const merged = new Float64Array(B * S * H * dV), mergedBound = new Float64Array(merged.length);
-  for (let b = 0; b < B; b++)
-    for (let h = 0; h < H; h++)
-      for (let s = 0; s < S; s++)
-        for (let d = 0; d < dV; d++) {
-          const src = ((b * H + h) * S + s) * dV + d, dst = (b * S + s) * H * dV + h * dV + d;
-          merged[dst] = att.out[src];
-          mergedBound[dst] = att.outBound[src];
-        }
-  const y = refLinearBound(merged, w.wO.data, w.bO?.data ?? null, B * S, H * dV, dModel, mergedBound);
-  for (let i = 0; i < y.bound.length; i++) y.bound[i] *= SECOND_ORDER;
-  return { y: y.y, bound: y.bound };
 }
 
 /** Rows [s0, s1) of every batch row of x [B,S,w]. */
-function rows(x: ArrayLike<number>, w: number, s0: number, s1: number): Float64Array {
-  const out = new Float64Array(B * (s1 - s0) * w);
-  for (let b = 0; b < B; b++)
-    for (let i = 0; i < (s1 - s0) * w; i++) out[b * (s1 - s0) * w + i] = x[(b * S + s0) * w + i];
-  return out;
-}
+const rows = (x: ArrayLike<number>, w: number, s0: number, s1: number) => tokenRows(x, B, S, w, s0, s1);
 
 function streamCase(t: ExecutionContext, c: Case, seed: number): void {
   const mha = MultiHeadAttention.random({ dModel, numHeads: H, numKvHeads: Hkv, ...(c.rope ? { rope: c.rope } : {}) }, seed);

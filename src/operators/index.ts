@@ -7,4 +7,4 @@ export { appendKv } from './appendKv.ts';
 export { attendChunk } from './attendChunk.ts';
 export type { AttendOptions, PartialOutput } from './attendChunk.ts';
 export { prefillChunk } from './prefillChunk.ts';
-export type { PrefillOutput } from './prefillChunk.ts';
+export type { PrefillOptions, PrefillOutput } from './prefillChunk.ts';
