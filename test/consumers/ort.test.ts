@@ -12,6 +12,7 @@ import {
 } from '../../src/index.ts';
 import type { ManifestEntry, NpyArray, TensorType } from '../../src/index.ts';
 import { assertClose } from '../helpers/assert.ts';
+import { hasFeatures } from '../../src/fixtures/recipes.ts';
 
 const DIR = 'fixtures';
 const manifest = await readManifest(DIR);
@@ -77,7 +78,7 @@ const sameData = (a: NpyArray, b: NpyArray) => a.data.length === b.data.length &
 /** The module graph (Attention op: packed QKV, one head layout) fits self-attention without a prior cache. */
 function moduleFits(e: ManifestEntry, arrays: Map<string, NpyArray>): boolean {
   const c = e.config;
-  return c.num_kv_heads === c.num_heads && c.d_k === c.d_v && c.bias && c.dropout_p === 0 && c.t_past === 0
+  return !hasFeatures(c) && c.num_kv_heads === c.num_heads && c.d_k === c.d_v && c.bias && c.dropout_p === 0 && c.t_past === 0
     && c.d_model === c.d_kv_in && c.t_q === c.t_kv && (!c.causal || c.q_offset === 0) && sameData(arrays.get('x_q')!, arrays.get('x_kv')!);
 }
 
@@ -146,7 +147,7 @@ test('the bench core graph (MultiHeadAttention op) between f64 projections repro
     const c = e.config;
     // The op's default scale is 1/sqrt(d_k), one width for q, k, v; causal only where the
     // top-left and bottom-right alignments agree (T = S).
-    if (c.d_k !== c.d_v || c.dropout_p !== 0 || Math.abs(c.scale - 1 / Math.sqrt(c.d_k)) > 1e-12 || (c.causal && c.t_q !== c.t_past + c.t_kv)) continue;
+    if (hasFeatures(c) || c.d_k !== c.d_v || c.dropout_p !== 0 || Math.abs(c.scale - 1 / Math.sqrt(c.d_k)) > 1e-12 || (c.causal && c.t_q !== c.t_past + c.t_kv)) continue;
     const { entry, arrays } = await loadFixture(DIR, e.name);
     const B = c.batch, T = c.t_q, H = c.num_heads, Hkv = c.num_kv_heads, S = c.t_past + c.t_kv;
     const bias = (k: string) => (c.bias ? f64(arrays.get(k)!) : null);
