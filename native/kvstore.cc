@@ -1,6 +1,7 @@
 #include "kvstore.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
@@ -79,6 +80,10 @@ void i8_rows(const int8_t* src, const float* scale, int64_t rows, int64_t d, flo
 
 namespace {
 
+// Storage rows [n, d] of a half or int8 dtype (int8 with its scales [n, groups]) -> fp32 `out`,
+// the same values as the portable converters; false where AVX2, FMA and F16C are missing.
+bool widen_avx2(KvDtype dtype, const void* x, const float* scale, int64_t n, int64_t d, float* out);
+
 // Rows [0, n) starting at storage row `row` (counted in rows of d elements), as fp32 in `out`,
 // or in place for fp32 when out is null.
 const float* convert_rows(const KvStore& kv, bool is_v, int64_t row, int64_t d, int64_t n, float* out) {
@@ -89,6 +94,9 @@ const float* convert_rows(const KvStore& kv, bool is_v, int64_t row, int64_t d, 
     if (out) std::copy(src, src + n * d, out);
     return out ? out : src;
   }
+  const float* scale = kv.dtype == KvDtype::I8 ? (is_v ? kv.v_scale : kv.k_scale) + row * q8_groups(d) : nullptr;
+  if (widen_avx2(kv.dtype, static_cast<const char*>(base) + first * (kv.dtype == KvDtype::I8 ? 1 : 2), scale, n, d, out))
+    return out;
   switch (kv.dtype) {
     case KvDtype::F16: f16_rows(static_cast<const uint16_t*>(base) + first, n * d, out); break;
     case KvDtype::BF16: bf16_rows(static_cast<const uint16_t*>(base) + first, n * d, out); break;
@@ -143,18 +151,18 @@ void for_runs(const KvStore& kv, int64_t bh_kv, int64_t s_cap, int64_t s0, int64
 }
 
 #ifdef KVS_X86
-#ifndef KVS_I8_ALT
-#define KVS_I8_ALT ld
-#endif
 #ifndef KVS_PREFETCH_BYTES
 #define KVS_PREFETCH_BYTES 4096
 #endif
 #define KVS_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define KVS_AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) static inline
 
+// KVSTREAM_KV_SIMD=off takes the portable converters and the fp32 kernels (to test them here).
 const bool HAS_AVX2 = [] {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  const char* env = std::getenv("KVSTREAM_KV_SIMD");
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
+         !(env && std::strcmp(env, "off") == 0);
 }();
 
 // Loaders: 8 consecutive stored elements widened to fp32 (int8 unscaled), and one element.
@@ -183,12 +191,6 @@ struct LdBF16 {  // bf16 is the top half of an fp32
 struct LdI8 {
   typedef int8_t T;
   KVS_AVX2_INLINE __m256 ld(const T* p) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p))); }
-  // The same value without vcvtdq2ps (one pipe on Zen 1): 1.5·2^23 + x has x in its low
-  // mantissa bits; subtracting 1.5·2^23 is exact. Kernels alternate the two to spread the work.
-  KVS_AVX2_INLINE __m256 ld_alt(const T* p) {
-    const __m256i x = _mm256_add_epi32(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)), _mm256_set1_epi32(0x4b400000));
-    return _mm256_sub_ps(_mm256_castsi256_ps(x), _mm256_set1_ps(12582912.0f));
-  }
   static float one(const T* p) { return (float)*p; }
 };
 
@@ -258,10 +260,10 @@ KVS_AVX2 void dot1(const typename L::T* k, int64_t n, int64_t d, const float* q,
 // The n·G (key, group) units are consecutive 32-byte runs with consecutive scales: eight units
 // at a time, reduced together and scaled by one vector of scales.
 KVS_AVX2_INLINE __m256 dot_unit(const int8_t* k_u, const float* q_g) {
-  __m256 x = _mm256_mul_ps(_mm256_loadu_ps(q_g), LdI8::ld(k_u));
-  x = _mm256_fmadd_ps(_mm256_loadu_ps(q_g + 8), LdI8::KVS_I8_ALT(k_u + 8), x);
-  x = _mm256_fmadd_ps(_mm256_loadu_ps(q_g + 16), LdI8::ld(k_u + 16), x);
-  return _mm256_fmadd_ps(_mm256_loadu_ps(q_g + 24), LdI8::KVS_I8_ALT(k_u + 24), x);
+  // Two short chains: the FMA latency, not the conversions, bounded one chain of four.
+  const __m256 x = _mm256_fmadd_ps(_mm256_loadu_ps(q_g + 8), LdI8::ld(k_u + 8), _mm256_mul_ps(_mm256_loadu_ps(q_g), LdI8::ld(k_u)));
+  const __m256 y = _mm256_fmadd_ps(_mm256_loadu_ps(q_g + 24), LdI8::ld(k_u + 24), _mm256_mul_ps(_mm256_loadu_ps(q_g + 16), LdI8::ld(k_u + 16)));
+  return _mm256_add_ps(x, y);
 }
 
 // G = d / 32 in {1, 2, 4}: eight keys per step, their G·8 unit sums folded into one vector of
@@ -322,7 +324,7 @@ KVS_AVX2 void pv_slab(const typename L::T* v, const float* w, int64_t G, int64_t
     if constexpr (std::is_same<L, LdI8>::value) {
       const float* w_s = w + s * G + g0;
       for (int i = 0; i < NV; ++i)
-        a[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(w_s + i / 4), i % 2 ? L::KVS_I8_ALT(v_s + 8 * i) : L::ld(v_s + 8 * i), a[i]);
+        a[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(w_s + i / 4), L::ld(v_s + 8 * i), a[i]);
     } else {
       const __m256 w = _mm256_broadcast_ss(p + s);
       for (int i = 0; i < NV; ++i) a[i] = _mm256_fmadd_ps(w, L::ld(v_s + 8 * i), a[i]);
@@ -510,6 +512,24 @@ KVS_AVX2 float exp_sub_sum8(float* x, int64_t n, float m) {
   return s;
 }
 
+#endif
+
+bool widen_avx2(KvDtype dtype, const void* x, const float* scale, int64_t n, int64_t d, float* out) {
+#ifdef KVS_X86
+  if (!HAS_AVX2) return false;
+  switch (dtype) {
+    case KvDtype::F16: widen<LdF16>(static_cast<const uint16_t*>(x), nullptr, n, d, out); return true;
+    case KvDtype::BF16: widen<LdBF16>(static_cast<const uint16_t*>(x), nullptr, n, d, out); return true;
+    case KvDtype::I8: widen<LdI8>(static_cast<const int8_t*>(x), scale, n, d, out); return true;
+    default: return false;
+  }
+#else
+  (void)dtype, (void)x, (void)scale, (void)n, (void)d, (void)out;
+  return false;
+#endif
+}
+
+#ifdef KVS_X86
 // Keys per widened chunk when several query rows share it: 32 keys of d = 64 are 8 KiB of L1.
 constexpr int64_t CHUNK = 32;
 
