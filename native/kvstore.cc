@@ -260,10 +260,10 @@ KVS_AVX2 void dot1(const typename L::T* k, int64_t n, int64_t d, const float* q,
 // The n·G (key, group) units are consecutive 32-byte runs with consecutive scales: eight units
 // at a time, reduced together and scaled by one vector of scales.
 KVS_AVX2_INLINE __m256 dot_unit(const int8_t* k_u, const float* q_g) {
-  // Two short chains: the FMA latency, not the conversions, bounded one chain of four.
-  const __m256 x = _mm256_fmadd_ps(_mm256_loadu_ps(q_g + 8), LdI8::ld(k_u + 8), _mm256_mul_ps(_mm256_loadu_ps(q_g), LdI8::ld(k_u)));
-  const __m256 y = _mm256_fmadd_ps(_mm256_loadu_ps(q_g + 24), LdI8::ld(k_u + 24), _mm256_mul_ps(_mm256_loadu_ps(q_g + 16), LdI8::ld(k_u + 16)));
-  return _mm256_add_ps(x, y);
+  __m256 x = _mm256_mul_ps(_mm256_loadu_ps(q_g), LdI8::ld(k_u));
+  x = _mm256_fmadd_ps(_mm256_loadu_ps(q_g + 8), LdI8::ld(k_u + 8), x);
+  x = _mm256_fmadd_ps(_mm256_loadu_ps(q_g + 16), LdI8::ld(k_u + 16), x);
+  return _mm256_fmadd_ps(_mm256_loadu_ps(q_g + 24), LdI8::ld(k_u + 24), x);
 }
 
 // G = d / 32 in {1, 2, 4}: eight keys per step, their G·8 unit sums folded into one vector of
@@ -315,22 +315,29 @@ KVS_AVX2 void dot1_i8(const int8_t* k, const float* k_scale, int64_t n, int64_t 
 template <typename L, int NV>
 KVS_AVX2 void pv_slab(const typename L::T* v, const float* w, int64_t G, int64_t n, int64_t d, int64_t d0,
                       const float* p, float* acc) {
-  __m256 a[NV];
-  for (int i = 0; i < NV; ++i) a[i] = _mm256_loadu_ps(acc + d0 + 8 * i);
+  // Named accumulators, not an array: GCC 12 stored an __m256 array to the stack every key.
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
   const int64_t g0 = d0 / Q8_GROUP;  // d0 % 32 == 0: vector i is in group g0 + i / 4
   for (int64_t s = 0; s < n; ++s) {
     const typename L::T* v_s = v + s * d + d0;
     if (PREFETCH) prefetch_span(v_s, 8 * NV * sizeof(typename L::T));
+    __m256 w_lo, w_hi;  // weights of vectors 0..3 and 4..7
     if constexpr (std::is_same<L, LdI8>::value) {
-      const float* w_s = w + s * G + g0;
-      for (int i = 0; i < NV; ++i)
-        a[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(w_s + i / 4), L::ld(v_s + 8 * i), a[i]);
+      w_lo = _mm256_broadcast_ss(w + s * G + g0);
+      w_hi = NV > 4 ? _mm256_broadcast_ss(w + s * G + g0 + 1) : w_lo;
     } else {
-      const __m256 w = _mm256_broadcast_ss(p + s);
-      for (int i = 0; i < NV; ++i) a[i] = _mm256_fmadd_ps(w, L::ld(v_s + 8 * i), a[i]);
+      w_lo = w_hi = _mm256_broadcast_ss(p + s);
     }
+#define KVS_PV(i) \
+  if constexpr (i < NV) a##i = _mm256_fmadd_ps(i < 4 ? w_lo : w_hi, L::ld(v_s + 8 * i), a##i);
+    KVS_PV(0) KVS_PV(1) KVS_PV(2) KVS_PV(3) KVS_PV(4) KVS_PV(5) KVS_PV(6) KVS_PV(7)
+#undef KVS_PV
   }
-  for (int i = 0; i < NV; ++i) _mm256_storeu_ps(acc + d0 + 8 * i, a[i]);
+#define KVS_PV_STORE(i) \
+  if constexpr (i < NV) _mm256_storeu_ps(acc + d0 + 8 * i, _mm256_add_ps(_mm256_loadu_ps(acc + d0 + 8 * i), a##i));
+  KVS_PV_STORE(0) KVS_PV_STORE(1) KVS_PV_STORE(2) KVS_PV_STORE(3) KVS_PV_STORE(4) KVS_PV_STORE(5) KVS_PV_STORE(6)
+  KVS_PV_STORE(7)
+#undef KVS_PV_STORE
 }
 
 // acc [d] += Σ_s p[s] · v [s, :] over n keys; slabs of 64 columns, then a scalar tail.
@@ -419,27 +426,34 @@ KVS_AVX2 void dot1_bf16(const uint16_t* k, int64_t n, int64_t d, const float* q,
   }
 }
 
+// a [16] += [e0 o0 e1 o1 .. e7 o7]
+KVS_AVX2_INLINE void add_even_odd(float* a, __m256 e, __m256 o) {
+  const __m256 lo = _mm256_unpacklo_ps(e, o), hi = _mm256_unpackhi_ps(e, o);
+  _mm256_storeu_ps(a, _mm256_add_ps(_mm256_loadu_ps(a), _mm256_permute2f128_ps(lo, hi, 0x20)));
+  _mm256_storeu_ps(a + 8, _mm256_add_ps(_mm256_loadu_ps(a + 8), _mm256_permute2f128_ps(lo, hi, 0x31)));
+}
+
 // acc [d0, d0 + 16·NB) += Σ_s p[s] · v [s, d0 + ...].
 template <int NB>
 KVS_AVX2 void pv_slab_bf16(const uint16_t* v, int64_t n, int64_t d, int64_t d0, const float* p, float* acc) {
-  __m256 e[NB], o[NB];
-  for (int i = 0; i < NB; ++i) e[i] = o[i] = _mm256_setzero_ps();
+  __m256 e0 = _mm256_setzero_ps(), e1 = e0, e2 = e0, e3 = e0, o0 = e0, o1 = e0, o2 = e0, o3 = e0;  // named: see pv_slab
   for (int64_t s = 0; s < n; ++s) {
     const uint16_t* v_s = v + s * d + d0;
     if (PREFETCH) prefetch_span(v_s, 32 * NB);
     const __m256 w = _mm256_broadcast_ss(p + s);
-    for (int i = 0; i < NB; ++i) {
-      const __m256i x = ld256(v_s + 16 * i);
-      e[i] = _mm256_fmadd_ps(w, bf16_even(x), e[i]);
-      o[i] = _mm256_fmadd_ps(w, bf16_odd(x), o[i]);
-    }
+#define KVS_PV(i)                                            \
+  if constexpr (i < NB) {                                    \
+    const __m256i x = ld256(v_s + 16 * i);                   \
+    e##i = _mm256_fmadd_ps(w, bf16_even(x), e##i);           \
+    o##i = _mm256_fmadd_ps(w, bf16_odd(x), o##i);            \
   }
-  for (int i = 0; i < NB; ++i) {  // [e0 o0 e1 o1 .. e7 o7] added to acc
-    const __m256 lo = _mm256_unpacklo_ps(e[i], o[i]), hi = _mm256_unpackhi_ps(e[i], o[i]);
-    float* a = acc + d0 + 16 * i;
-    _mm256_storeu_ps(a, _mm256_add_ps(_mm256_loadu_ps(a), _mm256_permute2f128_ps(lo, hi, 0x20)));
-    _mm256_storeu_ps(a + 8, _mm256_add_ps(_mm256_loadu_ps(a + 8), _mm256_permute2f128_ps(lo, hi, 0x31)));
+    KVS_PV(0) KVS_PV(1) KVS_PV(2) KVS_PV(3)
+#undef KVS_PV
   }
+  add_even_odd(acc + d0, e0, o0);
+  if constexpr (NB > 1) add_even_odd(acc + d0 + 16, e1, o1);
+  if constexpr (NB > 2) add_even_odd(acc + d0 + 32, e2, o2);
+  if constexpr (NB > 3) add_even_odd(acc + d0 + 48, e3, o3);
 }
 
 KVS_AVX2 void pv1_bf16(const uint16_t* v, int64_t n, int64_t d, const float* p, float* acc) {
