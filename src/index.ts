@@ -5,9 +5,9 @@ export type { AttentionOptions, AttentionOut, AttentionResult, CacheDtype, Dropo
 export { applyRope, positionIds } from './rope.ts';
 export type { RopeOptions } from './rope.ts';
 export { KvCache } from './kvcache.ts';
-export type { KvCacheConfig } from './kvcache.ts';
+export type { AppendOptions, KvCacheConfig, KvPart, StoredTensor } from './kvcache.ts';
 export { MultiHeadAttention, resolveConfig, weightShapes } from './mha.ts';
-export type { ForwardOptions, ForwardResult, MhaConfig, MhaWeights, ResolvedMhaConfig } from './mha.ts';
+export type { ForwardOptions, ForwardResult, MhaConfig, MhaWeights, NewCacheOptions, ResolvedMhaConfig } from './mha.ts';
 export { getKernelPath, info, kernelCounts, resetKernelCounts, setKernelPath, setNumThreads } from './native.ts';
 export type { KernelPath, KvDtype, KvStorage, NativeInfo } from './native.ts';
 export { Rng, philox4x32 } from './random.ts';
