@@ -255,8 +255,8 @@ export function resolveScore(o: ScoreOptions, B: number, H: number, T: number, d
 }
 
 /** Query position ids [B,T] for rope: explicit, per-row offsets, or qOffset + t. */
-function queryPositions(score: ResolvedScore, B: number, T: number, qOffset: number): Int32Array {
-  return score.ropePositions ?? positionIds(B, T, score.qOffsets ?? qOffset);
+function queryPositions(score: ResolvedScore, B: number, T: number, qOffset: number, out?: Int32Array): Int32Array {
+  return score.ropePositions ?? positionIds(B, T, score.qOffsets ?? qOffset, out);
 }
 
 function nativeOpts(o: { scale: number; causal: boolean; qOffset: number; dropout?: Dropout; score?: ResolvedScore }, sOffset: number, view?: ViewFields, window?: number): NativeOpts {
@@ -367,6 +367,8 @@ export class OnlineSoftmaxState {
   /** The queries as given, and as the kernels read them (rotated when rope is on). */
   private qIn: Tensor;
   private q_: Tensor;
+  /** Rope position ids of the queries [B,T], reused by reset(). */
+  private ids: Int32Array | undefined;
   private qOffset_: number;
   /** Caller buffers not yet initialised (m, l; or all three). */
   private unfilled: 'no' | 'ml' | 'all' = 'no';
@@ -406,7 +408,8 @@ export class OnlineSoftmaxState {
   /** q rotated at the query positions, into the state's own buffer. */
   private rotated(q: Tensor): Tensor {
     const out = this.q_ !== this.qIn && this.q_ ? this.q_ : alloc('rotated q', ['B', 'H', 'T', 'd_k'], [this.B, this.H, this.T, this.dK]);
-    return applyRope(q, queryPositions(this.score, this.B, this.T, this.qOffset_), this.score.rope!, out);
+    this.ids = queryPositions(this.score, this.B, this.T, this.qOffset_, this.ids);
+    return applyRope(q, this.ids, this.score.rope!, out);
   }
 
   /** Absolute position of query 0 (changed by reset(q, { qOffset })). */

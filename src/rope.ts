@@ -34,10 +34,10 @@ export function resolveRope(rope: RopeOptions, d: number, name = 'rope'): Resolv
 
 /**
  * Position ids [B,T]: `start + t` for every batch row (a number), or `start[b] + t` (an array
- * of B row offsets).
+ * of B row offsets); written into `out` when it has B·T elements.
  */
-export function positionIds(B: number, T: number, start: number | ArrayLike<number>): Int32Array {
-  const ids = new Int32Array(B * T);
+export function positionIds(B: number, T: number, start: number | ArrayLike<number>, out?: Int32Array): Int32Array {
+  const ids = out?.length === B * T ? out : new Int32Array(B * T);
   if (typeof start !== 'number' && start.length !== B) throw new ShapeError(`Expected position offsets [B]=[${B}] (${B} elements), got ${start.length}`);
   for (let b = 0; b < B; b++) {
     const s0 = typeof start === 'number' ? start : start[b];
