@@ -1,0 +1,49 @@
+// Half-width and int8 caches read in place (native/kvstore.cc's direct kernels, and the widening
+// fallback under KVSTREAM_KV_SIMD=off): a sweep of head widths that hits every vector and group
+// tail (8 ... 256; int8 groups of 32), one query row and several (grouped heads, T 3), contiguous
+// and paged storage, S across the 512-key block, on every kernel path at 1 and 2 threads. Each
+// result is held to the float64 reference over the same stored values (refFeaturesBound,
+// storage 'same': the bound is the fp32 kernel's).
+import test from 'ava';
+import { OnlineSoftmaxState } from '../../src/attention.ts';
+import type { CacheDtype } from '../../src/attention.ts';
+import { KvCache } from '../../src/kvcache.ts';
+import { getKernelPath, info, setKernelPath, setNumThreads } from '../../src/native.ts';
+import type { KernelPath } from '../../src/native.ts';
+import { Rng } from '../../src/random.ts';
+import { assertWithin } from '../helpers/assert.ts';
+import { chunkedRescales } from '../helpers/reference.ts';
+import { refFeaturesBound } from '../helpers/reference-features.ts';
+
+const PATHS: KernelPath[] = info().tile ? ['tile', 'blas', 'rows', 'auto'] : ['blas', 'rows', 'auto'];
+const DTYPES: CacheDtype[] = ['fp16', 'bf16', 'int8'];
+const WIDTHS = [8, 24, 32, 40, 64, 128, 256];
+const S = 530;
+
+for (const dtype of DTYPES)
+  test.serial(`${dtype} cache: every head width, one and several query rows, contiguous and paged, every path, 1 and 2 threads`, (t) => {
+    const restore = { threads: info().threads, path: getKernelPath() };
+    try {
+      for (const [i, d] of WIDTHS.entries())
+        for (const [H, Hkv, T] of [[2, 2, 1], [4, 2, 3]])
+          for (const pageSize of [0, 16]) {
+            const B = 2, rng = new Rng(1000 + 10 * i + T);
+            const k = rng.normalTensor([B, Hkv, S, d]), v = rng.normalTensor([B, Hkv, S, d]), q = rng.normalTensor([B, H, T, d]);
+            const cache = new KvCache({ batch: B, numKvHeads: Hkv, dK: d, dV: d, dtype, ...(pageSize ? { pageSize } : {}) });
+            cache.append(k, v);
+            const ref = refFeaturesBound(q.data, k.data, v.data, { B, H, Hkv, T, S, dK: d, dV: d }, { scale: 1 / Math.sqrt(d), causal: true, qOffset: S - T, dtype, rescales: chunkedRescales(S, 1) });
+            for (const path of PATHS)
+              for (const threads of [1, 2]) {
+                setKernelPath(path);
+                setNumThreads(threads);
+                const got = new OnlineSoftmaxState(q, { dV: d, causal: true, qOffset: S - T }).updateCache(cache).finalize();
+                const label = `${dtype} d ${d} H ${H}/${Hkv} T ${T}${pageSize ? ' paged' : ''} ${path} x${threads}`;
+                if (!assertWithin(t, got.output.data, ref.out, ref.outBound, `${label} output`, [B, H, T, d])) return;
+                if (!assertWithin(t, got.lse.data, ref.lse, ref.lseBound, `${label} lse`, [B, H, T])) return;
+              }
+          }
+    } finally {
+      setKernelPath(restore.path);
+      setNumThreads(restore.threads);
+    }
+  });
