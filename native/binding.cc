@@ -809,6 +809,12 @@ NAN_METHOD(Linear) {
   guarded(c, [&] { kvs::linear(M, K, N, x, w, b, y); });
 }
 
+// Whether the byte ranges [a, a + na) and [b, b + nb) share a byte.
+bool overlaps(const void* a, int64_t na, const void* b, int64_t nb) {
+  const char *pa = static_cast<const char*>(a), *pb = static_cast<const char*>(b);
+  return na > 0 && nb > 0 && pa < pb + nb && pb < pa + na;
+}
+
 // rope(x, out, dims {B,H,T,d}, opts {rotaryDim, theta, interleaved}, positions): rotary
 // embedding of x [B,H,T,d] into out (which may be x) at positions [B,T] (rope.h).
 NAN_METHOD(Rope) {
@@ -838,9 +844,10 @@ NAN_METHOD(Rope) {
     return c.range_error("expected positions [B,T]=[" + std::to_string(d.B) + "," + std::to_string(d.T) + "] (" +
                          std::to_string(np) + " elements), got " + std::to_string(info[4].As<v8::Int32Array>()->Length()));
   Nan::TypedArrayContents<int32_t> pos(info[4]);
-  // out must be x itself or not overlap it (a partial overlap would read rotated values).
-  const char *x0 = (const char*)x, *o0 = (const char*)out;
-  if (x0 != o0 && x0 < o0 + n * 4 && o0 < x0 + n * 4) return c.range_error("out must be x itself or not overlap it");
+  // out must be x itself or not overlap it (a partial overlap would read rotated values), and
+  // not overlap positions (read by every task while out is written).
+  if (x != out && overlaps(x, n * 4, out, n * 4)) return c.range_error("out must be x itself or not overlap it");
+  if (overlaps(*pos, np * 4, out, n * 4)) return c.range_error("positions must not overlap out");
   guarded(c, [&] { kvs::rope_apply(d, o, *pos, x, out); });
 }
 
@@ -865,6 +872,11 @@ NAN_METHOD(KvEncode) {
   if (dtype == kvs::KvDtype::I8) scale = c.f32(3, "scale", ns, shape("[rows,ceil(d/32)]", {rows, kvs::q8_groups(d)}));
   else if (!c.failed && !info[3]->IsNullOrUndefined()) return c.type_error("scale must be null unless dtype is 'i8', got " + Checker::describe(info[3]));
   if (c.failed || rows == 0) return;
+  // Rows are encoded in parallel: dst and scale must not overlap src or each other.
+  const int64_t dst_bytes = n * (dtype == kvs::KvDtype::I8 ? 1 : 2);
+  if (overlaps(src, n * 4, dst, dst_bytes)) return c.range_error("dst must not overlap src");
+  if (scale && (overlaps(scale, ns * 4, src, n * 4) || overlaps(scale, ns * 4, dst, dst_bytes)))
+    return c.range_error("scale must not overlap src or dst");
   guarded(c, [&] { kvs::kv_encode(dtype, src, rows, d, dst, scale); });
 }
 

@@ -1,5 +1,6 @@
 #include "kvencode.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -47,7 +48,8 @@ void kv_encode(KvDtype dtype, const float* src, int64_t rows, int64_t d, void* d
         for (int64_t i = i0; i < i1; ++i) amax = std::isnan(x[i]) || std::isnan(amax) ? NAN : std::max(amax, std::fabs(x[i]));
         const float s = std::isfinite(amax) ? amax / 127.0f : NAN;
         scale[r * groups + g] = s;
-        for (int64_t i = i0; i < i1; ++i) y[i] = s > 0.0f ? (int8_t)std::nearbyint(x[i] / s) : 0;
+        // The clamp matters only for a subnormal scale, whose rounding can push |x / s| past 127.
+        for (int64_t i = i0; i < i1; ++i) y[i] = s > 0.0f ? (int8_t)std::clamp(std::nearbyint(x[i] / s), -127.0f, 127.0f) : 0;
       }
     } else {
       std::memcpy(static_cast<float*>(dst) + r * d, x, (size_t)d * 4);

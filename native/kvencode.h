@@ -4,7 +4,8 @@
 // f16: IEEE binary16, round to nearest even (overflow to inf, NaN kept). bf16: the upper half of
 // the fp32, round to nearest even (NaN kept quiet). int8: per row and group of 32 channels,
 // scale = max|x| / 127 (0 for an all-zero group), q = nearbyint(x / scale) (half to even), so
-// |x - q·scale| <= scale / 2; a non-finite value makes its group's scale NaN.
+// |x - q·scale| <= scale / 2 (q clamped to ±127: a subnormal scale rounds coarsely, and there
+// the bound is not kept); a non-finite value makes its group's scale NaN.
 #pragma once
 #include <cstdint>
 

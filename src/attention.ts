@@ -362,6 +362,8 @@ export class OnlineSoftmaxState {
   readonly acc: Float32Array;
   /** Number of keys folded in so far. */
   keysSeen = 0;
+  /** Default sOffset of the next update: the position after the last fold. */
+  private next = 0;
   /** An updateAsync is running: the buffers belong to the worker thread. */
   private busy = false;
   /** The queries as given, and as the kernels read them (rotated when rope is on). */
@@ -418,40 +420,52 @@ export class OnlineSoftmaxState {
   }
 
   /**
-   * Empties the state for reuse without allocating: m = -inf, l = 0, acc = 0, keysSeen = 0.
+   * Empties the state for reuse without allocating: m = -inf, l = 0, acc = 0, keysSeen = 0 (and
+   * the default sOffset of the next update 0).
    * `q` (same shape [B,H,T,d_k]) replaces the queries, `options.qOffset` their position (a
    * decode loop: one state, reset per step).
    */
   reset(q?: Tensor, options: { qOffset?: number } = {}): this {
     this.expectIdle();
     expectOptions('reset options', options);
-    if (q !== undefined) this.qIn = expectShape('q', q, ['B', 'H', 'T', 'd_k'], [this.B, this.H, this.T, this.dK]);
-    if (options.qOffset !== undefined) this.qOffset_ = expectOffset(options.qOffset);
+    // Both checked before either is taken: a rejected call leaves the state as it was.
+    const qIn = q === undefined ? this.qIn : expectShape('q', q, ['B', 'H', 'T', 'd_k'], [this.B, this.H, this.T, this.dK]);
+    const qOffset = options.qOffset === undefined ? this.qOffset_ : expectOffset(options.qOffset);
+    [this.qIn, this.qOffset_] = [qIn, qOffset];
     if (this.score.rope) this.q_ = this.rotated(this.qIn);
     else this.q_ = this.qIn;
     this.m.fill(-Infinity);
     this.l.fill(0);
     this.acc.fill(0);
     this.keysSeen = 0;
+    this.next = 0;
     return this;
   }
 
   /**
    * Folds in keys k [B,H_kv,S,d_k] and values v [B,H_kv,S,d_v] at absolute positions
-   * [sOffset, sOffset + S). `mask.window` overrides the state's window for this fold (0: none;
-   * a cache's sink tokens are folded so).
+   * [sOffset, sOffset + S) (default: right after the last fold). `mask.window` overrides the
+   * state's window for this fold (0: none; a cache's sink tokens are folded so).
    */
-  update(k: KvView, v: KvView, sOffset = this.keysSeen, mask: { window?: number } = {}): this {
+  update(k: KvView, v: KvView, sOffset = this.next, mask: { window?: number } = {}): this {
     const u = this.updateArgs(k, v, sOffset, mask);
     addon.attnUpdate(u.dims, u.opts, this.q_.data, k.data, v.data, this.m, this.l, this.acc, u.kScale, u.vScale);
     this.keysSeen += u.dims.S;
+    this.next = sOffset + u.dims.S;
     return this;
   }
 
   /** Folds every part of a cache (cache.parts(): its held positions, in place). */
   updateCache(cache: { parts(): readonly { k: KvView; v: KvView; sOffset: number; window?: number }[] }): this {
     if (typeof (cache as { parts?: unknown } | null)?.parts !== 'function') throw new ArgumentError(`Expected cache to be a KvCache, got ${show(cache)}`);
-    for (const part of cache.parts()) this.update(part.k, part.v, part.sOffset, part.window === undefined ? {} : { window: part.window });
+    const parts = cache.parts();
+    // A window cache's parts carry its window (0 on sink tokens): the state's own must agree.
+    for (const part of parts) {
+      if (part.window && this.score.window && part.window !== this.score.window) {
+        throw new ArgumentError(`Expected the state's window ${this.score.window} to be the cache's window ${part.window} (or absent)`);
+      }
+    }
+    for (const part of parts) this.update(part.k, part.v, part.sOffset, part.window === undefined ? {} : { window: part.window });
     return this;
   }
 
@@ -459,7 +473,7 @@ export class OnlineSoftmaxState {
    * update() on a worker thread, so the event loop stays free during a large fold. Until the
    * promise settles, k, v and q must not change and the state must not be used (it throws).
    */
-  async updateAsync(k: KvView, v: KvView, sOffset = this.keysSeen, mask: { window?: number } = {}): Promise<this> {
+  async updateAsync(k: KvView, v: KvView, sOffset = this.next, mask: { window?: number } = {}): Promise<this> {
     const u = this.updateArgs(k, v, sOffset, mask);
     this.busy = true;
     try {
@@ -472,6 +486,7 @@ export class OnlineSoftmaxState {
       this.busy = false;
     }
     this.keysSeen += u.dims.S;
+    this.next = sOffset + u.dims.S;
     return this;
   }
 
@@ -530,6 +545,7 @@ export class OnlineSoftmaxState {
     c.l.set(this.l);
     c.acc.set(this.acc);
     c.keysSeen = this.keysSeen;
+    c.next = this.next;
     return c;
   }
 

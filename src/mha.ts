@@ -273,6 +273,9 @@ export class MultiHeadAttention {
       if (!(positions instanceof Int32Array) || positions.length !== B * T) throw new ShapeError(`Expected options.positions shape [B,T]=[${B},${T}] (${B * T} elements) as an Int32Array, got ${show(positions)}`);
       if (xKv && xKv.shape[1] !== T) throw new ShapeError(`Expected x_kv of the same T=${T} tokens as x_q with options.positions, got ${xKv.shape[1]}`);
     }
+    // A cache read through its parts (ring, pages, storage types, rotated keys) gives no weights.
+    const folded = cache instanceof KvCache && (cache.window > 0 || cache.pageSize > 0 || cache.dtype !== 'fp32' || this.config.rope !== undefined);
+    if (folded && expectFlag('returnWeights', options.returnWeights)) throw new ArgumentError('Expected returnWeights only with a contiguous fp32 cache without rope, got a ' + describeCache(cache));
     const score = { softcap: options.softcap, alibi: options.alibi, window: options.window, kvRanges: options.kvRanges, qOffsets: options.qOffsets, sinks: options.sinks };
     const outs = this.outputs(expectOptions('out', options.out), B, T, xQ.data, xKv?.data ?? null);
     const q = this.projectQ(xQ, { data: this.scratch.get('q', ['B', 'H', 'T', 'd_k'], [B, H, T, dK]), shape: [B, H, T, dK] });
@@ -285,9 +288,8 @@ export class MultiHeadAttention {
         const kv = this.projectKvInto(xKv);
         cache.append(kv.k, kv.v, positions ? { positions } : {});
       }
-      if (cache.window || cache.pageSize || cache.dtype !== 'fp32' || this.config.rope) {
+      if (folded) {
         // Fold the cache's parts (ring, pages, storage types, rotated keys) into a state.
-        if (expectFlag('returnWeights', options.returnWeights)) throw new ArgumentError('Expected returnWeights only with a contiguous fp32 cache without rope, got a ' + describeCache(cache));
         const o = { data: this.scratch.get('o', ['B', 'H', 'T', 'd_v'], [B, H, T, dV]), shape: [B, H, T, dV] };
         const qOffset = options.qOffset ?? cache.length - T;
         const state = new OnlineSoftmaxState(q, { ...score, dV, scale: this.config.scale, causal: options.causal, qOffset, dropout: options.dropout, rope: this.config.rope, ropePositions: positions });

@@ -26,7 +26,7 @@ export function resolveRope(rope: RopeOptions, d: number, name = 'rope'): Resolv
   if (!Number.isInteger(dim) || dim < 2 || dim > d || dim % 2 !== 0) {
     throw new ArgumentError(`Expected ${name}.dim to be an even integer in [2, d=${d}], got ${show(rope.dim)}`);
   }
-  const theta = expectNumber(`${name}.theta`, rope.theta ?? 10000, Number.MIN_VALUE, 1e300);
+  const theta = expectNumber(`${name}.theta`, rope.theta ?? 10000, 1e-30, 1e300);
   const style = rope.style ?? 'half';
   if (style !== 'half' && style !== 'interleaved') throw new ArgumentError(`Expected ${name}.style to be 'half' or 'interleaved', got ${show(style)}`);
   return { dim, theta, style };

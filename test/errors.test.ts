@@ -6,6 +6,7 @@ import { KvstreamError, ShapeError } from '../src/errors.ts';
 import { KvCache } from '../src/kvcache.ts';
 import { MultiHeadAttention } from '../src/mha.ts';
 import { binding } from '../src/native.ts';
+import { Rng } from '../src/random.ts';
 import { zeros } from '../src/tensor.ts';
 
 const q = zeros([1, 8, 16, 64]);
@@ -111,4 +112,44 @@ test('the process is still alive and computing after all of the above', (t) => {
 test('a missing addon gives a NativeError that names the rebuild command', async (t) => {
   const { loadAddon } = await import('../src/native.ts');
   t.throws(() => loadAddon('/nonexistent/kvstream.node'), { name: 'NativeError', message: /could not be loaded from \/nonexistent\/kvstream\.node: .*\nRebuild it: in the kvstream repo `npm run build:native`; in a project that installed kvstream `npm rebuild kvstream`/s });
+});
+
+test('rejected calls leave state and cache as they were (review findings)', (t) => {
+  const rng = new Rng(5);
+  // reset() with a bad qOffset keeps the old queries.
+  const q = rng.normalTensor([1, 2, 3, 8]), q2 = rng.normalTensor([1, 2, 3, 8]);
+  const st = new OnlineSoftmaxState(q, { dV: 8, causal: true, qOffset: 4 });
+  t.throws(() => st.reset(q2, { qOffset: 0.5 }), { message: 'Expected qOffset to be a 32-bit integer, got 0.5' });
+  t.is(st.q, q);
+  // forward() with returnWeights over a folded cache is refused before the append.
+  const mha = MultiHeadAttention.random({ dModel: 16, numHeads: 2 }, 1);
+  const x = rng.normalTensor([1, 3, 16]);
+  for (const options of [{ dtype: 'fp16' as const }, { window: 4 }, { pageSize: 2 }]) {
+    const cache = mha.newCache(1, options);
+    t.throws(() => mha.forward(x, x, { cache, causal: true, returnWeights: true }), { message: /^Expected returnWeights only with a contiguous fp32 cache without rope/ });
+    t.is(cache.length, 0, JSON.stringify(options));
+  }
+  // A state's window must agree with a window cache's.
+  const cache = new KvCache({ batch: 1, numKvHeads: 2, dK: 8, dV: 8, window: 4 });
+  cache.append(rng.normalTensor([1, 2, 6, 8]), rng.normalTensor([1, 2, 6, 8]));
+  t.throws(() => new OnlineSoftmaxState(q, { dV: 8, causal: true, qOffset: 3, window: 2 }).updateCache(cache), { message: "Expected the state's window 2 to be the cache's window 4 (or absent)" });
+  // After updateCache the default sOffset is the cache's length, not the count of held keys.
+  const s2 = new OnlineSoftmaxState(q, { dV: 8, causal: true, qOffset: 6 }).updateCache(cache);
+  const k1 = rng.normalTensor([1, 2, 1, 8]), v1 = rng.normalTensor([1, 2, 1, 8]);
+  const a = s2.clone().update(k1, v1).finalize(), b = s2.clone().update(k1, v1, 6).finalize();
+  t.deepEqual(a.output.data, b.output.data);
+});
+
+test('kvEncode and rope refuse overlapping arrays; int8 never wraps on a subnormal scale', (t) => {
+  const buf = new ArrayBuffer(64 * 4);
+  const src = new Float32Array(buf, 0, 32);
+  t.throws(() => binding.kvEncode('f16', src, new Uint16Array(buf, 16, 32), null, 1, 32), { instanceOf: RangeError, message: 'kvEncode: dst must not overlap src' });
+  t.throws(() => binding.kvEncode('i8', src, new Int8Array(32), new Float32Array(buf, 4, 1), 1, 32), { instanceOf: RangeError, message: 'kvEncode: scale must not overlap src or dst' });
+  const pos = new Int32Array(buf, 0, 2), out = new Float32Array(buf, 0, 2 * 2);
+  t.throws(() => binding.rope(new Float32Array(4), out, { B: 1, H: 1, T: 2, d: 2 }, { rotaryDim: 2, theta: 10000, interleaved: false }, pos), { instanceOf: RangeError, message: 'rope: positions must not overlap out' });
+  // The smallest subnormal group max: its scale rounds to 2^-149 and x / scale would pass 127.
+  const x = Float32Array.from({ length: 32 }, (_, i) => (i === 0 ? 2.66e-43 : i === 1 ? -2.66e-43 : 0));
+  const q8 = new Int8Array(32), scale = new Float32Array(1);
+  binding.kvEncode('i8', x, q8, scale, 1, 32);
+  t.true(q8[0] > 0 && q8[1] < 0, `signs kept: ${q8[0]}, ${q8[1]}`);
 });

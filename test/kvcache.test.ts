@@ -357,7 +357,7 @@ test('config validation: every bad value is named with what was expected and wha
     [{ ...cfg, pageSize: 0 }, 'ShapeError', 'Expected pageSize to be an integer >= 1, got 0'],
     [{ ...cfg, rope: { dim: 3 } }, 'ArgumentError', 'Expected rope.dim to be an even integer in [2, d=4], got 3'],
     [{ ...cfg, rope: 3 }, 'ArgumentError', 'Expected rope to be an object, got 3'],
-    [{ ...cfg, rope: { theta: -1 } }, 'ArgumentError', 'Expected rope.theta to be a number in [5e-324, 1e+300], got -1'],
+    [{ ...cfg, rope: { theta: -1 } }, 'ArgumentError', 'Expected rope.theta to be a number in [1e-30, 1e+300], got -1'],
     [{ ...cfg, window: 2.5 }, 'ShapeError', 'Expected window to be an integer >= 1, got 2.5'],
     [{ ...cfg, dtype: 'f16' }, 'ArgumentError', "Expected dtype to be one of 'fp32', 'fp16', 'bf16', 'int8', got \"f16\""],
     [{ ...cfg, rope: { style: 'neox' } }, 'ArgumentError', "Expected rope.style to be 'half' or 'interleaved', got \"neox\""],
