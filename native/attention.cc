@@ -113,7 +113,8 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
   // in a decode loop here: fewer BLAS calls per key); paged blocks never straddle a page.
   // Direct kernels (half and int8 read in place) take blocks of SK keys: no scratch to keep in L2.
   const bool direct = rows_path && kv_direct(kv);
-  const int64_t rows_block = kv_block_rows(kv, kv.dtype == KvDtype::F32 || direct ? SK : 256), blas_block = kv_block_rows(kv, SK);
+  // Direct kernels follow a block table run by run: their blocks span pages.
+  const int64_t rows_block = direct ? SK : kv_block_rows(kv, kv.dtype == KvDtype::F32 ? SK : 256), blas_block = kv_block_rows(kv, SK);
 
   if (rows_path) {
     // The T rows of each of a kv head's `group` query heads are contiguous in q, m, l and acc:

@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <type_traits>
 
+#include "gemm.h"
 #include "kernel_path.h"
 #include "vec.h"
 
@@ -648,7 +649,9 @@ float exp_sub_sum_avx2(float* x, int64_t n, float m) {
 
 bool kv_direct(const KvStore& kv) {
 #ifdef KVS_X86
-  return kv.dtype != KvDtype::F32 && HAS_AVX2;
+  // Half and int8 storage, and paged fp32: the direct kernels follow the block table run by
+  // run, so a softmax block may span many pages.
+  return (kv.dtype != KvDtype::F32 || kv.pages.block_table) && HAS_AVX2;
 #else
   (void)kv;
   return false;
@@ -659,6 +662,7 @@ void kv_dot(const KvStore& kv, int64_t bh_kv, int64_t s_cap, int64_t d, int64_t 
             int64_t R, float scale, float* out) {
 #ifdef KVS_X86
   switch (kv.dtype) {
+    case KvDtype::F32: return dot_rows_direct<LdF32>(kv, bh_kv, s_cap, d, s0, n, q, R, scale, out);
     case KvDtype::F16: return dot_rows_direct<LdF16>(kv, bh_kv, s_cap, d, s0, n, q, R, scale, out);
     case KvDtype::BF16: return dot_rows_direct<LdBF16>(kv, bh_kv, s_cap, d, s0, n, q, R, scale, out);
     case KvDtype::I8: return dot_rows_direct<LdI8>(kv, bh_kv, s_cap, d, s0, n, q, R, scale, out);
@@ -673,6 +677,7 @@ void kv_accumulate(const KvStore& kv, int64_t bh_kv, int64_t s_cap, int64_t d, i
                    int64_t R, float* acc) {
 #ifdef KVS_X86
   switch (kv.dtype) {
+    case KvDtype::F32: return accumulate_direct<LdF32>(kv, bh_kv, s_cap, d, s0, n, p, R, acc);
     case KvDtype::F16: return accumulate_direct<LdF16>(kv, bh_kv, s_cap, d, s0, n, p, R, acc);
     case KvDtype::BF16: return accumulate_direct<LdBF16>(kv, bh_kv, s_cap, d, s0, n, p, R, acc);
     case KvDtype::I8: return accumulate_direct<LdI8>(kv, bh_kv, s_cap, d, s0, n, p, R, acc);

@@ -50,7 +50,7 @@ inline KvStore kv_f32(const float* k, const float* v) { return {KvDtype::F32, k,
 const float* kv_rows(const KvStore& kv, bool is_v, int64_t bh_kv, int64_t s_cap, int64_t d, int64_t s0, int64_t n,
                      std::vector<float>& scratch);
 
-// Row-path kernels that read half and int8 storage in place, widening in registers (AVX2, FMA
+// Row-path kernels that read half and int8 storage (and paged fp32) in place, widening in registers (AVX2, FMA
 // and F16C; runtime dispatch). kv_direct says whether they exist for this storage on this CPU:
 // when false (or KVSTREAM_KV_SIMD=off, which also sends kv_rows to its portable converters) the
 // caller converts blocks with kv_rows and runs the fp32 kernels. One query row (decode with

@@ -1,4 +1,4 @@
-// Half-width and int8 caches read in place (native/kvstore.cc's direct kernels, and the widening
+// Half-width, int8 and paged fp32 caches read in place (native/kvstore.cc's direct kernels, and the widening
 // fallback under KVSTREAM_KV_SIMD=off): a sweep of head widths that hits every vector and group
 // tail (8 ... 256; int8 groups of 32), one query row and several (grouped heads, T 3), contiguous
 // and paged storage, S across the 512-key block, on every kernel path at 1 and 2 threads. Each
@@ -16,7 +16,8 @@ import { chunkedRescales } from '../helpers/reference.ts';
 import { refFeaturesBound } from '../helpers/reference-features.ts';
 
 const PATHS: KernelPath[] = info().tile ? ['tile', 'blas', 'rows', 'auto'] : ['blas', 'rows', 'auto'];
-const DTYPES: CacheDtype[] = ['fp16', 'bf16', 'int8'];
+// fp32 too: paged fp32 takes the direct kernels (blocks spanning pages).
+const DTYPES: CacheDtype[] = ['fp32', 'fp16', 'bf16', 'int8'];
 const WIDTHS = [8, 24, 32, 40, 64, 128, 256];
 const S = 530;
 
