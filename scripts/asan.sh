@@ -8,7 +8,7 @@ echo "--- building the addon with -fsanitize=address,undefined"
 addon=$(bash scripts/addon-variant.sh asan "-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g" "-fsanitize=address,undefined")
 files=("$@")
 if [ ${#files[@]} -eq 0 ]; then
-  files=(test/native.test.ts test/attention.test.ts test/streaming.test.ts test/dropout.test.ts test/mha.test.ts)
+  files=(test/native.test.ts test/attention.test.ts test/streaming.test.ts test/dropout.test.ts test/mha.test.ts test/errors.test.ts test/kvcache-parity.test.ts)
   for f in test/grid.test.ts test/kernels; do [ -e "$f" ] && files+=("$f"); done
 fi
 # V8 keeps what it allocated until exit: leak reports would only list that.
