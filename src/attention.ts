@@ -409,7 +409,7 @@ export class OnlineSoftmaxState {
 
   /** q rotated at the query positions, into the state's own buffer. */
   private rotated(q: Tensor): Tensor {
-    const out = this.q_ !== this.qIn && this.q_ ? this.q_ : alloc('rotated q', ['B', 'H', 'T', 'd_k'], [this.B, this.H, this.T, this.dK]);
+    const out = this.q_ !== this.qIn ? this.q_ : alloc('rotated q', ['B', 'H', 'T', 'd_k'], [this.B, this.H, this.T, this.dK]);
     this.ids = queryPositions(this.score, this.B, this.T, this.qOffset_, this.ids);
     return applyRope(q, this.ids, this.score.rope!, out);
   }

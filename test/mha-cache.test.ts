@@ -50,8 +50,10 @@ const CASES: Case[] = [
 const CHUNKINGS = [[S], Array<number>(S).fill(1), [5, 1, 9, 14]];
 
 /** The module in float64 over the whole stream x [B,S,dModel] (causal, queries = keys = x), with its bound. */
-function reference(mha: MultiHeadAttention, x: Tensor, c: Case) {
+/** `calls`: the update calls the keys were folded in (default S: chunks of 1; module-features counts 3 parts each). */
+function reference(mha: MultiHeadAttention, x: Tensor, c: Case, calls = S) {
   return refModuleFeatures(mha, x, x, {
+    calls,
     causal: true, qOffset: 0, window: c.cache.window, sinkTokens: c.cache.sinkTokens, softcap: c.score?.softcap, alibi: c.score?.alibi === true,
     kvRanges: c.score?.kvRanges as number[] | undefined, sinks: c.score?.sinks as number[] | undefined, dtype: c.cache.dtype ?? 'fp32',
     rope: c.rope, qPositions: c.positions, kPositions: c.positions,
@@ -86,7 +88,7 @@ test('one pass without a cache takes position ids for rope and ragged rows', (t)
   const c = CASES.find((x) => x.name.startsWith('left-padded ragged batch, rope'))!;
   const mha = MultiHeadAttention.random({ dModel, numHeads: H, numKvHeads: Hkv, rope: c.rope }, 5);
   const x = new Rng(6).normalTensor([B, S, dModel]);
-  const ref = reference(mha, x, c);
+  const ref = reference(mha, x, c, 1);
   assertWithin(t, mha.forward(x, x, { causal: true, kvRanges: leftPadRanges, positions: leftPadIds }).output.data, ref.y, ref.bound, 'one pass, position ids', [B, S, dModel]);
   t.throws(() => MultiHeadAttention.random({ dModel, numHeads: H }, 1).forward(x, x, { positions: leftPadIds }), { instanceOf: ArgumentError, message: 'Expected options.positions only for a module with rope, got positions and no config.rope' });
 });
@@ -95,7 +97,7 @@ test('one pass without a cache takes the same options (window, rope, softcap, AL
   const c: Case = { name: 'one pass', cache: { window: 6 }, rope: { dim: 10 }, score: { softcap: 4, alibi: true, sinks: [1, 0, -1, 0.5] } };
   const mha = MultiHeadAttention.random({ dModel, numHeads: H, numKvHeads: Hkv, rope: c.rope }, 7);
   const x = new Rng(8).normalTensor([B, S, dModel]);
-  const ref = reference(mha, x, c);
+  const ref = reference(mha, x, c, 1);
   const got = mha.forward(x, x, { causal: true, window: 6, ...c.score });
   assertWithin(t, got.output.data, ref.y, ref.bound, 'one pass', [B, S, dModel]);
 });
@@ -104,7 +106,7 @@ test('the fused one-call module path takes softcap, ALiBi and a window', (t) => 
   const c: Case = { name: 'fused', cache: { window: 9 }, score: { softcap: 5, alibi: true } };
   const mha = MultiHeadAttention.random({ dModel, numHeads: H, numKvHeads: Hkv }, 9);
   const x = new Rng(10).normalTensor([B, S, dModel]);
-  const ref = reference(mha, x, c);
+  const ref = reference(mha, x, c, 1);
   assertWithin(t, mha.forward(x, x, { causal: true, window: 9, ...c.score }).output.data, ref.y, ref.bound, 'fused', [B, S, dModel]);
 });
 
