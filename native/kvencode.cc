@@ -39,7 +39,10 @@ void kv_encode(KvDtype dtype, const float* src, int64_t rows, int64_t d, void* d
     const float* x = src + r * d;
     if (dtype == KvDtype::F16 || dtype == KvDtype::BF16) {
       uint16_t* y = static_cast<uint16_t*>(dst) + r * d;
-      for (int64_t i = 0; i < d; ++i) y[i] = dtype == KvDtype::F16 ? f32_to_f16(x[i]) : f32_to_bf16(x[i]);
+      if (dtype == KvDtype::F16)
+        for (int64_t i = 0; i < d; ++i) y[i] = f32_to_f16(x[i]);
+      else
+        for (int64_t i = 0; i < d; ++i) y[i] = f32_to_bf16(x[i]);
     } else if (dtype == KvDtype::I8) {
       int8_t* y = static_cast<int8_t*>(dst) + r * d;
       for (int64_t g = 0; g < groups; ++g) {
