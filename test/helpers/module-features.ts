@@ -1,8 +1,8 @@
 // The float64 module reference with the cache features: projections (refProjectHeads), rope
 // (refRope, its bound fed by the projection bound), attention (refFeaturesBound, fed by both),
-// output projection (refLinearBound, fed by the attention bound). Written on the test helpers
+// output projection (refMergeProject, fed by the attention bound). Written on the test helpers
 // only, never on src/.
-import { chunkedRescales, refLinearBound, refProjectHeads, SECOND_ORDER } from './reference.ts';
+import { chunkedRescales, refMergeProject, refProjectHeads } from './reference.ts';
 import type { RefModule } from './reference.ts';
 import { refAlibiSlopes, refFeaturesBound, refRope, refRopeBound } from './reference-features.ts';
 import type { RefRope, StorageDtype } from './reference-features.ts';
@@ -47,18 +47,7 @@ export function refModuleFeatures(mha: RefModule, xQ: { data: Float32Array; shap
     scale: c.scale, causal: o.causal, qOffset, window: o.window ?? 0, sinkTokens: o.sinkTokens ?? 0, softcap: o.softcap, alibi,
     kvRanges: o.kvRanges, sinks: o.sinks, dtype: o.dtype ?? 'fp32', rescales: chunkedRescales(S, 3 * (o.calls ?? S)), dq: qb, dk: kb, dv: v.bound,
   });
-  // o [B,H,T,dV] -> [B,T,H·dV], then the output projection.
-  const merged = new Float64Array(B * T * H * dV), mergedBound = new Float64Array(merged.length);
-  for (let b = 0; b < B; b++)
-    for (let h = 0; h < H; h++)
-      for (let t = 0; t < T; t++)
-        for (let d = 0; d < dV; d++) {
-          const src = ((b * H + h) * T + t) * dV + d, dst = (b * T + t) * H * dV + h * dV + d;
-          merged[dst] = att.out[src];
-          mergedBound[dst] = att.outBound[src];
-        }
-  const y = refLinearBound(merged, w.wO.data, w.bO?.data ?? null, B * T, H * dV, c.dOut, mergedBound);
-  for (let i = 0; i < y.bound.length; i++) y.bound[i] *= SECOND_ORDER;
+  const y = refMergeProject(att.out, att.outBound, w.wO.data, w.bO?.data ?? null, B, H, T, dV, c.dOut);
   return { y: y.y, bound: y.bound, lse: att.lse, lseBound: att.lseBound };
 }
 

@@ -334,19 +334,28 @@ export function refMhaBound(c: RefMhaConfig, w: RefMhaWeights, xQ: ArrayLike<num
   const v = refProjectHeads(xKv, w.wV, w.bV, B, S, c.dKvIn, c.Hkv, c.dV);
   const att = refAttentionBound(q.y, k.y, v.y, { B, H: c.H, Hkv: c.Hkv, T, S, dK: c.dK, dV: c.dV },
     { scale: c.scale, causal: o.causal, qOffset: o.qOffset, sOffset: o.sOffset, keep: o.keep, p: o.p, rescales: o.rescales, dq: q.bound, dk: k.bound, dv: v.bound });
-  // o [B,H,T,dV] -> [B,T,H·dV]
-  const merged = new Float64Array(B * T * c.H * c.dV), mergedBound = new Float64Array(merged.length);
-  for (let b = 0; b < B; b++)
-    for (let h = 0; h < c.H; h++)
-      for (let t = 0; t < T; t++)
-        for (let i = 0; i < c.dV; i++) {
-          const src = ((b * c.H + h) * T + t) * c.dV + i, dst = (b * T + t) * c.H * c.dV + h * c.dV + i;
-          merged[dst] = att.out[src];
-          mergedBound[dst] = att.outBound[src];
-        }
-  const y = refLinearBound(merged, w.wO, w.bO, B * T, c.H * c.dV, c.dOut, mergedBound);
-  for (let i = 0; i < y.bound.length; i++) y.bound[i] *= SECOND_ORDER;
+  const y = refMergeProject(att.out, att.outBound, w.wO, w.bO, B, c.H, T, c.dV, c.dOut);
   return { output: y.y, outputBound: y.bound, lse: att.lse, lseBound: att.lseBound, k, v };
+}
+
+/**
+ * The output projection in float64 with its bound: per-head o [B,H,T,dV] (bound oBound) merged to
+ * [B,T,H·dV], then · w_o [H·dV,dOut] + b_o; the bound carries oBound through |w_o| (SECOND_ORDER).
+ */
+export function refMergeProject(o: ArrayLike<number>, oBound: ArrayLike<number>, wO: ArrayLike<number>, bO: ArrayLike<number> | null,
+  B: number, H: number, T: number, dV: number, dOut: number): { y: Float64Array; bound: Float64Array } {
+  const merged = new Float64Array(B * T * H * dV), mergedBound = new Float64Array(merged.length);
+  for (let b = 0; b < B; b++)
+    for (let h = 0; h < H; h++)
+      for (let t = 0; t < T; t++)
+        for (let i = 0; i < dV; i++) {
+          const src = ((b * H + h) * T + t) * dV + i, dst = (b * T + t) * H * dV + h * dV + i;
+          merged[dst] = o[src];
+          mergedBound[dst] = oBound[src];
+        }
+  const y = refLinearBound(merged, wO, bO, B * T, H * dV, dOut, mergedBound);
+  for (let i = 0; i < y.bound.length; i++) y.bound[i] *= SECOND_ORDER;
+  return y;
 }
 
 /** A module as test/ sees it: resolved config and weight tensors (structural, so no src import). */
