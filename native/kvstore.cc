@@ -106,6 +106,11 @@ const float* convert_rows(const KvStore& kv, bool is_v, int64_t row, int64_t d, 
   return out;
 }
 
+// Storage row of logical position s of batch row b, kv head h_kv: page, then head, then row in page.
+int64_t page_row(const KvPages& p, int64_t b, int64_t h_kv, int64_t s) {
+  return ((int64_t)p.block_table[b * p.max_blocks + s / p.page] * p.H_kv + h_kv) * p.page + s % p.page;
+}
+
 }  // namespace
 
 const float* kv_rows(const KvStore& kv, bool is_v, int64_t bh_kv, int64_t s_cap, int64_t d, int64_t s0, int64_t n,
@@ -116,11 +121,8 @@ const float* kv_rows(const KvStore& kv, bool is_v, int64_t bh_kv, int64_t s_cap,
     resize_scratch(scratch, n * d, "kv block");
     return convert_rows(kv, is_v, bh_kv * s_cap + s0, d, n, scratch.data());
   }
-  // Storage row of logical position s of this (b, h_kv): page, then head, then row in page.
   const int64_t b = bh_kv / p.H_kv, h_kv = bh_kv % p.H_kv;
-  auto storage_row = [&](int64_t s) {
-    return ((int64_t)p.block_table[b * p.max_blocks + s / p.page] * p.H_kv + h_kv) * p.page + s % p.page;
-  };
+  auto storage_row = [&](int64_t s) { return page_row(p, b, h_kv, s); };
   if (kv.dtype == KvDtype::F32 && s0 / p.page == (s0 + n - 1) / p.page)  // one page: in place
     return convert_rows(kv, is_v, storage_row(s0), d, n, nullptr);
   resize_scratch(scratch, n * d, "kv block");
@@ -137,17 +139,20 @@ const float* kv_rows(const KvStore& kv, bool is_v, int64_t bh_kv, int64_t s_cap,
 
 namespace {
 
-// Calls f(storage_row, i, run) for runs of rows [s0 + i, s0 + i + run) of kv head bh_kv that
-// are contiguous in storage (one run for contiguous storage, one per page otherwise).
+// Calls f(storage_row, i, run, next_row) for runs of rows [s0 + i, s0 + i + run) of kv head bh_kv
+// that are contiguous in storage (one run for contiguous storage, one per page otherwise);
+// next_row is the storage row of the following run (the next page), -1 when there is none.
 template <typename F>
 void for_runs(const KvStore& kv, int64_t bh_kv, int64_t s_cap, int64_t s0, int64_t n, F f) {
   const KvPages& p = kv.pages;
-  if (!p.block_table) return f(bh_kv * s_cap + s0, int64_t(0), n);
+  if (!p.block_table) return f(bh_kv * s_cap + s0, int64_t(0), n, int64_t(-1));
   const int64_t b = bh_kv / p.H_kv, h_kv = bh_kv % p.H_kv;
-  for (int64_t s = s0; s < s0 + n;) {
+  for (int64_t s = s0, row = page_row(p, b, h_kv, s0); s < s0 + n;) {
     const int64_t run = std::min(s0 + n - s, p.page - s % p.page);
-    f(((int64_t)p.block_table[b * p.max_blocks + s / p.page] * p.H_kv + h_kv) * p.page + s % p.page, s - s0, run);
+    const int64_t next = s + run < s0 + n ? page_row(p, b, h_kv, s + run) : -1;
+    f(row, s - s0, run, next);
     s += run;
+    row = next;
   }
 }
 
@@ -197,9 +202,16 @@ struct LdI8 {
 
 // Software prefetch this many bytes ahead of the streamed storage rows (hardware prefetch alone
 // left the direct kernels below the fp32 path's DRAM bandwidth).
+// In pages the rows that follow a head's run belong to other heads: there the distance is the
+// one to the same offset in the next page, so a page streams while the next one is fetched.
 constexpr int64_t PREFETCH = KVS_PREFETCH_BYTES;
-KVS_AVX2_INLINE void prefetch_span(const void* p, int64_t bytes) {
-  const char* c = static_cast<const char*>(p) + PREFETCH;
+inline int64_t prefetch_distance(int64_t row, int64_t next_row, int64_t row_bytes) {
+  return PREFETCH == 0 ? 0 : next_row < 0 ? PREFETCH : (next_row - row) * row_bytes;
+}
+// Prefetches [p + pf, p + pf + bytes); pf 0: none.
+KVS_AVX2_INLINE void prefetch_span(const void* p, int64_t bytes, int64_t pf) {
+  if (pf == 0) return;
+  const char* c = static_cast<const char*>(p) + pf;
   for (int64_t i = 0; i < bytes; i += 64) _mm_prefetch(c + i, _MM_HINT_T0);
 }
 
@@ -224,12 +236,12 @@ KVS_AVX2_INLINE __m256 hsum8(const __m256* a) {
 // out [n] = scale · k [n, d] · q [d] (unscaled elements for int8). Eight keys at a time, one
 // accumulator each, reduced together.
 template <typename L>
-KVS_AVX2 void dot1(const typename L::T* k, int64_t n, int64_t d, const float* q, float scale, float* out) {
+KVS_AVX2 void dot1(const typename L::T* k, int64_t n, int64_t d, const float* q, float scale, float* out, int64_t pf) {
   const int64_t d8 = d & ~int64_t(7);
   int64_t s = 0;
   for (; s + 8 <= n; s += 8) {
     const typename L::T* k_s = k + s * d;
-    if (PREFETCH) prefetch_span(k_s, 8 * d * sizeof(typename L::T));
+    prefetch_span(k_s, 8 * d * sizeof(typename L::T), pf);
     __m256 a[8];
     for (int u = 0; u < 8; ++u) a[u] = _mm256_setzero_ps();
     for (int64_t j = 0; j < d8; j += 8) {
@@ -270,12 +282,13 @@ KVS_AVX2_INLINE __m256 dot_unit(const int8_t* k_u, const float* q_g) {
 // G = d / 32 in {1, 2, 4}: eight keys per step, their G·8 unit sums folded into one vector of
 // eight scores in registers.
 template <int G>
-KVS_AVX2 void dot1_i8g(const int8_t* k, const float* k_scale, int64_t n, const float* q, float scale, float* out) {
+KVS_AVX2 void dot1_i8g(const int8_t* k, const float* k_scale, int64_t n, const float* q, float scale, float* out,
+                       int64_t pf) {
   constexpr int64_t d = G * Q8_GROUP;
   int64_t s = 0;
   for (; s + 8 <= n; s += 8) {
     const int8_t* k_s = k + s * d;
-    if (PREFETCH) prefetch_span(k_s, 8 * d);
+    prefetch_span(k_s, 8 * d, pf);
     __m256 v[G];  // v[m] lane i: unit m·8 + i (key (m·8 + i) / G, group (m·8 + i) % G), scaled
     for (int m = 0; m < G; ++m) {
       __m256 a[8];
@@ -315,13 +328,13 @@ KVS_AVX2 void dot1_i8(const int8_t* k, const float* k_scale, int64_t n, int64_t 
 // w [n, G] = p · v_scale. The slab of acc stays in registers while the keys stream.
 template <typename L, int NV>
 KVS_AVX2 void pv_slab(const typename L::T* v, const float* w, int64_t G, int64_t n, int64_t d, int64_t d0,
-                      const float* p, float* acc) {
+                      const float* p, float* acc, int64_t pf) {
   // Named accumulators, not an array: GCC 12 stored an __m256 array to the stack every key.
   __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
   const int64_t g0 = d0 / Q8_GROUP;  // d0 % 32 == 0: vector i is in group g0 + i / 4
   for (int64_t s = 0; s < n; ++s) {
     const typename L::T* v_s = v + s * d + d0;
-    if (PREFETCH) prefetch_span(v_s, 8 * NV * sizeof(typename L::T));
+    prefetch_span(v_s, 8 * NV * sizeof(typename L::T), pf);
     __m256 w_lo, w_hi;  // weights of vectors 0..3 and 4..7
     if constexpr (std::is_same<L, LdI8>::value) {
       w_lo = _mm256_broadcast_ss(w + s * G + g0);
@@ -343,7 +356,8 @@ KVS_AVX2 void pv_slab(const typename L::T* v, const float* w, int64_t G, int64_t
 
 // acc [d] += Σ_s p[s] · v [s, :] over n keys; slabs of 64 columns, then a scalar tail.
 template <typename L>
-KVS_AVX2 void pv1(const typename L::T* v, const float* v_scale, int64_t n, int64_t d, const float* p, float* acc) {
+KVS_AVX2 void pv1(const typename L::T* v, const float* v_scale, int64_t n, int64_t d, const float* p, float* acc,
+                  int64_t pf) {
   const int64_t G = q8_groups(d), d8 = d & ~int64_t(7);
   const float* w = nullptr;
   if constexpr (std::is_same<L, LdI8>::value) {
@@ -364,14 +378,14 @@ KVS_AVX2 void pv1(const typename L::T* v, const float* v_scale, int64_t n, int64
   }
   for (int64_t d0 = 0; d0 < d8; d0 += 64) {
     switch (std::min<int64_t>(8, (d8 - d0) / 8)) {
-      case 8: pv_slab<L, 8>(v, w, G, n, d, d0, p, acc); break;
-      case 7: pv_slab<L, 7>(v, w, G, n, d, d0, p, acc); break;
-      case 6: pv_slab<L, 6>(v, w, G, n, d, d0, p, acc); break;
-      case 5: pv_slab<L, 5>(v, w, G, n, d, d0, p, acc); break;
-      case 4: pv_slab<L, 4>(v, w, G, n, d, d0, p, acc); break;
-      case 3: pv_slab<L, 3>(v, w, G, n, d, d0, p, acc); break;
-      case 2: pv_slab<L, 2>(v, w, G, n, d, d0, p, acc); break;
-      default: pv_slab<L, 1>(v, w, G, n, d, d0, p, acc);
+      case 8: pv_slab<L, 8>(v, w, G, n, d, d0, p, acc, pf); break;
+      case 7: pv_slab<L, 7>(v, w, G, n, d, d0, p, acc, pf); break;
+      case 6: pv_slab<L, 6>(v, w, G, n, d, d0, p, acc, pf); break;
+      case 5: pv_slab<L, 5>(v, w, G, n, d, d0, p, acc, pf); break;
+      case 4: pv_slab<L, 4>(v, w, G, n, d, d0, p, acc, pf); break;
+      case 3: pv_slab<L, 3>(v, w, G, n, d, d0, p, acc, pf); break;
+      case 2: pv_slab<L, 2>(v, w, G, n, d, d0, p, acc, pf); break;
+      default: pv_slab<L, 1>(v, w, G, n, d, d0, p, acc, pf);
     }
   }
   for (int64_t j = d8; j < d; ++j) {
@@ -398,13 +412,13 @@ KVS_AVX2_INLINE void split_even_odd(const float* q, int64_t d, float* qs) {
     }
 }
 
-KVS_AVX2 void dot1_bf16(const uint16_t* k, int64_t n, int64_t d, const float* q, float scale, float* out) {
+KVS_AVX2 void dot1_bf16(const uint16_t* k, int64_t n, int64_t d, const float* q, float scale, float* out, int64_t pf) {
   alignas(32) float qs[MAX_SPLIT_D];
   split_even_odd(q, d, qs);
   int64_t s = 0;
   for (; s + 8 <= n; s += 8) {
     const uint16_t* k_s = k + s * d;
-    if (PREFETCH) prefetch_span(k_s, 8 * d * 2);
+    prefetch_span(k_s, 8 * d * 2, pf);
     __m256 a[8];
     for (int u = 0; u < 8; ++u) a[u] = _mm256_setzero_ps();
     for (int64_t j = 0; j < d; j += 16) {
@@ -436,11 +450,11 @@ KVS_AVX2_INLINE void add_even_odd(float* a, __m256 e, __m256 o) {
 
 // acc [d0, d0 + 16·NB) += Σ_s p[s] · v [s, d0 + ...].
 template <int NB>
-KVS_AVX2 void pv_slab_bf16(const uint16_t* v, int64_t n, int64_t d, int64_t d0, const float* p, float* acc) {
+KVS_AVX2 void pv_slab_bf16(const uint16_t* v, int64_t n, int64_t d, int64_t d0, const float* p, float* acc, int64_t pf) {
   __m256 e0 = _mm256_setzero_ps(), e1 = e0, e2 = e0, e3 = e0, o0 = e0, o1 = e0, o2 = e0, o3 = e0;  // named: see pv_slab
   for (int64_t s = 0; s < n; ++s) {
     const uint16_t* v_s = v + s * d + d0;
-    if (PREFETCH) prefetch_span(v_s, 32 * NB);
+    prefetch_span(v_s, 32 * NB, pf);
     const __m256 w = _mm256_broadcast_ss(p + s);
 #define KVS_PV(i)                                            \
   if constexpr (i < NB) {                                    \
@@ -457,13 +471,13 @@ KVS_AVX2 void pv_slab_bf16(const uint16_t* v, int64_t n, int64_t d, int64_t d0, 
   if constexpr (NB > 3) add_even_odd(acc + d0 + 48, e3, o3);
 }
 
-KVS_AVX2 void pv1_bf16(const uint16_t* v, int64_t n, int64_t d, const float* p, float* acc) {
+KVS_AVX2 void pv1_bf16(const uint16_t* v, int64_t n, int64_t d, const float* p, float* acc, int64_t pf) {
   for (int64_t d0 = 0; d0 < d; d0 += 64) {
     switch (std::min<int64_t>(4, (d - d0) / 16)) {
-      case 4: pv_slab_bf16<4>(v, n, d, d0, p, acc); break;
-      case 3: pv_slab_bf16<3>(v, n, d, d0, p, acc); break;
-      case 2: pv_slab_bf16<2>(v, n, d, d0, p, acc); break;
-      default: pv_slab_bf16<1>(v, n, d, d0, p, acc);
+      case 4: pv_slab_bf16<4>(v, n, d, d0, p, acc, pf); break;
+      case 3: pv_slab_bf16<3>(v, n, d, d0, p, acc, pf); break;
+      case 2: pv_slab_bf16<2>(v, n, d, d0, p, acc, pf); break;
+      default: pv_slab_bf16<1>(v, n, d, d0, p, acc, pf);
     }
   }
 }
@@ -556,33 +570,34 @@ KVS_AVX2 void dot_rows_direct(const KvStore& kv, int64_t bh_kv, int64_t s_cap, i
   const auto* k = static_cast<const typename L::T*>(kv.k);
   const bool i8 = kv.dtype == KvDtype::I8;
   if (R == 1 && i8 && d % Q8_GROUP == 0)
-    return for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run) {
+    return for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run, int64_t next) {
       const int8_t* k_r = reinterpret_cast<const int8_t*>(k) + row * d;
+      const int64_t pf = prefetch_distance(row, next, d);
       const float* ks_r = kv.k_scale + row * (d / Q8_GROUP);
       switch (d / Q8_GROUP) {
-        case 1: return dot1_i8g<1>(k_r, ks_r, run, q, scale, out + i);
-        case 2: return dot1_i8g<2>(k_r, ks_r, run, q, scale, out + i);
-        case 4: return dot1_i8g<4>(k_r, ks_r, run, q, scale, out + i);
+        case 1: return dot1_i8g<1>(k_r, ks_r, run, q, scale, out + i, pf);
+        case 2: return dot1_i8g<2>(k_r, ks_r, run, q, scale, out + i, pf);
+        case 4: return dot1_i8g<4>(k_r, ks_r, run, q, scale, out + i, pf);
         default: return dot1_i8(k_r, ks_r, run, d, q, scale, out + i);
       }
     });
   if constexpr (std::is_same<L, LdBF16>::value)
     if (R == 1 && d % 16 == 0 && d <= MAX_SPLIT_D)
-      return for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run) {
-        dot1_bf16(k + row * d, run, d, q, scale, out + i);
+      return for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run, int64_t next) {
+        dot1_bf16(k + row * d, run, d, q, scale, out + i, prefetch_distance(row, next, d * 2));
       });
   if (R == 1 && !i8)
-    return for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run) {
-      dot1<L>(k + row * d, run, d, q, scale, out + i);
+    return for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run, int64_t next) {
+      dot1<L>(k + row * d, run, d, q, scale, out + i, prefetch_distance(row, next, d * sizeof(typename L::T)));
     });
   // Several rows (or int8 with a partial group): widen a chunk into L1 once, dot every row on it.
   resize_scratch(chunk_buf, CHUNK * d, "kv chunk");
   float* buf = chunk_buf.data();
-  for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run) {
+  for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run, int64_t) {
     for (int64_t c = 0; c < run; c += CHUNK) {
       const int64_t nc = std::min(CHUNK, run - c);
       widen<L>(k + (row + c) * d, i8 ? kv.k_scale + (row + c) * q8_groups(d) : nullptr, nc, d, buf);
-      for (int64_t r = 0; r < R; ++r) dot1<LdF32>(buf, nc, d, q + r * d, scale, out + r * n + i + c);
+      for (int64_t r = 0; r < R; ++r) dot1<LdF32>(buf, nc, d, q + r * d, scale, out + r * n + i + c, 0);
     }
   });
 }
@@ -594,20 +609,21 @@ KVS_AVX2 void accumulate_direct(const KvStore& kv, int64_t bh_kv, int64_t s_cap,
   const bool i8 = kv.dtype == KvDtype::I8;
   if constexpr (std::is_same<L, LdBF16>::value)
     if (R == 1 && d % 16 == 0)
-      return for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run) {
-        pv1_bf16(v + row * d, run, d, p + i, acc);
+      return for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run, int64_t next) {
+        pv1_bf16(v + row * d, run, d, p + i, acc, prefetch_distance(row, next, d * 2));
       });
   if (R == 1)
-    return for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run) {
-      pv1<L>(v + row * d, i8 ? kv.v_scale + row * q8_groups(d) : nullptr, run, d, p + i, acc);
+    return for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run, int64_t next) {
+      pv1<L>(v + row * d, i8 ? kv.v_scale + row * q8_groups(d) : nullptr, run, d, p + i, acc,
+             prefetch_distance(row, next, d * sizeof(typename L::T)));
     });
   resize_scratch(chunk_buf, CHUNK * d, "kv chunk");
   float* buf = chunk_buf.data();
-  for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run) {
+  for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run, int64_t) {
     for (int64_t c = 0; c < run; c += CHUNK) {
       const int64_t nc = std::min(CHUNK, run - c);
       widen<L>(v + (row + c) * d, i8 ? kv.v_scale + (row + c) * q8_groups(d) : nullptr, nc, d, buf);
-      for (int64_t r = 0; r < R; ++r) pv1<LdF32>(buf, nullptr, nc, d, p + r * n + i + c, acc + r * d);
+      for (int64_t r = 0; r < R; ++r) pv1<LdF32>(buf, nullptr, nc, d, p + r * n + i + c, acc + r * d, 0);
     }
   });
 }
