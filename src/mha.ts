@@ -4,7 +4,7 @@ import { attention, attentionOptions, OnlineSoftmaxState, resolveScore } from '.
 import type { AttentionOut, AttentionResult, CacheDtype, Dropout, ScoreOptions } from './attention.ts';
 import { ArgumentError, ShapeError } from './errors.ts';
 import { KvCache } from './kvcache.ts';
-import { applyRope, resolveRope } from './rope.ts';
+import { applyRope, positionIds, resolveRope } from './rope.ts';
 import type { RopeOptions } from './rope.ts';
 import { addon } from './native.ts';
 import { Rng } from './random.ts';
@@ -134,6 +134,8 @@ export class MultiHeadAttention {
   readonly weights: MhaWeights;
   /** Per-head q, k, v and attention output of forward(), reused across calls. */
   private readonly scratch = new Scratch();
+  /** Query position ids [B,T] reused across calls (rope over a contiguous cache). */
+  private ropeIds: Int32Array = new Int32Array(0);
 
   constructor(config: MhaConfig, weights: MhaWeights) {
     this.config = resolveConfig(config);
@@ -273,9 +275,10 @@ export class MultiHeadAttention {
       if (!(positions instanceof Int32Array) || positions.length !== B * T) throw new ShapeError(`Expected options.positions shape [B,T]=[${B},${T}] (${B * T} elements) as an Int32Array, got ${show(positions)}`);
       if (xKv && xKv.shape[1] !== T) throw new ShapeError(`Expected x_kv of the same T=${T} tokens as x_q with options.positions, got ${xKv.shape[1]}`);
     }
-    // A cache read through its parts (ring, pages, storage types, rotated keys) gives no weights.
-    const folded = cache instanceof KvCache && (cache.window > 0 || cache.pageSize > 0 || cache.dtype !== 'fp32' || this.config.rope !== undefined);
-    if (folded && expectFlag('returnWeights', options.returnWeights)) throw new ArgumentError('Expected returnWeights only with a contiguous fp32 cache without rope, got a ' + describeCache(cache));
+    // A cache read through its parts (ring, pages, storage types) gives no weights. A contiguous
+    // fp32 cache is read whole, with rope too: its keys were rotated on append.
+    const folded = cache instanceof KvCache && (cache.window > 0 || cache.pageSize > 0 || cache.dtype !== 'fp32');
+    if (folded && expectFlag('returnWeights', options.returnWeights)) throw new ArgumentError('Expected returnWeights only with a contiguous fp32 cache, got a ' + describeCache(cache));
     const score = { softcap: options.softcap, alibi: options.alibi, window: options.window, kvRanges: options.kvRanges, qOffsets: options.qOffsets, sinks: options.sinks };
     const outs = this.outputs(expectOptions('out', options.out), B, T, xQ.data, xKv?.data ?? null);
     const q = this.projectQ(xQ, { data: this.scratch.get('q', ['B', 'H', 'T', 'd_k'], [B, H, T, dK]), shape: [B, H, T, dK] });
@@ -298,6 +301,11 @@ export class MultiHeadAttention {
         return { output: this.projectOut(o, outs.output), lse: outs.lse, cache };
       }
       [k, v] = [cache.keys(), cache.values()];
+      if (this.config.rope) {
+        // The queries rotated in the module's buffer at their positions (the state's rule).
+        const ids = positions ?? (this.ropeIds = positionIds(B, T, options.qOffsets ?? options.qOffset ?? cache.length - T, this.ropeIds));
+        applyRope(q, ids, this.config.rope, q);
+      }
     } else {
       if (!xKv) throw new ShapeError('Expected x_kv shape [B,S,d_kv_in] (or a cache), got null');
       ({ k, v } = this.projectKvInto(xKv));

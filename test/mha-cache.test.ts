@@ -37,6 +37,7 @@ const leftPadRanges = [0, 2 ** 31 - 1, PAD, 2 ** 31 - 1];
 
 const CASES: Case[] = [
   { name: 'contiguous fp32', cache: {} },
+  { name: 'contiguous fp32, rope', cache: {}, rope: { theta: 100 } },
   { name: 'ring window 5', cache: { window: 5 } },
   { name: 'ring window 5 + 2 sink tokens, rope', cache: { window: 5, sinkTokens: 2 }, rope: {} },
   { name: 'paged 4, rope interleaved partial', cache: { pageSize: 4 }, rope: { dim: 8, style: 'interleaved', theta: 1000 } },
@@ -116,8 +117,30 @@ test('a cache whose rope differs from the module is refused before anything is a
   const x = new Rng(12).normalTensor([B, 3, dModel]);
   t.throws(() => mha.forward(x, x, { cache: plain, causal: true }), { instanceOf: ArgumentError, message: /^Expected options.cache with the module's rope \{"dim":12,"theta":10000,"style":"half"\}, got null/ });
   t.is(plain.length, 0);
-  t.throws(() => mha.forward(x, x, { cache: mha.newCache(B, { window: 4 }), causal: true, returnWeights: true }), { instanceOf: ArgumentError, message: /^Expected returnWeights only with a contiguous fp32 cache without rope/ });
+  t.throws(() => mha.forward(x, x, { cache: mha.newCache(B, { window: 4 }), causal: true, returnWeights: true }), { instanceOf: ArgumentError, message: /^Expected returnWeights only with a contiguous fp32 cache/ });
   t.throws(() => MultiHeadAttention.random({ dModel, numHeads: H, rope: { dim: 7 } }, 1), { instanceOf: ArgumentError, message: 'Expected rope.dim to be an even integer in [2, d=12], got 7' });
+});
+
+test('returnWeights over a contiguous rope cache: output within the bound, weights causal distributions', (t) => {
+  const c = CASES.find((x) => x.name === 'contiguous fp32, rope')!;
+  const mha = MultiHeadAttention.random({ dModel, numHeads: H, numKvHeads: Hkv, rope: c.rope }, 14);
+  const x = new Rng(15).normalTensor([B, S, dModel]);
+  const ref = reference(mha, x, c, 2);
+  const cache = mha.newCache(B, S);
+  const [n0, xa, xb] = [7, sliceTokens(x, 0, 7), sliceTokens(x, 7, S)];
+  mha.forward(xa, xa, { cache, causal: true });
+  const got = mha.forward(xb, xb, { cache, causal: true, returnWeights: true });
+  assertWithin(t, got.output.data, rows(ref.y, dModel, n0, S), rows(ref.bound, dModel, n0, S), 'returnWeights, rope', [B, S - n0, dModel]);
+  // weights [B,H,T,S]: each row a distribution over the keys it may see (causal at qOffset 7).
+  const T = S - n0, w = got.weights!.data;
+  for (let r = 0; r < B * H * T; r++) {
+    const tq = r % T;
+    let sum = 0;
+    for (let s = 0; s < S; s++) sum += w[r * S + s];
+    for (let s = n0 + tq + 1; s < S; s++) if (w[r * S + s] !== 0) return t.fail(`weight row ${r} sees key ${s} after its position ${n0 + tq}`);
+    if (Math.abs(sum - 1) > 1e-5) return t.fail(`weight row ${r} sums to ${sum}`);
+  }
+  t.pass();
 });
 
 test('a window option that disagrees with a ring cache is refused', (t) => {
