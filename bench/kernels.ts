@@ -2,7 +2,7 @@
 // here, without the API's checks, objects or allocations (rows `kvstream/kernel`).
 import type { KvCache } from '../src/kvcache.ts';
 import type { MultiHeadAttention } from '../src/mha.ts';
-import { addon } from '../src/native.ts';
+import { addon, packDims, packMhaDims } from '../src/native.ts';
 import type { KvDtype, KvStorage, NativeOpts } from '../src/native.ts';
 import type { Tensor } from '../src/tensor.ts';
 
@@ -13,7 +13,7 @@ export function coreKernel(q: Tensor, k: Tensor, v: Tensor, causal: boolean) {
   const [B, Hh, T, dK] = q.shape, [, Hkv, S, dV] = v.shape;
   const rows = B * Hh * T;
   const m = new Float32Array(rows), l = new Float32Array(rows), acc = new Float32Array(rows * dV), lse = new Float32Array(rows);
-  const dims = { B, H: Hh, Hkv, T, S, sCap: S, dK, dV };
+  const dims = packDims({ B, H: Hh, Hkv, T, S, sCap: S, dK, dV });
   const opts: NativeOpts = { scale: 1 / Math.sqrt(dK), causal, qOffset: S - T, ...NO_DROPOUT };
   return () => {
     m.fill(-Infinity);
@@ -29,7 +29,7 @@ export function fusedKernel(mha: MultiHeadAttention, x: Tensor, causal: boolean)
   const c = mha.config, w = mha.weights;
   const [B, T] = x.shape;
   const y = new Float32Array(B * T * c.dOut), lse = new Float32Array(B * c.numHeads * T);
-  const dims = { B, T, S: T, dModel: c.dModel, dKvIn: c.dKvIn, dOut: c.dOut, H: c.numHeads, Hkv: c.numKvHeads, dK: c.dK, dV: c.dV };
+  const dims = packMhaDims({ B, T, S: T, dModel: c.dModel, dKvIn: c.dKvIn, dOut: c.dOut, H: c.numHeads, Hkv: c.numKvHeads, dK: c.dK, dV: c.dV });
   const opts: NativeOpts = { scale: c.scale, causal, qOffset: 0, ...NO_DROPOUT };
   const n = (t?: Tensor) => t?.data ?? null;
   return () => addon.mhaForward(dims, opts, x.data, x.data, w.wQ.data, n(w.bQ), w.wK.data, n(w.bK), w.wV.data, n(w.bV), w.wO.data, n(w.bO), y, lse);
@@ -89,7 +89,7 @@ export function cachedKernel(mha: MultiHeadAttention, B: number, capacity: numbe
       b.m.fill(-Infinity);
       b.l.fill(0);
       b.acc.fill(0);
-      addon.attnUpdate({ B, H: Hh, Hkv, T, S: len + T, sCap: capacity, dK, dV }, { scale: c.scale, causal: true, qOffset: len, ...NO_DROPOUT, ...(dtype === 'f32' ? {} : { kvDtype: dtype }) }, b.q, kC, vC, b.m, b.l, b.acc, kS, vS);
+      addon.attnUpdate(packDims({ B, H: Hh, Hkv, T, S: len + T, sCap: capacity, dK, dV }), { scale: c.scale, causal: true, qOffset: len, ...NO_DROPOUT, ...(dtype === 'f32' ? {} : { kvDtype: dtype }) }, b.q, kC, vC, b.m, b.l, b.acc, kS, vS);
       addon.attnFinalize(B * Hh * T, dV, b.m, b.l, b.acc, b.acc, b.lse);
       addon.mergeProject(b.acc, w.wO.data, n(w.bO), b.y, B, Hh, T, dV, dOut);
       len += T;

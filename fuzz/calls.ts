@@ -273,6 +273,31 @@ function badModField(g: Gen, k: string, s: AttnSizes): V {
 }
 
 const badDimField = (g: Gen, _k: string, v: Field) => badInt(g, v as number);
+
+const ATTN_DIM_KEYS = ['B', 'H', 'Hkv', 'T', 'S', 'sCap', 'dK', 'dV'] as const;
+const MHA_DIM_KEYS = ['B', 'T', 'S', 'dModel', 'dKvIn', 'dOut', 'H', 'Hkv', 'dK', 'dV'] as const;
+
+/**
+ * dims as an object (objSlot) or, half the time, packed: an Int32Array of `keys` in order (the
+ * binding's light form); a bad pack has a wrong length, or a value out of range or off by one.
+ */
+function dimsSlot(g: Gen, fields: Record<string, number>, keys: readonly string[], ctx: Ctx): Slot {
+  const obj = objSlot('dims', fields, ctx, badDimField);
+  if (g.chance(0.5)) return obj;
+  const pack = (a: number[]): V => ({ v: Int32Array.from(a), d: `Int32Array[${a.join(',')}]` });
+  const values = keys.map((k) => fields[k]);
+  return {
+    name: 'dims',
+    ok: () => pack(values),
+    bad: (g2) => {
+      if (g2.chance(0.2)) return g2.chance(0.5) ? pack(values.slice(1)) : pack([...values, 1]);
+      if (g2.chance(0.2)) return obj.bad(g2);
+      const a = [...values], i = g2.int(a.length);
+      a[i] = g2.pick([0, -1, -(2 ** 31), I32_MAX, a[i] + 1, Math.max(0, a[i] - 1), a[i] * 2]);
+      return pack(a);
+    },
+  };
+}
 const badOptField = (g: Gen, k: string, v: Field): V => {
   if (k === 'kvDtype') return g.chance(0.2) ? badString(g) : g.pick<V>([{ v: 'F16', d: "'F16'" }, { v: 'fp16', d: "'fp16'" }, { v: 'int8', d: "'int8'" }, { v: '', d: "''" }, { v: 'f32', d: "'f32'" }, { v: 'i8', d: "'i8'" }, { v: 'f16', d: "'f16'" }, { v: 'bf16', d: "'bf16'" }, scalar(g)]);
   if (k === 'causal') return g.pick<V>([{ v: 1, d: '1' }, { v: 'true', d: "'true'" }, { v: null, d: 'null' }, { v: undefined, d: 'undefined' }, { v: new Boolean(false), d: 'new Boolean(false)' }, { v: {}, d: '{}' }]);
@@ -310,7 +335,7 @@ interface AttnArgs { slots: Slot[]; lead: number }
 function attnSlots(g: Gen, s: AttnSizes, ctx: Ctx, withV: boolean, paged: boolean): AttnArgs {
   const dtype: KvDtype = g.chance(0.7) ? 'f32' : g.pick(['f16', 'bf16', 'i8'] as const);
   const pg = paged ? paging(g, s) : undefined;
-  const dims = objSlot('dims', { ...s }, ctx, badDimField);
+  const dims = dimsSlot(g, { ...s }, ATTN_DIM_KEYS, ctx);
   const fields: Record<string, Field> = { ...optsFields(g, s, true, dtype), ...modFields(g, s) };
   if (pg) Object.assign(fields, { pageSize: pg.pageSize, blockTable: pg.table });
   // A slot offset (a ring buffer's part): valid ones keep sStart + S <= sCap; a few cross it, or come with pages.
@@ -502,7 +527,7 @@ const mhaForward = simple('mhaForward', (g, ctx) => {
   const dModel = large ? 1024 : g.range(1, 32);
   const d = { B: g.range(1, 2), T: large ? g.pick([1, 17]) : g.range(1, 12), S: large ? 64 : g.range(1, 24), dModel, dKvIn: g.chance(0.8) ? dModel : g.range(1, 32), dOut: g.chance(0.8) ? dModel : g.range(1, 32), H, Hkv, dK, dV };
   return [
-    objSlot('dims', d, ctx, badDimField), objSlot('opts', optsFields(g, d, false), ctx, badOptField),
+    dimsSlot(g, d, MHA_DIM_KEYS, ctx), objSlot('opts', optsFields(g, d, false), ctx, badOptField),
     f32Slot('xQ', d.B * d.T * d.dModel), f32Slot('xKv', d.B * d.S * d.dKvIn),
     f32Slot('wQ', d.dModel * H * dK), f32Slot('bQ', H * dK, true), f32Slot('wK', d.dKvIn * Hkv * dK), f32Slot('bK', Hkv * dK, true),
     f32Slot('wV', d.dKvIn * Hkv * dV), f32Slot('bV', Hkv * dV, true), f32Slot('wO', H * dV * d.dOut), f32Slot('bO', d.dOut, true),

@@ -112,7 +112,7 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
   // Converted (half, int8) blocks of 256 keys stay in L2 on the row path (256 was faster than 64
   // in a decode loop here: fewer BLAS calls per key); paged blocks never straddle a page.
   // Direct kernels (half and int8 read in place) take blocks of SK keys: no scratch to keep in L2.
-  const bool direct = rows_path && kv_direct(kv);
+  const bool direct = rows_path && kv_direct(kv, d_k, d_v);
   // Direct kernels follow a block table run by run: their blocks span pages.
   const int64_t rows_block = direct ? SK : kv_block_rows(kv, kv.dtype == KvDtype::F32 ? SK : 256), blas_block = kv_block_rows(kv, SK);
 
@@ -288,12 +288,21 @@ void attn_probs(const AttnDims& dims, const AttnOpts& opts, const float* q, cons
   }, 2.0 * dims.B * H * T * S * d_k);
 }
 
+// Products of at most this many multiply-adds skip BLAS and the thread pool (small_linear): an
+// OpenBLAS call costs ~4 µs whatever its size (16x32x32: 4.9 µs through BLAS, 1.9 µs here, one
+// thread, Zen 1). Kept small enough that a decode projection still splits across threads.
+constexpr double SMALL_LINEAR = 1 << 16;
+
 void linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w, const float* b, float* y) {
   const KernelPath path = kernel_path();
   if (path == KernelPath::Deterministic) return exact_linear(M, K, N, x, w, b, y);
   // Large products on the tile micro-kernel (it packs w once, which small products don't repay).
   const bool tile = path == KernelPath::Tile || (path != KernelPath::Blas && M > 2 && (double)M * K * N >= 4e6);
   if (tile && tile_available() && N % 16 == 0) return tile_linear(M, K, N, x, w, b, y);
+  if (path == KernelPath::Auto && (double)M * K * N <= SMALL_LINEAR) {
+    count(linear_small);
+    return small_linear(M, K, N, x, w, b, y);
+  }
   count(M <= 2 ? linear_sgemv : linear_sgemm);
   // Tasks are (row block, column block) tiles of y; BLAS stays single-threaded inside each.
   // Few rows (decode) split the columns instead, so every thread streams its share of w.

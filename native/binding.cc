@@ -49,10 +49,9 @@ std::string short_string(v8::Local<v8::Value> val) {
 
 // The property name `key` (a string literal) as an internalized V8 string, made once per isolate:
 // building it on every read was most of a small call's cost.
-v8::Local<v8::String> key_string(const char* key) {
+v8::Local<v8::String> key_string(v8::Isolate* isolate, const char* key) {
   thread_local v8::Isolate* owner = nullptr;  // the isolate of this thread's cache
   thread_local std::unordered_map<const char*, v8::Eternal<v8::String>> cache;
-  v8::Isolate* isolate = v8::Isolate::GetCurrent();
   if (owner != isolate) {
     cache.clear();
     owner = isolate;
@@ -86,6 +85,8 @@ struct Checker {
   const char* fn;
   const Args& info;
   bool failed = false;
+  v8::Isolate* const isolate = info.GetIsolate();
+  const v8::Local<v8::Context> context = isolate->GetCurrentContext();
 
   void type_error(const std::string& msg) {
     if (!failed) Nan::ThrowTypeError((std::string(fn) + ": " + msg).c_str());
@@ -145,9 +146,9 @@ struct Checker {
     if (failed) return Nan::Undefined();
     std::string why;
     {
-      Nan::TryCatch trap;  // the TypeError below is thrown after it has closed
-      Nan::MaybeLocal<v8::Value> val = Nan::Get(obj, key_string(key));
-      if (!val.IsEmpty() && !trap.HasCaught()) return val.ToLocalChecked();
+      v8::TryCatch trap(isolate);  // the TypeError below is thrown after it has closed
+      v8::Local<v8::Value> val;
+      if (obj->Get(context, key_string(isolate, key)).ToLocal(&val) && !trap.HasCaught()) return val;
       why = "it threw";
       if (trap.HasCaught() && !trap.Exception().IsEmpty()) {
         Nan::MaybeLocal<v8::String> msg = Nan::To<v8::String>(trap.Exception());
@@ -163,6 +164,41 @@ struct Checker {
     if (!failed && (!info[i]->IsObject() || info[i]->IsProxy()))
       type_error(std::string(name) + " must be a plain object, got " + describe(info[i]));
     return failed ? Nan::New<v8::Object>() : info[i].As<v8::Object>();
+  }
+
+  // Integer fields of a dims argument, each in [lo, 2^31 - 1]: an Int32Array holding them in
+  // the order given (the light form: one read instead of a property lookup per field, which
+  // was most of a small call's binding cost) or a plain object with those keys.
+  struct IntField {
+    const char* key;
+    int64_t* dst;
+    int64_t lo;
+  };
+  void int_fields(int i, const char* name, std::initializer_list<IntField> fields) {
+    if (failed) return;
+    v8::Local<v8::Value> val = info[i];
+    if (val->IsInt32Array()) {
+      auto arr = val.As<v8::Int32Array>();
+      if (arr->Length() != fields.size()) {
+        std::string keys;
+        for (const IntField& f : fields) keys += std::string(keys.empty() ? "" : ",") + f.key;
+        return range_error("expected " + std::string(name) + " as an Int32Array [" + keys + "] (" +
+                           std::to_string(fields.size()) + " values), got " + std::to_string(arr->Length()));
+      }
+      Nan::TypedArrayContents<int32_t> x(val);
+      int k = 0;
+      for (const IntField& f : fields) {
+        if ((*x)[k] < f.lo)
+          return range_error(std::string(name) + "[" + std::to_string(k) + "] (" + f.key + ") must be an integer in [" +
+                             std::to_string(f.lo) + ", " + std::to_string(INT_MAX32) + "], got " + std::to_string((*x)[k]));
+        *f.dst = (*x)[k++];
+      }
+      return;
+    }
+    if (!val->IsObject() || val->IsProxy())
+      return type_error(std::string(name) + " must be an Int32Array or a plain object, got " + describe(val));
+    v8::Local<v8::Object> o = val.As<v8::Object>();
+    for (const IntField& f : fields) *f.dst = integer(field(o, name, f.key), (std::string(name) + "." + f.key).c_str(), f.lo, INT_MAX32);
   }
 
   // A Float32Array (or null when nullable) of exactly `len` elements; `shape` names it in errors.
@@ -282,16 +318,8 @@ struct Checker {
 
 kvs::AttnDims read_dims(Checker& c, int i) {
   kvs::AttnDims d{};
-  v8::Local<v8::Object> o = c.object(i, "dims");
-  if (c.failed) return d;
-  d.B = c.integer(c.field(o, "dims", "B"), "dims.B", 1, INT_MAX32);
-  d.H = c.integer(c.field(o, "dims", "H"), "dims.H", 1, INT_MAX32);
-  d.H_kv = c.integer(c.field(o, "dims", "Hkv"), "dims.Hkv", 1, INT_MAX32);
-  d.T = c.integer(c.field(o, "dims", "T"), "dims.T", 1, INT_MAX32);
-  d.S = c.integer(c.field(o, "dims", "S"), "dims.S", 0, INT_MAX32);
-  d.s_cap = c.integer(c.field(o, "dims", "sCap"), "dims.sCap", 0, INT_MAX32);
-  d.d_k = c.integer(c.field(o, "dims", "dK"), "dims.dK", 1, INT_MAX32);
-  d.d_v = c.integer(c.field(o, "dims", "dV"), "dims.dV", 1, INT_MAX32);
+  c.int_fields(i, "dims", {{"B", &d.B, 1}, {"H", &d.H, 1}, {"Hkv", &d.H_kv, 1}, {"T", &d.T, 1}, {"S", &d.S, 0},
+                           {"sCap", &d.s_cap, 0}, {"dK", &d.d_k, 1}, {"dV", &d.d_v, 1}});
   if (c.failed) return d;
   if (d.H % d.H_kv != 0)
     c.range_error("dims.Hkv must divide dims.H, got H=" + std::to_string(d.H) + ", Hkv=" + std::to_string(d.H_kv));
@@ -718,17 +746,14 @@ NAN_METHOD(AttnProbs) {
 }
 
 // mhaForward(dims, opts, xQ, xKv, wQ, bQ, wK, bK, wV, bV, wO, bO, y, lse): the whole module,
-// no cache; dims {B, T, S, dModel, dKvIn, dOut, H, Hkv, dK, dV}; biases may be null.
+// no cache; dims {B, T, S, dModel, dKvIn, dOut, H, Hkv, dK, dV} or an Int32Array of them in that
+// order; biases may be null.
 NAN_METHOD(MhaForward) {
   Checker c{"mhaForward", info};
   if (!c.count(14)) return;
   kvs::MhaDims d{};
-  v8::Local<v8::Object> o = c.object(0, "dims");
-  if (c.failed) return;
-  const char* keys[] = {"B", "T", "S", "dModel", "dKvIn", "dOut", "H", "Hkv", "dK", "dV"};
-  const char* names[] = {"dims.B", "dims.T", "dims.S", "dims.dModel", "dims.dKvIn", "dims.dOut", "dims.H", "dims.Hkv", "dims.dK", "dims.dV"};
-  int64_t* fields[] = {&d.B, &d.T, &d.S, &d.d_model, &d.d_kv_in, &d.d_out, &d.H, &d.H_kv, &d.d_k, &d.d_v};
-  for (int i = 0; i < 10; ++i) *fields[i] = c.integer(c.field(o, "dims", keys[i]), names[i], 1, INT_MAX32);
+  c.int_fields(0, "dims", {{"B", &d.B, 1}, {"T", &d.T, 1}, {"S", &d.S, 1}, {"dModel", &d.d_model, 1}, {"dKvIn", &d.d_kv_in, 1},
+                           {"dOut", &d.d_out, 1}, {"H", &d.H, 1}, {"Hkv", &d.H_kv, 1}, {"dK", &d.d_k, 1}, {"dV", &d.d_v, 1}});
   if (c.failed) return;
   if (d.H % d.H_kv != 0)
     return c.range_error("dims.Hkv must divide dims.H, got H=" + std::to_string(d.H) + ", Hkv=" + std::to_string(d.H_kv));

@@ -663,13 +663,14 @@ float exp_sub_sum_avx2(float* x, int64_t n, float m) {
 #endif
 }
 
-bool kv_direct(const KvStore& kv) {
+bool kv_direct(const KvStore& kv, int64_t d_k, int64_t d_v) {
 #ifdef KVS_X86
   // Half and int8 storage, and paged fp32: the direct kernels follow the block table run by
-  // run, so a softmax block may span many pages.
-  return (kv.dtype != KvDtype::F32 || kv.pages.block_table) && HAS_AVX2;
+  // run, so a softmax block may span many pages. Tiny fp32 heads too: vmath's 16-float row
+  // kernels run d < 16 as scalar chains, the direct ones take eight keys per vector.
+  return (kv.dtype != KvDtype::F32 || kv.pages.block_table || std::min(d_k, d_v) < 16) && HAS_AVX2;
 #else
-  (void)kv;
+  (void)kv, (void)d_k, (void)d_v;
   return false;
 #endif
 }

@@ -55,7 +55,7 @@ const float* kv_rows(const KvStore& kv, bool is_v, int64_t bh_kv, int64_t s_cap,
 // when false (or KVSTREAM_KV_SIMD=off, which also sends kv_rows to its portable converters) the
 // caller converts blocks with kv_rows and runs the fp32 kernels. One query row (decode with
 // H = H_kv) widens in registers; several rows share each chunk of 32 keys widened into L1.
-bool kv_direct(const KvStore& kv);
+bool kv_direct(const KvStore& kv, int64_t d_k, int64_t d_v);
 // out [R, n] = scale · q [R, d] · kᵀ over keys [s0, s0 + n) of kv head bh_kv (k rows of width d).
 void kv_dot(const KvStore& kv, int64_t bh_kv, int64_t s_cap, int64_t d, int64_t s0, int64_t n, const float* q,
             int64_t R, float scale, float* out);

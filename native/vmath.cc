@@ -89,4 +89,48 @@ KVS_CLONES void accumulate_pv(const float* p, int64_t rows, const float* v, int6
   }
 }
 
+// 8-float vectors: GCC spills 16-float accumulators on AVX2 (16 ymm registers).
+typedef float v8 __attribute__((vector_size(32)));
+KVS_INLINE v8 load8(const float* p) {
+  v8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+KVS_INLINE void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
+
+KVS_CLONES void small_linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w, const float* b,
+                             float* y) {
+  for (int64_t i = 0; i < M; ++i) {
+    const float* x_i = x + i * K;
+    float* y_i = y + i * N;
+    int64_t j = 0;
+    for (; j + 32 <= N; j += 32) {
+      v8 a0 = b ? load8(b + j) : v8{}, a1 = b ? load8(b + j + 8) : v8{};
+      v8 a2 = b ? load8(b + j + 16) : v8{}, a3 = b ? load8(b + j + 24) : v8{};
+      for (int64_t k = 0; k < K; ++k) {
+        const float* w_k = w + k * N + j;
+        const float x_ik = x_i[k];
+        a0 += x_ik * load8(w_k);
+        a1 += x_ik * load8(w_k + 8);
+        a2 += x_ik * load8(w_k + 16);
+        a3 += x_ik * load8(w_k + 24);
+      }
+      store8(y_i + j, a0);
+      store8(y_i + j + 8, a1);
+      store8(y_i + j + 16, a2);
+      store8(y_i + j + 24, a3);
+    }
+    for (; j + 8 <= N; j += 8) {
+      v8 a = b ? load8(b + j) : v8{};
+      for (int64_t k = 0; k < K; ++k) a += x_i[k] * load8(w + k * N + j);
+      store8(y_i + j, a);
+    }
+    for (; j < N; ++j) {
+      float a = b ? b[j] : 0.0f;
+      for (int64_t k = 0; k < K; ++k) a += x_i[k] * w[k * N + j];
+      y_i[j] = a;
+    }
+  }
+}
+
 }  // namespace kvs

@@ -22,4 +22,9 @@ void dot_rows(const float* q, int64_t rows, const float* k, int64_t n, int64_t d
 // acc [rows, d] += p [rows, n] · v [n, d]
 void accumulate_pv(const float* p, int64_t rows, const float* v, int64_t n, int64_t d, float* acc);
 
+// y [M, N] = x [M, K] · w [K, N] + b [N] (b may be null) for products too small to repay a BLAS
+// call (its argument checks, buffer locks and packing cost microseconds): each row of y is
+// summed in registers over k in order, 64 columns at a time.
+void small_linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w, const float* b, float* y);
+
 }  // namespace kvs

@@ -2,8 +2,8 @@
 //   q [B,H,T,d_k], k [B,H_kv,S,d_k], v [B,H_kv,S,d_v] -> output [B,H,T,d_v], lse [B,H,T]
 // Query head h reads key/value head floor(h / (H / H_kv)).
 import { ArgumentError, KvstreamError, NativeError, ShapeError } from './errors.ts';
-import { addon } from './native.ts';
-import type { KvDtype, KvStorage, NativeDims, NativeOpts } from './native.ts';
+import { addon, packDims } from './native.ts';
+import type { KvDtype, KvStorage, NativeOpts } from './native.ts';
 import { applyRope, positionIds, resolveRope } from './rope.ts';
 import type { ResolvedRope, RopeOptions } from './rope.ts';
 import { alloc, expectDim, expectDisjoint, expectFlag, expectNumber, expectObject, expectOptions, expectRank, expectSeed, expectShape, Scratch, show } from './tensor.ts';
@@ -364,6 +364,8 @@ export class OnlineSoftmaxState {
   keysSeen = 0;
   /** Default sOffset of the next update: the position after the last fold. */
   private next = 0;
+  /** The binding's dims, packed (read at each call, async ones too: reusable). */
+  private readonly dimsBuf = new Int32Array(8);
   /** An updateAsync is running: the buffers belong to the worker thread. */
   private busy = false;
   /** The queries as given, and as the kernels read them (rotated when rope is on). */
@@ -450,8 +452,8 @@ export class OnlineSoftmaxState {
   update(k: KvView, v: KvView, sOffset = this.next, mask: { window?: number } = {}): this {
     const u = this.updateArgs(k, v, sOffset, mask);
     addon.attnUpdate(u.dims, u.opts, this.q_.data, k.data, v.data, this.m, this.l, this.acc, u.kScale, u.vScale);
-    this.keysSeen += u.dims.S;
-    this.next = sOffset + u.dims.S;
+    this.keysSeen += u.S;
+    this.next = sOffset + u.S;
     return this;
   }
 
@@ -485,8 +487,8 @@ export class OnlineSoftmaxState {
     } finally {
       this.busy = false;
     }
-    this.keysSeen += u.dims.S;
-    this.next = sOffset + u.dims.S;
+    this.keysSeen += u.S;
+    this.next = sOffset + u.S;
     return this;
   }
 
@@ -500,11 +502,11 @@ export class OnlineSoftmaxState {
     expectDim('sOffset', sOffset, 0);
     expectOptions('mask', mask);
     const window = mask.window === undefined ? undefined : expectDim('mask.window', mask.window, 0);
-    const dims: NativeDims = { B: this.B, H: this.H, Hkv, T: this.T, S, sCap: kf.sCap, dK: this.dK, dV: this.dV };
+    const dims = packDims({ B: this.B, H: this.H, Hkv, T: this.T, S, sCap: kf.sCap, dK: this.dK, dV: this.dV }, this.dimsBuf);
     for (const key of ['sCap', 'kvDtype', 'sStart', 'pageSize', 'blockTable'] as const) {
       if (kf[key] !== vf[key]) throw new ShapeError(`Expected v ${key === 'sCap' ? 'capacity' : key} ${show(kf[key])} (as k), got ${show(vf[key])}`);
     }
-    const args = { dims, opts: nativeOpts(this, sOffset, kf, window), kScale: kf.scale, vScale: vf.scale };
+    const args = { dims, S, opts: nativeOpts(this, sOffset, kf, window), kScale: kf.scale, vScale: vf.scale };
     if (this.unfilled !== 'no') {
       this.m.fill(-Infinity);
       this.l.fill(0);
@@ -608,7 +610,7 @@ export function attention(q: Tensor, k: KvView, v: KvView, options: AttentionOpt
   const weights = alloc('weights', ['B', 'H', 'T', 'S'], [B, H, T, S]).data;
   const mask = state.dropout ? new Uint8Array(weights.length) : null;
   const view = expectKv('k', k, B, Hkv, S, dK, 'd_k');
-  const dims: NativeDims = { B, H, Hkv, T, S, sCap: view.sCap, dK, dV };
+  const dims = packDims({ B, H, Hkv, T, S, sCap: view.sCap, dK, dV });
   addon.attnProbs(dims, nativeOpts(state, 0, view), q.data, k.data, lse.data, weights, mask, view.scale);
   const result: AttentionResult = { output, lse, weights: { data: weights, shape: [B, H, T, S] } };
   if (mask) result.mask = { data: mask, shape: [B, H, T, S] };

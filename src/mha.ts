@@ -6,7 +6,7 @@ import { ArgumentError, ShapeError } from './errors.ts';
 import { KvCache } from './kvcache.ts';
 import { applyRope, positionIds, resolveRope } from './rope.ts';
 import type { RopeOptions } from './rope.ts';
-import { addon } from './native.ts';
+import { addon, packMhaDims } from './native.ts';
 import { Rng } from './random.ts';
 import { alloc, expectAllocatable, expectDim, expectDisjoint, expectFlag, expectNumber, expectObject, expectOptions, expectRank, expectShape, Scratch, show } from './tensor.ts';
 import type { Tensor } from './tensor.ts';
@@ -241,7 +241,7 @@ export class MultiHeadAttention {
     const w = this.weights;
     const { output, lse } = this.outputs(expectOptions('out', options.out), B, T, xQ.data, xKv.data);
     addon.mhaForward(
-      { B, T, S, dModel: c.dModel, dKvIn: c.dKvIn, dOut: c.dOut, H: c.numHeads, Hkv: c.numKvHeads, dK: c.dK, dV: c.dV }, opts,
+      packMhaDims({ B, T, S, dModel: c.dModel, dKvIn: c.dKvIn, dOut: c.dOut, H: c.numHeads, Hkv: c.numKvHeads, dK: c.dK, dV: c.dV }), opts,
       xQ.data, xKv.data, w.wQ.data, w.bQ?.data ?? null, w.wK.data, w.bK?.data ?? null, w.wV.data, w.bV?.data ?? null, w.wO.data, w.bO?.data ?? null, output.data, lse.data,
     );
     return { output, lse };

@@ -6,14 +6,42 @@ import { fileURLToPath } from 'node:url';
 import { isMainThread } from 'node:worker_threads';
 import { ArgumentError, NativeError } from './errors.ts';
 
-/** Attention sizes as the binding reads them; see native/attention.h. */
-export interface NativeDims {
+/**
+ * Attention sizes as the binding reads them (native/attention.h): an object, or the same fields
+ * in this order in an Int32Array (packDims), which the binding reads in one step instead of a
+ * property lookup per field.
+ */
+export type NativeDims = AttnDimsObject | Int32Array;
+export interface AttnDimsObject {
   B: number; H: number; Hkv: number; T: number; S: number; sCap: number; dK: number; dV: number;
 }
 
-/** Module sizes for mhaForward. */
-export interface MhaNativeDims {
+/** Module sizes for mhaForward: an object, or an Int32Array of the fields in this order (packMhaDims). */
+export type MhaNativeDims = MhaDimsObject | Int32Array;
+export interface MhaDimsObject {
   B: number; T: number; S: number; dModel: number; dKvIn: number; dOut: number; H: number; Hkv: number; dK: number; dV: number;
+}
+
+const ATTN_DIMS = ['B', 'H', 'Hkv', 'T', 'S', 'sCap', 'dK', 'dV'] as const;
+const MHA_DIMS = ['B', 'T', 'S', 'dModel', 'dKvIn', 'dOut', 'H', 'Hkv', 'dK', 'dV'] as const;
+
+/** `keys` of d into an Int32Array (`out` when given); a value an int32 cannot hold throws, naming it. */
+function pack<K extends string>(d: Record<K, number>, keys: readonly K[], out: Int32Array = new Int32Array(keys.length)): Int32Array {
+  for (let i = 0; i < keys.length; i++) {
+    out[i] = d[keys[i]];
+    if (out[i] !== d[keys[i]]) throw new ArgumentError(`Expected dims.${keys[i]} to be a 32-bit integer, got ${d[keys[i]]}`);
+  }
+  return out;
+}
+
+/** dims as [B, H, Hkv, T, S, sCap, dK, dV], written into `out` when given. */
+export function packDims(d: AttnDimsObject, out?: Int32Array): Int32Array {
+  return pack(d, ATTN_DIMS, out);
+}
+
+/** Module dims as [B, T, S, dModel, dKvIn, dOut, H, Hkv, dK, dV]. */
+export function packMhaDims(d: MhaDimsObject): Int32Array {
+  return pack(d, MHA_DIMS);
 }
 
 /**

@@ -74,7 +74,7 @@ test('binding: argument count and types', (t) => {
   const b = good(); b[3] = [0, 0, 0];
   t.throws(update(b), { instanceOf: TypeError, message: 'attnUpdate: k must be a Float32Array, got Array' });
   const c = good(); c[0] = 'dims';
-  t.throws(update(c), { instanceOf: TypeError, message: 'attnUpdate: dims must be a plain object, got string' });
+  t.throws(update(c), { instanceOf: TypeError, message: 'attnUpdate: dims must be an Int32Array or a plain object, got string' });
   const d = good(); d[1] = { ...opts, causal: 1 };
   t.throws(update(d), { instanceOf: TypeError, message: 'attnUpdate: opts.causal must be a boolean, got number 1' });
   t.throws(() => (binding.linear as (...a: unknown[]) => void)(), { instanceOf: TypeError, message: 'linear: expected 7 arguments, got 0' });

@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { MultiHeadAttention } from '../src/mha.ts';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../src/io/npy.ts';
-import { ADDON_PATH, binding, getKernelPath, info, setKernelPath, setNumThreads, threadsFromEnv } from '../src/native.ts';
+import { ADDON_PATH, binding, getKernelPath, info, packDims, packMhaDims, setKernelPath, setNumThreads, threadsFromEnv } from '../src/native.ts';
 import type { KvDtype } from '../src/native.ts';
 import { Rng } from '../src/random.ts';
 import { assertWithin } from './helpers/assert.ts';
@@ -24,10 +24,39 @@ test('a throwing getter or a Proxy in dims or opts gives a TypeError naming the 
   const badOpts = { ...opts, get seed(): number { throw new Error('no seed'); } };
   t.throws(() => binding.attnProbs(dims, badOpts, f(24), f(20), f(6), null, null), { instanceOf: TypeError, message: /attnProbs: opts.seed could not be read/ });
   const proxy = new Proxy(dims, { get() { throw new Error('trap'); } });
-  t.throws(() => binding.attnUpdate(proxy, opts, ...args()), { instanceOf: TypeError, message: 'attnUpdate: dims must be a plain object, got a Proxy' });
+  t.throws(() => binding.attnUpdate(proxy, opts, ...args()), { instanceOf: TypeError, message: 'attnUpdate: dims must be an Int32Array or a plain object, got a Proxy' });
   t.throws(() => binding.attnUpdate(dims, new Proxy(opts, {}), ...args()), { instanceOf: TypeError, message: 'attnUpdate: opts must be a plain object, got a Proxy' });
   const mha = { B: 1, T: 1, S: 1, dModel: 1, dKvIn: 1, dOut: 1, H: 1, Hkv: 1, dK: 1, get dV(): number { throw new RangeError('x'); } };
   t.throws(() => binding.mhaForward(mha, opts, f(1), f(1), f(1), null, f(1), null, f(1), null, f(1), null, f(1), f(1)), { instanceOf: TypeError, message: /mhaForward: dims.dV could not be read/ });
+});
+
+test('dims packed in an Int32Array (packDims order) give the object form\'s result; a bad pack is a RangeError naming the field', (t) => {
+  const rng = new Rng(3);
+  const [q, k, v] = [rng.normalTensor([1, 2, 3, 4]).data, rng.normalTensor([1, 1, 5, 4]).data, rng.normalTensor([1, 1, 5, 4]).data];
+  const run = (d: Parameters<typeof binding.attnUpdate>[0]) => {
+    const [m, l, acc] = [f(6).fill(-Infinity), f(6), f(24)];
+    binding.attnUpdate(d, opts, q, k, v, m, l, acc);
+    return [...m, ...l, ...acc];
+  };
+  t.deepEqual(run(packDims(dims)), run(dims));
+  t.throws(() => run(packDims(dims).subarray(1)), { instanceOf: RangeError, message: 'attnUpdate: expected dims as an Int32Array [B,H,Hkv,T,S,sCap,dK,dV] (8 values), got 7' });
+  const zeroT = packDims(dims);
+  zeroT[3] = 0;
+  t.throws(() => run(zeroT), { instanceOf: RangeError, message: 'attnUpdate: dims[3] (T) must be an integer in [1, 2147483647], got 0' });
+  const big = packDims(dims);
+  big[4] = 6;  // S past sCap
+  t.throws(() => run(big), { instanceOf: RangeError, message: 'attnUpdate: dims.sCap must be >= dims.S, got sCap=5, S=6' });
+  t.throws(() => packDims({ ...dims, S: 2 ** 31 }), { message: 'Expected dims.S to be a 32-bit integer, got 2147483648' });
+  const mha = { B: 1, T: 2, S: 3, dModel: 4, dKvIn: 4, dOut: 4, H: 2, Hkv: 1, dK: 2, dV: 2 };
+  const w = (n: number) => rng.normalTensor([n]).data;
+  const [xQ, xKv, wQ, wK, wV, wO] = [w(8), w(12), w(16), w(8), w(8), w(16)];
+  const forward = (d: Parameters<typeof binding.mhaForward>[0]) => {
+    const [y, lse] = [f(8), f(4)];
+    binding.mhaForward(d, opts, xQ, xKv, wQ, null, wK, null, wV, null, wO, null, y, lse);
+    return [...y, ...lse];
+  };
+  t.deepEqual(forward(packMhaDims(mha)), forward(mha));
+  t.throws(() => forward(new Int32Array(9)), { instanceOf: RangeError, message: 'mhaForward: expected dims as an Int32Array [B,T,S,dModel,dKvIn,dOut,H,Hkv,dK,dV] (10 values), got 9' });
 });
 
 const teardown = (mode: string) => spawnSync(process.execPath, ['--expose-gc', fileURLToPath(new URL('./helpers/async-teardown.cjs', import.meta.url)), mode],

@@ -308,6 +308,7 @@ test.serial('the lse bound rejects a result with one key missing, which a relati
 
 // ---------------------------------------------------------------------------------------------
 // linear: every GEMM entry (native/attention.cc `linear`, native/tile.cc `tile_linear`):
+//   under auto, M·K·N <= 65536: small_linear (no BLAS call: 1x64x80, 7x13x5);
 //   M <= 2 or a last row block of 1..2 rows: sgemv; M > 2: sgemm; few row blocks at 2 threads:
 //   split columns; M > 2, M·K·N >= 4e6, N % 16 == 0: tile_linear, w packed when N > 512, read in
 //   place otherwise, K > 256 in several passes. Under `tile` every N % 16 == 0 shape takes the tile.
