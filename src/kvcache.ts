@@ -412,13 +412,9 @@ export class KvCache {
   private appendPaged(k: Rows, v: Rows, n: number): void {
     const P = this.pageSize, start = this.len, end = start + n, B = this.batch, Hkv = this.numKvHeads;
     const { pool, segs } = this.blocks;
-    // Window: first drop the leading pages wholly before the last W + n - 1 positions (the ring
-    // rule; this append writes after them).
-    if (this.window) {
-      const g = segs[segs.length - 1], drop = Math.floor((end - (this.window + n - 1) - g.origin) / P);
-      if (drop > 0) this.dropLeading(g, drop);
-    }
-    // Pages to take: missing blocks and shared ones (copy on write), reserved before any write.
+    // Pages to take: missing blocks and shared ones (copy on write), reserved (and the block
+    // tables grown) before anything changes: either may throw, and a refused append leaves the
+    // cache as it was.
     let want = 0;
     for (const g of segs) {
       const p0 = Math.max(start, g.lo), p1 = Math.min(end, g.hi);
@@ -454,6 +450,12 @@ export class KvCache {
             pool.v.copyFrom(v, src, row, s1 - s0);
           }
         }
+    }
+    // Window: release the leading pages wholly before the last W + n - 1 positions (the ring
+    // rule). Last, since releasing cannot fail; the pool may hold those pages one append longer.
+    if (this.window) {
+      const g = segs[segs.length - 1], drop = Math.floor((end - (this.window + n - 1) - g.origin) / P);
+      if (drop > 0) this.dropLeading(g, drop);
     }
   }
 

@@ -416,6 +416,27 @@ test('a paged fork that is garbage-collected returns its pages to the shared poo
   t.true(pages >= 5 && pages <= 64, `pool pages after 200 dropped forks: ${pages} (stdout ${JSON.stringify(r.stdout)}, stderr ${r.stderr.slice(0, 300)})`);
 });
 
+test('paged window: an append refused when its pages cannot be had (pool or table growth throws) leaves every page as it was', (t) => {
+  const rng = new Rng(31);
+  const cache = new KvCache({ ...cfg3, window: 6, sinkTokens: 2, pageSize: 4 });
+  fill(cache, rng, [9, 5]);
+  const before = cache.storedSnapshot(), length = cache.length, held = heldPositions(cache);
+  // Pool growth (and table growth, which allocates too) past the size limit throw RangeError; stand
+  // that in for the pool's reserve, which a chunk of 12 (three new pages) must call.
+  const pool = (cache as unknown as { blocks: { pool: { reserve(n: number): void } } }).blocks.pool;
+  const reserve = pool.reserve;
+  pool.reserve = () => { throw new RangeError('Expected the page pool within the size limit, got more'); };
+  const chunk = { k: rng.normalTensor([B3, HKV3, 12, DK3]), v: rng.normalTensor([B3, HKV3, 12, DV3]) };
+  t.throws(() => cache.append(chunk.k, chunk.v), { instanceOf: RangeError });
+  pool.reserve = reserve;
+  t.is(cache.length, length);
+  t.deepEqual(heldPositions(cache), held, 'no page left of the window was released');
+  t.deepEqual(cache.storedSnapshot(), before);
+  // And the same append then succeeds, as on a cache that was never refused.
+  cache.append(chunk.k, chunk.v);
+  checkFold(t, cache, rng, 'paged window after a refused append');
+});
+
 test('paged window: pages wholly left of the window return to the pool; decode runs in a fixed set of pages', (t) => {
   const rng = new Rng(29);
   const cache = new KvCache({ ...cfg3, window: 6, sinkTokens: 3, pageSize: 4 });
