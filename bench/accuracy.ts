@@ -7,7 +7,8 @@ import type { CacheDtype } from '../src/index.ts';
 import { refModuleFeatures } from '../test/helpers/module-features.ts';
 
 const [H, DM, P] = [8, 512, 4096];
-const steps = Number(process.argv[process.argv.indexOf('--steps') + 1] || 4);
+const at = process.argv.indexOf('--steps');
+const steps = at >= 0 ? Number(process.argv[at + 1]) : 4;
 const mha = MultiHeadAttention.random({ dModel: DM, numHeads: H }, 1);
 const rng = new Rng(2);
 const prompt = rng.normalTensor([1, P, DM]);

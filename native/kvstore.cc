@@ -1,6 +1,7 @@
 #include "kvstore.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -279,12 +280,28 @@ KVS_AVX2_INLINE __m256 dot_unit(const int8_t* k_u, const float* q_g) {
   return _mm256_fmadd_ps(_mm256_loadu_ps(q_g + 24), LdI8::ld(k_u + 24), x);
 }
 
+// The same unit with q quantized too (q8: 32 int8 of one group): Σ k·q8 in integers, vpmaddubsw
+// on |k| and q8 with k's sign, then pairs summed to 8 int32 lanes (exact: |k|, |q8| <= 128, 127).
+KVS_AVX2_INLINE __m256 dot_unit_q8(const int8_t* k_u, __m256i q8) {
+  const __m256i k = _mm256_loadu_si256((const __m256i*)k_u);
+  const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(k, k), _mm256_sign_epi8(q8, k));
+  return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+
 // G = d / 32 in {1, 2, 4}: eight keys per step, their G·8 unit sums folded into one vector of
-// eight scores in registers.
-template <int G>
+// eight scores in registers. Q8: q given as q8 [d] int8 with scales sq [G] (q ≈ sq · q8).
+template <int G, bool Q8 = false>
 KVS_AVX2 void dot1_i8g(const int8_t* k, const float* k_scale, int64_t n, const float* q, float scale, float* out,
-                       int64_t pf) {
+                       int64_t pf, const int8_t* q8 = nullptr, const float* sq = nullptr) {
   constexpr int64_t d = G * Q8_GROUP;
+  __m256i q8v[G];
+  __m256 sqv = _mm256_set1_ps(1.0f);  // lane i: sq of group i % G
+  if constexpr (Q8) {
+    for (int g = 0; g < G; ++g) q8v[g] = _mm256_loadu_si256((const __m256i*)(q8 + g * Q8_GROUP));
+    alignas(32) float lanes[8];
+    for (int i = 0; i < 8; ++i) lanes[i] = sq[i % G];
+    sqv = _mm256_load_ps(lanes);
+  }
   int64_t s = 0;
   for (; s + 8 <= n; s += 8) {
     const int8_t* k_s = k + s * d;
@@ -292,8 +309,13 @@ KVS_AVX2 void dot1_i8g(const int8_t* k, const float* k_scale, int64_t n, const f
     __m256 v[G];  // v[m] lane i: unit m·8 + i (key (m·8 + i) / G, group (m·8 + i) % G), scaled
     for (int m = 0; m < G; ++m) {
       __m256 a[8];
-      for (int i = 0; i < 8; ++i) a[i] = dot_unit(k_s + (m * 8 + i) * Q8_GROUP, q + ((m * 8 + i) % G) * Q8_GROUP);
-      v[m] = _mm256_mul_ps(hsum8(a), _mm256_loadu_ps(k_scale + s * G + m * 8));
+      for (int i = 0; i < 8; ++i) {
+        const int8_t* k_u = k_s + (m * 8 + i) * Q8_GROUP;
+        if constexpr (Q8) a[i] = dot_unit_q8(k_u, q8v[(m * 8 + i) % G]);
+        else a[i] = dot_unit(k_u, q + ((m * 8 + i) % G) * Q8_GROUP);
+      }
+      const __m256 ks = _mm256_loadu_ps(k_scale + s * G + m * 8);
+      v[m] = _mm256_mul_ps(hsum8(a), Q8 ? _mm256_mul_ps(ks, sqv) : ks);
     }
     __m256 r;
     if constexpr (G == 1) {
@@ -308,20 +330,46 @@ KVS_AVX2 void dot1_i8g(const int8_t* k, const float* k_scale, int64_t n, const f
   }
   for (; s < n; ++s) {
     float dot = 0.0f;
-    for (int g = 0; g < G; ++g) dot += hsum(dot_unit(k + s * d + g * Q8_GROUP, q + g * Q8_GROUP)) * k_scale[s * G + g];
+    for (int g = 0; g < G; ++g) {
+      const int8_t* k_u = k + s * d + g * Q8_GROUP;
+      if constexpr (Q8) dot += hsum(dot_unit_q8(k_u, q8v[g])) * (k_scale[s * G + g] * sq[g]);
+      else dot += hsum(dot_unit(k_u, q + g * Q8_GROUP)) * k_scale[s * G + g];
+    }
     out[s] = dot * scale;
   }
 }
 
-// Any d % 32 == 0: unit by unit.
+// Any d % 32 == 0: unit by unit (q8, sq: the quantized query, or null).
 KVS_AVX2 void dot1_i8(const int8_t* k, const float* k_scale, int64_t n, int64_t d, const float* q, float scale,
-                      float* out) {
+                      float* out, const int8_t* q8 = nullptr, const float* sq = nullptr) {
   const int64_t G = d / Q8_GROUP;
   for (int64_t s = 0; s < n; ++s) {
     float dot = 0.0f;
-    for (int64_t g = 0; g < G; ++g) dot += hsum(dot_unit(k + s * d + g * Q8_GROUP, q + g * Q8_GROUP)) * k_scale[s * G + g];
+    for (int64_t g = 0; g < G; ++g) {
+      const int8_t* k_u = k + s * d + g * Q8_GROUP;
+      if (q8) dot += hsum(dot_unit_q8(k_u, _mm256_loadu_si256((const __m256i*)(q8 + g * Q8_GROUP)))) * (k_scale[s * G + g] * sq[g]);
+      else dot += hsum(dot_unit(k_u, q + g * Q8_GROUP)) * k_scale[s * G + g];
+    }
     out[s] = dot * scale;
   }
+}
+
+// q [d] (d % 32 == 0) quantized as kvEncode stores int8 keys: per group of 32, sq = fp32(max|q| / 127),
+// q8 = round-to-even(fp32(q / sq)) (0 when sq is 0), so q ≈ sq · q8 within half a step. False
+// (q8 unset) when q holds a NaN or an infinity: those take the fp32 dot, which propagates them.
+bool quantize_q8(const float* q, int64_t d, int8_t* q8, float* sq) {
+  for (int64_t j = 0; j < d; ++j)
+    if (!std::isfinite(q[j])) return false;
+  for (int64_t g = 0; g < d / Q8_GROUP; ++g) {
+    const float* x = q + g * Q8_GROUP;
+    float mx = 0.0f;
+    for (int64_t j = 0; j < Q8_GROUP; ++j) mx = std::max(mx, std::fabs(x[j]));
+    sq[g] = mx / 127.0f;
+    // As kvencode.cc: the clamp acts only for a subnormal scale, whose rounding can push |x / s| past 127.
+    for (int64_t j = 0; j < Q8_GROUP; ++j)
+      q8[g * Q8_GROUP + j] = sq[g] > 0.0f ? (int8_t)std::clamp(std::nearbyint(x[j] / sq[g]), -127.0f, 127.0f) : 0;
+  }
+  return true;
 }
 
 // acc [d0, d0 + 8·NV) += Σ_s p[s] · v [s, d0 + ...]; int8: += Σ_s w[s, group] · v [s, ...] with
@@ -569,18 +617,26 @@ KVS_AVX2 void dot_rows_direct(const KvStore& kv, int64_t bh_kv, int64_t s_cap, i
                               const float* q, int64_t R, float scale, float* out) {
   const auto* k = static_cast<const typename L::T*>(kv.k);
   const bool i8 = kv.dtype == KvDtype::I8;
-  if (R == 1 && i8 && d % Q8_GROUP == 0)
+  if (R == 1 && i8 && d % Q8_GROUP == 0) {
+    // One query row: quantized like the keys, the dot runs in integers (quantize_q8).
+    thread_local std::vector<int8_t> q8;
+    thread_local std::vector<float> sq;
+    q8.resize(d);
+    sq.resize(d / Q8_GROUP);
+    const bool quantized = quantize_q8(q, d, q8.data(), sq.data());
+    const int8_t* qq = quantized ? q8.data() : nullptr;
     return for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run, int64_t next) {
       const int8_t* k_r = reinterpret_cast<const int8_t*>(k) + row * d;
-      const int64_t pf = prefetch_distance(row, next, d);
       const float* ks_r = kv.k_scale + row * (d / Q8_GROUP);
-      switch (d / Q8_GROUP) {
-        case 1: return dot1_i8g<1>(k_r, ks_r, run, q, scale, out + i, pf);
-        case 2: return dot1_i8g<2>(k_r, ks_r, run, q, scale, out + i, pf);
-        case 4: return dot1_i8g<4>(k_r, ks_r, run, q, scale, out + i, pf);
-        default: return dot1_i8(k_r, ks_r, run, d, q, scale, out + i);
+      const int64_t pf = prefetch_distance(row, next, d);
+      switch (quantized ? d / Q8_GROUP : 0) {
+        case 1: return dot1_i8g<1, true>(k_r, ks_r, run, q, scale, out + i, pf, qq, sq.data());
+        case 2: return dot1_i8g<2, true>(k_r, ks_r, run, q, scale, out + i, pf, qq, sq.data());
+        case 4: return dot1_i8g<4, true>(k_r, ks_r, run, q, scale, out + i, pf, qq, sq.data());
+        default: return dot1_i8(k_r, ks_r, run, d, q, scale, out + i, qq, sq.data());
       }
     });
+  }
   if constexpr (std::is_same<L, LdBF16>::value)
     if (R == 1 && d % 16 == 0 && d <= MAX_SPLIT_D)
       return for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run, int64_t next) {

@@ -3,7 +3,8 @@
 // tail (8 ... 256; int8 groups of 32), one query row and several (grouped heads, T 3), contiguous
 // and paged storage, S across the 512-key block, on every kernel path at 1 and 2 threads. Each
 // result is held to the float64 reference over the same stored values (refFeaturesBound,
-// storage 'same': the bound is the fp32 kernel's).
+// storage 'same': the bound is the fp32 kernel's; int8 adds the query's own q8 rounding, which
+// the one-row int8 kernel applies to q before its integer dot).
 import test from 'ava';
 import { OnlineSoftmaxState } from '../../src/attention.ts';
 import type { CacheDtype } from '../../src/attention.ts';
@@ -13,7 +14,7 @@ import type { KernelPath } from '../../src/native.ts';
 import { Rng } from '../../src/random.ts';
 import { assertWithin } from '../helpers/assert.ts';
 import { chunkedRescales } from '../helpers/reference.ts';
-import { refFeaturesBound } from '../helpers/reference-features.ts';
+import { refFeaturesBound, storageErrorBound } from '../helpers/reference-features.ts';
 
 const PATHS: KernelPath[] = info().tile ? ['tile', 'blas', 'rows', 'auto'] : ['blas', 'rows', 'auto'];
 // fp32 too: paged fp32 takes the direct kernels (blocks spanning pages).
@@ -32,7 +33,9 @@ for (const dtype of DTYPES)
             const k = rng.normalTensor([B, Hkv, S, d]), v = rng.normalTensor([B, Hkv, S, d]), q = rng.normalTensor([B, H, T, d]);
             const cache = new KvCache({ batch: B, numKvHeads: Hkv, dK: d, dV: d, dtype, ...(pageSize ? { pageSize } : {}) });
             cache.append(k, v);
-            const ref = refFeaturesBound(q.data, k.data, v.data, { B, H, Hkv, T, S, dK: d, dV: d }, { scale: 1 / Math.sqrt(d), causal: true, qOffset: S - T, dtype, rescales: chunkedRescales(S, 1) });
+            // int8, one query row per kv head, d % 32 == 0: the kernel quantizes q as it stores k (q8).
+            const dq = dtype === 'int8' ? storageErrorBound(q.data, B * H * T, d, 'int8') : undefined;
+            const ref = refFeaturesBound(q.data, k.data, v.data, { B, H, Hkv, T, S, dK: d, dV: d }, { scale: 1 / Math.sqrt(d), causal: true, qOffset: S - T, dtype, rescales: chunkedRescales(S, 1), dq });
             for (const path of PATHS)
               for (const threads of [1, 2]) {
                 setKernelPath(path);
@@ -48,3 +51,18 @@ for (const dtype of DTYPES)
       setNumThreads(restore.threads);
     }
   });
+
+test.serial('int8 one-row decode: a NaN or an infinity in q reaches the output (the quantized dot would hide it), other rows unchanged', (t) => {
+  const [B, H, S, d] = [1, 2, 40, 64], rng = new Rng(77);
+  const k = rng.normalTensor([B, H, S, d]), v = rng.normalTensor([B, H, S, d]);
+  const cache = new KvCache({ batch: B, numKvHeads: H, dK: d, dV: d, dtype: 'int8' });
+  cache.append(k, v);
+  for (const bad of [NaN, Infinity]) {
+    const q = rng.normalTensor([B, H, 1, d]);
+    const clean = new OnlineSoftmaxState(q, { dV: d }).updateCache(cache).finalize();
+    q.data[5] = bad;  // head 0
+    const got = new OnlineSoftmaxState(q, { dV: d }).updateCache(cache).finalize();
+    t.true(got.output.data.subarray(0, d).some((x) => Number.isNaN(x)), `head 0 output with q[5] = ${bad}`);
+    t.deepEqual(got.output.data.subarray(d), clean.output.data.subarray(d), 'head 1 is untouched');
+  }
+});
