@@ -63,6 +63,7 @@ export interface ForwardOptions extends Omit<ScoreOptions, 'rope' | 'ropePositio
   /** When given, the new keys/values are appended first and attention reads the whole cache. */
   cache?: KvCache;
   dropout?: Dropout;
+  /** Also return the attention weights [B,H,T,S]: without a cache or with a contiguous fp32 one (rope or not). */
   returnWeights?: boolean;
   /**
    * Write output [B,T,d_out] and/or lse [B,H,T] into these tensors (returned as they are)
