@@ -25,23 +25,28 @@ export interface MhaDimsObject {
 const ATTN_DIMS = ['B', 'H', 'Hkv', 'T', 'S', 'sCap', 'dK', 'dV'] as const;
 const MHA_DIMS = ['B', 'T', 'S', 'dModel', 'dKvIn', 'dOut', 'H', 'Hkv', 'dK', 'dV'] as const;
 
-/** `keys` of d into an Int32Array (`out` when given); a value an int32 cannot hold throws, naming it. */
-function pack<K extends string>(d: Record<K, number>, keys: readonly K[], out: Int32Array = new Int32Array(keys.length)): Int32Array {
+/** out holds `keys` of d unless a value did not fit an int32: then throws, naming it. */
+function checkPacked<K extends string>(d: Record<K, number>, keys: readonly K[], out: Int32Array): Int32Array {
   for (let i = 0; i < keys.length; i++) {
-    out[i] = d[keys[i]];
     if (out[i] !== d[keys[i]]) throw new ArgumentError(`Expected dims.${keys[i]} to be a 32-bit integer, got ${d[keys[i]]}`);
   }
   return out;
 }
 
 /** dims as [B, H, Hkv, T, S, sCap, dK, dV], written into `out` when given. */
-export function packDims(d: AttnDimsObject, out?: Int32Array): Int32Array {
-  return pack(d, ATTN_DIMS, out);
+export function packDims(d: AttnDimsObject, out: Int32Array = new Int32Array(8)): Int32Array {
+  // Field by field (a loop over key names would make every read a megamorphic keyed load).
+  out[0] = d.B; out[1] = d.H; out[2] = d.Hkv; out[3] = d.T; out[4] = d.S; out[5] = d.sCap; out[6] = d.dK; out[7] = d.dV;
+  const fits = out[0] === d.B && out[1] === d.H && out[2] === d.Hkv && out[3] === d.T && out[4] === d.S && out[5] === d.sCap && out[6] === d.dK && out[7] === d.dV;
+  return fits ? out : checkPacked(d as unknown as Record<string, number>, ATTN_DIMS, out);
 }
 
 /** Module dims as [B, T, S, dModel, dKvIn, dOut, H, Hkv, dK, dV]. */
 export function packMhaDims(d: MhaDimsObject): Int32Array {
-  return pack(d, MHA_DIMS);
+  const out = Int32Array.of(d.B, d.T, d.S, d.dModel, d.dKvIn, d.dOut, d.H, d.Hkv, d.dK, d.dV);
+  const fits = out[0] === d.B && out[1] === d.T && out[2] === d.S && out[3] === d.dModel && out[4] === d.dKvIn && out[5] === d.dOut &&
+    out[6] === d.H && out[7] === d.Hkv && out[8] === d.dK && out[9] === d.dV;
+  return fits ? out : checkPacked(d as unknown as Record<string, number>, MHA_DIMS, out);
 }
 
 /**
@@ -208,17 +213,21 @@ export const binding: Binding = Object.fromEntries(
 
 /** The addon with every error re-thrown as NativeError (the TypeScript checks run first). */
 export const addon: Binding = Object.fromEntries(
-  METHODS.map((name) => [
-    name,
-    (...args: unknown[]) => {
-      const fn = load()[name] as (...a: unknown[]) => unknown;
-      try {
-        return fn(...args);
-      } catch (cause) {
-        throw new NativeError(`${(cause as Error).message}`, { cause });
-      }
-    },
-  ]),
+  METHODS.map((name) => {
+    // Looked up once: a lookup by name on every call was a megamorphic load in small calls.
+    let fn: ((...a: unknown[]) => unknown) | undefined;
+    return [
+      name,
+      (...args: unknown[]) => {
+        fn ??= load()[name] as (...a: unknown[]) => unknown;
+        try {
+          return fn(...args);
+        } catch (cause) {
+          throw new NativeError(`${(cause as Error).message}`, { cause });
+        }
+      },
+    ];
+  }),
 ) as unknown as Binding;
 
 /** Which BLAS the addon linked, its core, and thread counts. */

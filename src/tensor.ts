@@ -155,7 +155,11 @@ export function expectRank(name: string, t: unknown, names: readonly string[]): 
   if (!Array.isArray(shape) || shape.length !== names.length) {
     throw new ShapeError(`Expected ${name} rank ${names.length} [${names.join(',')}], got ${Array.isArray(shape) ? `shape [${shape.map(show).join(',')}]` : show(t)}`);
   }
-  shape.forEach((d, i) => expectDim(`${name} dim ${names[i]}`, d));
+  // The per-dim name is built only for a bad dim (this runs on every call).
+  for (let i = 0; i < shape.length; i++) {
+    const d = shape[i];
+    if (!(Number.isInteger(d) && d >= 1 && d <= 2 ** 31 - 1)) expectDim(`${name} dim ${names[i]}`, d);
+  }
   return shape as number[];
 }
 
