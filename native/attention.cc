@@ -139,7 +139,7 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
         if (sk == 0) break;
         if (left_of_window(opts, q0, s_abs0 + sk - 1)) continue;
         if (direct) {
-          kv_dot(kv, bh_kv, dims.s_cap, d_k, s0, sk, q_r, R, opts.scale, scores);
+          kv_dot(kv, bh_kv, dims.s_cap, d_k, s0, sk, q_r, R, opts.scale, scores, R_all == 1);
           softmax_block(opts, b, scores, R, sk, s_abs0, pos, m_r, l_r, acc_r, d_v);
           kv_accumulate(kv, bh_kv, dims.s_cap, d_v, s0, sk, scores, R, acc_r);
           continue;

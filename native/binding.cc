@@ -188,10 +188,12 @@ struct Checker {
       Nan::TypedArrayContents<int32_t> x(val);
       int k = 0;
       for (const IntField& f : fields) {
-        if ((*x)[k] < f.lo)
+        const int32_t value = (*x)[k];  // read once: the array may be shared with another thread
+        if (value < f.lo)
           return range_error(std::string(name) + "[" + std::to_string(k) + "] (" + f.key + ") must be an integer in [" +
-                             std::to_string(f.lo) + ", " + std::to_string(INT_MAX32) + "], got " + std::to_string((*x)[k]));
-        *f.dst = (*x)[k++];
+                             std::to_string(f.lo) + ", " + std::to_string(INT_MAX32) + "], got " + std::to_string(value));
+        *f.dst = value;
+        ++k;
       }
       return;
     }
@@ -537,21 +539,27 @@ bool read_pages(Checker& c, UpdateArgs& a, std::array<int64_t, 3>& rows) {
 // opts.sStart (default 0): the fold reads positions [sStart, sStart + S) of each head's storage
 // (a ring buffer's parts are read in place). The storage pointers move by sStart rows, so the
 // kernels, which index row s of head bh at (bh · sCap + s), see the part as rows [0, S).
-bool read_s_start(Checker& c, UpdateArgs& a) {
+// opts.sStart, checked against the dims and the layout: read before any array pointer is
+// taken, since reading it may run a caller's getter (which could detach a buffer).
+int64_t read_s_start(Checker& c, const UpdateArgs& a) {
   v8::Local<v8::Value> val = c.field(c.info[1].As<v8::Object>(), "opts", "sStart");
-  if (c.failed || val->IsUndefined()) return !c.failed;
+  if (c.failed || val->IsUndefined()) return 0;
   const int64_t s0 = c.integer(val, "opts.sStart", 0, INT_MAX32);
-  if (c.failed || s0 == 0) return !c.failed;
-  if (a.kv.pages.block_table) return c.type_error("opts.sStart must be 0 with paged storage (the block table places rows), got " + std::to_string(s0)), false;
+  if (c.failed || s0 == 0) return 0;
+  if (a.kv.pages.block_table) return c.type_error("opts.sStart must be 0 with paged storage (the block table places rows), got " + std::to_string(s0)), 0;
   if (s0 + a.d.S > a.d.s_cap)
     return c.range_error("opts.sStart + dims.S must be <= dims.sCap, got sStart=" + std::to_string(s0) + ", S=" +
-                         std::to_string(a.d.S) + ", sCap=" + std::to_string(a.d.s_cap)), false;
+                         std::to_string(a.d.S) + ", sCap=" + std::to_string(a.d.s_cap)), 0;
+  return s0;
+}
+
+// The storage pointers moved to slot s0 (a ring buffer's part read in place).
+void apply_s_start(UpdateArgs& a, int64_t s0) {
   const int64_t elem = a.kv.dtype == kvs::KvDtype::F32 ? 4 : a.kv.dtype == kvs::KvDtype::I8 ? 1 : 2;
   a.kv.k = static_cast<const char*>(a.kv.k) + s0 * a.d.d_k * elem;
   a.kv.v = static_cast<const char*>(a.kv.v) + s0 * a.d.d_v * elem;
   if (a.kv.k_scale) a.kv.k_scale += s0 * kvs::q8_groups(a.d.d_k);
   if (a.kv.v_scale) a.kv.v_scale += s0 * kvs::q8_groups(a.d.d_v);
-  return true;
 }
 
 bool read_update_args(Checker& c, UpdateArgs& a, int scales_at) {
@@ -560,6 +568,8 @@ bool read_update_args(Checker& c, UpdateArgs& a, int scales_at) {
   a.o = read_opts(c, 1, &a.kv.dtype, {a.d.B, a.d.H}, &a.arrays);
   std::array<int64_t, 3> rows{};
   if (c.failed || !read_pages(c, a, rows)) return false;
+  const int64_t s0 = read_s_start(c, a);
+  if (c.failed) return false;
   const kvs::AttnDims& d = a.d;
   const bool paged = a.kv.pages.block_table;
   const char* k_names = paged ? "[pages,H_kv,pageSize,d_k]" : "[B,H_kv,S_cap,d_k]";
@@ -575,7 +585,9 @@ bool read_update_args(Checker& c, UpdateArgs& a, int scales_at) {
   a.m = c.f32(5, "m", nr, shape("[B,H,T]", {d.B, d.H, d.T}));
   a.l = c.f32(6, "l", nr, shape("[B,H,T]", {d.B, d.H, d.T}));
   a.acc = c.f32(7, "acc", na, shape("[B,H,T,d_v]", {d.B, d.H, d.T, d.d_v}));
-  return !c.failed && read_scales(c, scales_at, d, rows, a.kv) && read_s_start(c, a);
+  if (c.failed || !read_scales(c, scales_at, d, rows, a.kv)) return false;
+  apply_s_start(a, s0);
+  return true;
 }
 
 // attnUpdate(dims, opts, q, k, v, m, l, acc[, kScale, vScale]): folds keys [0, S) into the state

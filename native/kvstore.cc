@@ -314,8 +314,9 @@ KVS_AVX2 void dot1_i8g(const int8_t* k, const float* k_scale, int64_t n, const f
         if constexpr (Q8) a[i] = dot_unit_q8(k_u, q8v[(m * 8 + i) % G]);
         else a[i] = dot_unit(k_u, q + ((m * 8 + i) % G) * Q8_GROUP);
       }
+      // (Σ · k scale) · q scale, in that order: the two scales' product alone could overflow.
       const __m256 ks = _mm256_loadu_ps(k_scale + s * G + m * 8);
-      v[m] = _mm256_mul_ps(hsum8(a), Q8 ? _mm256_mul_ps(ks, sqv) : ks);
+      v[m] = Q8 ? _mm256_mul_ps(_mm256_mul_ps(hsum8(a), ks), sqv) : _mm256_mul_ps(hsum8(a), ks);
     }
     __m256 r;
     if constexpr (G == 1) {
@@ -332,7 +333,7 @@ KVS_AVX2 void dot1_i8g(const int8_t* k, const float* k_scale, int64_t n, const f
     float dot = 0.0f;
     for (int g = 0; g < G; ++g) {
       const int8_t* k_u = k + s * d + g * Q8_GROUP;
-      if constexpr (Q8) dot += hsum(dot_unit_q8(k_u, q8v[g])) * (k_scale[s * G + g] * sq[g]);
+      if constexpr (Q8) dot += hsum(dot_unit_q8(k_u, q8v[g])) * k_scale[s * G + g] * sq[g];
       else dot += hsum(dot_unit(k_u, q + g * Q8_GROUP)) * k_scale[s * G + g];
     }
     out[s] = dot * scale;
@@ -347,7 +348,7 @@ KVS_AVX2 void dot1_i8(const int8_t* k, const float* k_scale, int64_t n, int64_t 
     float dot = 0.0f;
     for (int64_t g = 0; g < G; ++g) {
       const int8_t* k_u = k + s * d + g * Q8_GROUP;
-      if (q8) dot += hsum(dot_unit_q8(k_u, _mm256_loadu_si256((const __m256i*)(q8 + g * Q8_GROUP)))) * (k_scale[s * G + g] * sq[g]);
+      if (q8) dot += hsum(dot_unit_q8(k_u, _mm256_loadu_si256((const __m256i*)(q8 + g * Q8_GROUP)))) * k_scale[s * G + g] * sq[g];
       else dot += hsum(dot_unit(k_u, q + g * Q8_GROUP)) * k_scale[s * G + g];
     }
     out[s] = dot * scale;
@@ -614,16 +615,16 @@ thread_local std::vector<float> chunk_buf;
 
 template <typename L>
 KVS_AVX2 void dot_rows_direct(const KvStore& kv, int64_t bh_kv, int64_t s_cap, int64_t d, int64_t s0, int64_t n,
-                              const float* q, int64_t R, float scale, float* out) {
+                              const float* q, int64_t R, float scale, float* out, bool q8_query) {
   const auto* k = static_cast<const typename L::T*>(kv.k);
   const bool i8 = kv.dtype == KvDtype::I8;
   if (R == 1 && i8 && d % Q8_GROUP == 0) {
-    // One query row: quantized like the keys, the dot runs in integers (quantize_q8).
+    // With q8_query: quantized like the keys, the dot runs in integers (quantize_q8).
     thread_local std::vector<int8_t> q8;
     thread_local std::vector<float> sq;
     q8.resize(d);
     sq.resize(d / Q8_GROUP);
-    const bool quantized = quantize_q8(q, d, q8.data(), sq.data());
+    const bool quantized = q8_query && quantize_q8(q, d, q8.data(), sq.data());
     const int8_t* qq = quantized ? q8.data() : nullptr;
     return for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run, int64_t next) {
       const int8_t* k_r = reinterpret_cast<const int8_t*>(k) + row * d;
@@ -732,17 +733,17 @@ bool kv_direct(const KvStore& kv, int64_t d_k, int64_t d_v) {
 }
 
 void kv_dot(const KvStore& kv, int64_t bh_kv, int64_t s_cap, int64_t d, int64_t s0, int64_t n, const float* q,
-            int64_t R, float scale, float* out) {
+            int64_t R, float scale, float* out, bool q8_query) {
 #ifdef KVS_X86
   switch (kv.dtype) {
-    case KvDtype::F32: return dot_rows_direct<LdF32>(kv, bh_kv, s_cap, d, s0, n, q, R, scale, out);
-    case KvDtype::F16: return dot_rows_direct<LdF16>(kv, bh_kv, s_cap, d, s0, n, q, R, scale, out);
-    case KvDtype::BF16: return dot_rows_direct<LdBF16>(kv, bh_kv, s_cap, d, s0, n, q, R, scale, out);
-    case KvDtype::I8: return dot_rows_direct<LdI8>(kv, bh_kv, s_cap, d, s0, n, q, R, scale, out);
+    case KvDtype::F32: return dot_rows_direct<LdF32>(kv, bh_kv, s_cap, d, s0, n, q, R, scale, out, false);
+    case KvDtype::F16: return dot_rows_direct<LdF16>(kv, bh_kv, s_cap, d, s0, n, q, R, scale, out, false);
+    case KvDtype::BF16: return dot_rows_direct<LdBF16>(kv, bh_kv, s_cap, d, s0, n, q, R, scale, out, false);
+    case KvDtype::I8: return dot_rows_direct<LdI8>(kv, bh_kv, s_cap, d, s0, n, q, R, scale, out, q8_query);
     default: break;
   }
 #endif
-  (void)kv, (void)bh_kv, (void)s_cap, (void)d, (void)s0, (void)n, (void)q, (void)R, (void)scale, (void)out;
+  (void)kv, (void)bh_kv, (void)s_cap, (void)d, (void)s0, (void)n, (void)q, (void)R, (void)scale, (void)out, (void)q8_query;
   throw std::logic_error("kv_dot: no direct kernel for this storage (check kv_direct first)");
 }
 

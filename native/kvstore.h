@@ -57,8 +57,11 @@ const float* kv_rows(const KvStore& kv, bool is_v, int64_t bh_kv, int64_t s_cap,
 // H = H_kv) widens in registers; several rows share each chunk of 32 keys widened into L1.
 bool kv_direct(const KvStore& kv, int64_t d_k, int64_t d_v);
 // out [R, n] = scale · q [R, d] · kᵀ over keys [s0, s0 + n) of kv head bh_kv (k rows of width d).
+// q8_query: int8 storage, R == 1 and d % 32 == 0 only: q is quantized like the keys (q8, groups
+// of 32) and the dot runs in integers; the caller sets it when the call's only query row per kv
+// head is this one (decode with H = H_kv), so that no row of a call is quantized and another not.
 void kv_dot(const KvStore& kv, int64_t bh_kv, int64_t s_cap, int64_t d, int64_t s0, int64_t n, const float* q,
-            int64_t R, float scale, float* out);
+            int64_t R, float scale, float* out, bool q8_query = false);
 // acc [R, d] += p [R, n] · v over keys [s0, s0 + n) of kv head bh_kv (v rows of width d).
 void kv_accumulate(const KvStore& kv, int64_t bh_kv, int64_t s_cap, int64_t d, int64_t s0, int64_t n, const float* p,
                    int64_t R, float* acc);

@@ -24,7 +24,7 @@ void accumulate_pv(const float* p, int64_t rows, const float* v, int64_t n, int6
 
 // y [M, N] = x [M, K] · w [K, N] + b [N] (b may be null) for products too small to repay a BLAS
 // call (its argument checks, buffer locks and packing cost microseconds): each row of y is
-// summed in registers over k in order, 64 columns at a time.
+// summed in registers over k in order, 32 columns at a time.
 void small_linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w, const float* b, float* y);
 
 }  // namespace kvs

@@ -412,22 +412,37 @@ export class KvCache {
   private appendPaged(k: Rows, v: Rows, n: number): void {
     const P = this.pageSize, start = this.len, end = start + n, B = this.batch, Hkv = this.numKvHeads;
     const { pool, segs } = this.blocks;
-    // Pages to take: missing blocks and shared ones (copy on write), reserved (and the block
-    // tables grown) before anything changes: either may throw, and a refused append leaves the
-    // cache as it was.
+    // Window: the leading blocks of the last segment wholly before the last W + n - 1 positions
+    // (the ring rule) are released, their pages free for this append to reuse.
+    const last = segs[segs.length - 1];
+    const drop = this.window ? Math.max(0, Math.floor((end - (this.window + n - 1) - last.origin) / P)) : 0;
+    // The references the drop removes, per page, and the pages it frees.
+    const dropped = new Map<number, number>();
+    for (let b = 0; b < B && drop > 0; b++)
+      for (let j = 0; j < drop; j++) {
+        const p = last.table[b * last.maxBlocks + j];
+        if (p >= 0) dropped.set(p, (dropped.get(p) ?? 0) + 1);
+      }
+    let freed = 0;
+    for (const [p, c] of dropped) if (pool.refs[p] === c) freed++;
+    // Pages to take after the drop: missing blocks and shared ones (copy on write). The tables
+    // are grown and the pool reserved before anything changes (either may throw, and a refused
+    // append leaves the cache as it was); releasing and writing cannot fail.
     let want = 0;
     for (const g of segs) {
       const p0 = Math.max(start, g.lo), p1 = Math.min(end, g.hi);
       if (p0 >= p1) continue;
-      const j0 = Math.floor((p0 - g.origin) / P), j1 = Math.ceil((p1 - g.origin) / P);
+      const shift = g === last ? drop : 0, origin = g.origin + shift * P;
+      const j0 = Math.floor((p0 - origin) / P), j1 = Math.ceil((p1 - origin) / P);
       if (j1 > g.maxBlocks) this.growTable(g, Math.max(j1, 2 * g.maxBlocks));
       for (let b = 0; b < B; b++)
         for (let j = j0; j < j1; j++) {
-          const p = g.table[b * g.maxBlocks + j];
-          if (p < 0 || pool.refs[p] > 1) want++;
+          const p = j + shift < g.maxBlocks ? g.table[b * g.maxBlocks + j + shift] : -1;
+          if (p < 0 || pool.refs[p] - (dropped.get(p) ?? 0) > 1) want++;
         }
     }
-    pool.reserve(want);
+    pool.reserve(Math.max(0, want - freed));
+    if (drop > 0) this.dropLeading(last, drop);
     for (const g of segs) {
       const p0 = Math.max(start, g.lo), p1 = Math.min(end, g.hi);
       if (p0 >= p1) continue;
@@ -450,12 +465,6 @@ export class KvCache {
             pool.v.copyFrom(v, src, row, s1 - s0);
           }
         }
-    }
-    // Window: release the leading pages wholly before the last W + n - 1 positions (the ring
-    // rule). Last, since releasing cannot fail; the pool may hold those pages one append longer.
-    if (this.window) {
-      const g = segs[segs.length - 1], drop = Math.floor((end - (this.window + n - 1) - g.origin) / P);
-      if (drop > 0) this.dropLeading(g, drop);
     }
   }
 

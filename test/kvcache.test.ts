@@ -437,6 +437,19 @@ test('paged window: an append refused when its pages cannot be had (pool or tabl
   checkFold(t, cache, rng, 'paged window after a refused append');
 });
 
+test('paged window: chunks of a page reuse the pages their append releases (pool and tables stay the size the window needs)', (t) => {
+  const rng = new Rng(33);
+  const cache = new KvCache({ batch: 1, numKvHeads: 1, dK: 4, dV: 4, window: 4, pageSize: 4 });
+  const chunk = () => [rng.normalTensor([1, 1, 4, 4]), rng.normalTensor([1, 1, 4, 4])] as const;
+  cache.append(...chunk());
+  cache.append(...chunk());
+  const pool = cache.parts()[0].k.data, capacity = cache.capacity;
+  for (let i = 0; i < 20; i++) cache.append(...chunk());
+  t.is(cache.parts()[0].k.data, pool, 'the pool did not grow');
+  t.is(cache.capacity, capacity, 'nor did the tables');
+  t.is(pool.length, 2 * 4 * 4, 'two pages: the window needs the last W + n - 1 = 7 positions');
+});
+
 test('paged window: pages wholly left of the window return to the pool; decode runs in a fixed set of pages', (t) => {
   const rng = new Rng(29);
   const cache = new KvCache({ ...cfg3, window: 6, sinkTokens: 3, pageSize: 4 });

@@ -59,6 +59,13 @@ test('dims packed in an Int32Array (packDims order) give the object form\'s resu
   t.throws(() => forward(new Int32Array(9)), { instanceOf: RangeError, message: 'mhaForward: expected dims as an Int32Array [B,T,S,dModel,dKvIn,dOut,H,Hkv,dK,dV] (10 values), got 9' });
 });
 
+test('a getter on opts.sStart that detaches an output buffer is read before any pointer is taken: a RangeError, no write through freed memory', (t) => {
+  const [q, k, v, m, l, acc] = args();
+  const evil = { ...opts, get sStart(): number { structuredClone(acc.buffer, { transfer: [acc.buffer] }); return 0; } };
+  t.throws(() => binding.attnUpdate(dims, evil, q, k, v, m, l, acc), { instanceOf: RangeError, message: /^attnUpdate: expected acc \[B,H,T,d_v\]=\[1,2,3,4\] \(24 floats\), got 0$/ });
+  t.is(acc.length, 0, 'the getter did detach acc');
+});
+
 const teardown = (mode: string) => spawnSync(process.execPath, ['--expose-gc', fileURLToPath(new URL('./helpers/async-teardown.cjs', import.meta.url)), mode],
   { env: { ...process.env, KVSTREAM_ADDON: ADDON_PATH }, encoding: 'utf8', timeout: 60_000 });
 

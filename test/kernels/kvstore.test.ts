@@ -66,3 +66,20 @@ test.serial('int8 one-row decode: a NaN or an infinity in q reaches the output (
     t.deepEqual(got.output.data.subarray(d), clean.output.data.subarray(d), 'head 1 is untouched');
   }
 });
+
+test.serial('int8: the query is quantized only when it is the call\'s one row per kv head, not for a one-row slice of a longer call', (t) => {
+  // T = 129 rows of one head on the row path: slices of 128 and 1 rows; the last must not be quantized.
+  const [B, H, T, S, d] = [1, 1, 129, 200, 64], rng = new Rng(91);
+  const k = rng.normalTensor([B, H, S, d]), v = rng.normalTensor([B, H, S, d]), q = rng.normalTensor([B, H, T, d]);
+  const cache = new KvCache({ batch: B, numKvHeads: H, dK: d, dV: d, dtype: 'int8' });
+  cache.append(k, v);
+  const ref = refFeaturesBound(q.data, k.data, v.data, { B, H, Hkv: H, T, S, dK: d, dV: d }, { scale: 1 / Math.sqrt(d), causal: true, qOffset: S - T, dtype: 'int8', rescales: chunkedRescales(S, 1) });
+  const restore = getKernelPath();
+  try {
+    setKernelPath('rows');
+    const got = new OnlineSoftmaxState(q, { dV: d, causal: true, qOffset: S - T }).updateCache(cache).finalize();
+    assertWithin(t, got.output.data, ref.out, ref.outBound, 'rows path, T 129: output within the fp32-query bound', [B, H, T, d]);
+  } finally {
+    setKernelPath(restore);
+  }
+});
