@@ -33,6 +33,18 @@ uint16_t f32_to_f16(float f) {
   return sign | (uint16_t)std::nearbyint(a * 16777216.0f);  // exact scaling by 2^24; default rounding is RNE
 }
 
+void encode_q8_row(const float* x, int64_t d, int8_t* y, float* scale) {
+  for (int64_t g = 0; g < q8_groups(d); ++g) {
+    const int64_t i0 = g * Q8_GROUP, i1 = std::min(d, i0 + Q8_GROUP);
+    float amax = 0.0f;
+    for (int64_t i = i0; i < i1; ++i) amax = std::isnan(x[i]) || std::isnan(amax) ? NAN : std::max(amax, std::fabs(x[i]));
+    const float s = std::isfinite(amax) ? amax / 127.0f : NAN;
+    scale[g] = s;
+    // The clamp matters only for a subnormal scale, whose rounding can push |x / s| past 127.
+    for (int64_t i = i0; i < i1; ++i) y[i] = s > 0.0f ? (int8_t)std::clamp(std::nearbyint(x[i] / s), -127.0f, 127.0f) : 0;
+  }
+}
+
 void kv_encode(KvDtype dtype, const float* src, int64_t rows, int64_t d, void* dst, float* scale) {
   const int64_t groups = q8_groups(d);
   parallel_for(rows, [&](int64_t r) {
@@ -44,16 +56,7 @@ void kv_encode(KvDtype dtype, const float* src, int64_t rows, int64_t d, void* d
       else
         for (int64_t i = 0; i < d; ++i) y[i] = f32_to_bf16(x[i]);
     } else if (dtype == KvDtype::I8) {
-      int8_t* y = static_cast<int8_t*>(dst) + r * d;
-      for (int64_t g = 0; g < groups; ++g) {
-        const int64_t i0 = g * Q8_GROUP, i1 = std::min(d, i0 + Q8_GROUP);
-        float amax = 0.0f;
-        for (int64_t i = i0; i < i1; ++i) amax = std::isnan(x[i]) || std::isnan(amax) ? NAN : std::max(amax, std::fabs(x[i]));
-        const float s = std::isfinite(amax) ? amax / 127.0f : NAN;
-        scale[r * groups + g] = s;
-        // The clamp matters only for a subnormal scale, whose rounding can push |x / s| past 127.
-        for (int64_t i = i0; i < i1; ++i) y[i] = s > 0.0f ? (int8_t)std::clamp(std::nearbyint(x[i] / s), -127.0f, 127.0f) : 0;
-      }
+      encode_q8_row(x, d, static_cast<int8_t*>(dst) + r * d, scale + r * groups);
     } else {
       std::memcpy(static_cast<float*>(dst) + r * d, x, (size_t)d * 4);
     }

@@ -15,6 +15,9 @@ namespace kvs {
 
 void kv_encode(KvDtype dtype, const float* src, int64_t rows, int64_t d, void* dst, float* scale);
 
+// One row x [d] as int8 q8: y [d] and scale [ceil(d/32)], as kv_encode stores it.
+void encode_q8_row(const float* x, int64_t d, int8_t* y, float* scale);
+
 uint16_t f32_to_f16(float f);
 uint16_t f32_to_bf16(float f);
 

@@ -8,7 +8,7 @@
 #include <stdexcept>
 #include <type_traits>
 
-#include "gemm.h"
+#include "kvencode.h"
 #include "kernel_path.h"
 #include "vec.h"
 
@@ -355,22 +355,12 @@ KVS_AVX2 void dot1_i8(const int8_t* k, const float* k_scale, int64_t n, int64_t 
   }
 }
 
-// q [d] (d % 32 == 0) quantized as kvEncode stores int8 keys: per group of 32, sq = fp32(max|q| / 127),
-// q8 = round-to-even(fp32(q / sq)) (0 when sq is 0), so q ≈ sq · q8 within half a step. False
-// (q8 unset) when q holds a NaN or an infinity: those take the fp32 dot, which propagates them.
+// q [d] (d % 32 == 0) quantized as kvEncode stores int8 keys (q ≈ sq · q8 within half a step).
+// False when q holds a NaN or an infinity (its group's scale is then NaN): those take the fp32
+// dot, which propagates them.
 bool quantize_q8(const float* q, int64_t d, int8_t* q8, float* sq) {
-  for (int64_t j = 0; j < d; ++j)
-    if (!std::isfinite(q[j])) return false;
-  for (int64_t g = 0; g < d / Q8_GROUP; ++g) {
-    const float* x = q + g * Q8_GROUP;
-    float mx = 0.0f;
-    for (int64_t j = 0; j < Q8_GROUP; ++j) mx = std::max(mx, std::fabs(x[j]));
-    sq[g] = mx / 127.0f;
-    // As kvencode.cc: the clamp acts only for a subnormal scale, whose rounding can push |x / s| past 127.
-    for (int64_t j = 0; j < Q8_GROUP; ++j)
-      q8[g * Q8_GROUP + j] = sq[g] > 0.0f ? (int8_t)std::clamp(std::nearbyint(x[j] / sq[g]), -127.0f, 127.0f) : 0;
-  }
-  return true;
+  encode_q8_row(q, d, q8, sq);
+  return std::all_of(sq, sq + d / Q8_GROUP, [](float s) { return std::isfinite(s); });
 }
 
 // acc [d0, d0 + 8·NV) += Σ_s p[s] · v [s, d0 + ...]; int8: += Σ_s w[s, group] · v [s, ...] with
@@ -622,8 +612,10 @@ KVS_AVX2 void dot_rows_direct(const KvStore& kv, int64_t bh_kv, int64_t s_cap, i
     // With q8_query: quantized like the keys, the dot runs in integers (quantize_q8).
     thread_local std::vector<int8_t> q8;
     thread_local std::vector<float> sq;
-    q8.resize(d);
-    sq.resize(d / Q8_GROUP);
+    if (q8_query) {
+      q8.resize(d);
+      sq.resize(d / Q8_GROUP);
+    }
     const bool quantized = q8_query && quantize_q8(q, d, q8.data(), sq.data());
     const int8_t* qq = quantized ? q8.data() : nullptr;
     return for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run, int64_t next) {

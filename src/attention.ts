@@ -255,7 +255,7 @@ export function resolveScore(o: ScoreOptions, B: number, H: number, T: number, d
 }
 
 /** Query position ids [B,T] for rope: explicit, per-row offsets, or qOffset + t. */
-function queryPositions(score: ResolvedScore, B: number, T: number, qOffset: number, out?: Int32Array): Int32Array {
+export function queryPositions(score: { ropePositions?: Int32Array; qOffsets?: ArrayLike<number> }, B: number, T: number, qOffset: number, out?: Int32Array): Int32Array {
   return score.ropePositions ?? positionIds(B, T, score.qOffsets ?? qOffset, out);
 }
 

@@ -1,10 +1,10 @@
 // Multi-head attention module (DESIGN.md): projections, grouped KV heads, d_k != d_v, an optional
 // KV cache, output projection. Activations are [B,T,width]; per-head tensors are [B,H,T,d].
-import { attention, attentionOptions, OnlineSoftmaxState, resolveScore } from './attention.ts';
+import { attention, attentionOptions, OnlineSoftmaxState, queryPositions, resolveScore } from './attention.ts';
 import type { AttentionOut, AttentionResult, CacheDtype, Dropout, ScoreOptions } from './attention.ts';
 import { ArgumentError, ShapeError } from './errors.ts';
 import { KvCache } from './kvcache.ts';
-import { applyRope, positionIds, resolveRope } from './rope.ts';
+import { applyRope, resolveRope } from './rope.ts';
 import type { RopeOptions } from './rope.ts';
 import { addon, packMhaDims } from './native.ts';
 import { Rng } from './random.ts';
@@ -304,7 +304,8 @@ export class MultiHeadAttention {
       [k, v] = [cache.keys(), cache.values()];
       if (this.config.rope) {
         // The queries rotated in the module's buffer at their positions (the state's rule).
-        const ids = positions ?? (this.ropeIds = positionIds(B, T, options.qOffsets ?? options.qOffset ?? cache.length - T, this.ropeIds));
+        const ids = queryPositions({ ropePositions: positions, qOffsets: options.qOffsets }, B, T, options.qOffset ?? cache.length - T, this.ropeIds);
+        if (ids !== positions) this.ropeIds = ids;  // ours to reuse; a caller's positions are not
         applyRope(q, ids, this.config.rope, q);
       }
     } else {

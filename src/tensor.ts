@@ -102,9 +102,14 @@ export function expectDisjoint(outName: string, out: Float32Array, names: readon
   }
 }
 
+/** An integer in [min, 2^31 - 1]. */
+function isDim(value: unknown, min: number): value is number {
+  return Number.isInteger(value) && (value as number) >= min && (value as number) <= 2 ** 31 - 1;
+}
+
 /** `value` must be an integer >= min (dimensions, lengths, offsets). */
 export function expectDim(name: string, value: unknown, min = 1): number {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > 2 ** 31 - 1) {
+  if (!isDim(value, min)) {
     throw new ShapeError(`Expected ${name} to be an integer >= ${min}, got ${show(value)}`);
   }
   return value;
@@ -156,10 +161,7 @@ export function expectRank(name: string, t: unknown, names: readonly string[]): 
     throw new ShapeError(`Expected ${name} rank ${names.length} [${names.join(',')}], got ${Array.isArray(shape) ? `shape [${shape.map(show).join(',')}]` : show(t)}`);
   }
   // The per-dim name is built only for a bad dim (this runs on every call).
-  for (let i = 0; i < shape.length; i++) {
-    const d = shape[i];
-    if (!(Number.isInteger(d) && d >= 1 && d <= 2 ** 31 - 1)) expectDim(`${name} dim ${names[i]}`, d);
-  }
+  for (let i = 0; i < shape.length; i++) if (!isDim(shape[i], 1)) expectDim(`${name} dim ${names[i]}`, shape[i]);
   return shape as number[];
 }
 
