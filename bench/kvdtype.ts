@@ -8,6 +8,7 @@
 // on a shared machine the CPU time is the steadier of the two (at 1 thread).
 //
 //   tsx bench/kvdtype.ts [--threads 1,2] [--batch 1,16] [--steps 64] [--reps 7] [--dtypes f32,f16,bf16,i8]
+//                        [--d 64] [--prompt 4096]   (other head widths and cache lengths)
 //   KVSTREAM_ADDON=<path> loads another build of the addon.
 import { parseArgs } from 'node:util';
 import { f32ToBf16, f32ToF16 } from '../src/io/npy.ts';
@@ -22,13 +23,15 @@ const { values: args } = parseArgs({
     steps: { type: 'string', default: '64' },
     reps: { type: 'string', default: '7' },
     dtypes: { type: 'string', default: 'f32,f16,bf16,i8' },
+    d: { type: 'string', default: '64' },
+    prompt: { type: 'string', default: '4096' },
   },
 });
 const THREADS = args.threads!.split(',').map(Number);
 const BATCHES = args.batch!.split(',').map(Number);
 const STEPS = Number(args.steps), REPS = Number(args.reps);
 const DTYPES = args.dtypes!.split(',') as KvDtype[];
-const [H, D, P] = [8, 64, 4096];
+const [H, D, P] = [8, Number(args.d), Number(args.prompt)];
 const G = Math.ceil(D / 32);
 
 /** Bytes one key of one head takes in k and v (int8: values and fp32 scales). */

@@ -111,12 +111,15 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
                          !has_score_mods(opts) && tile_supported(d_k, d_v);
   // Converted (half, int8) blocks of 256 keys stay in L2 on the row path (256 was faster than 64
   // in a decode loop here: fewer BLAS calls per key); paged blocks never straddle a page.
-  // Direct kernels (half and int8 read in place) take blocks of SK keys: no scratch to keep in L2.
-  const bool direct = rows_path && kv_direct(kv, d_k, d_v);
+  // Direct kernels (storage read in place) take blocks of SK keys: no scratch to keep in L2.
+  const bool direct = rows_path && kv_direct(kv, d_k, d_v, group * T);
   // Direct kernels follow a block table run by run: their blocks span pages.
   const int64_t rows_block = direct ? SK : kv_block_rows(kv, kv.dtype == KvDtype::F32 ? SK : 256), blas_block = kv_block_rows(kv, SK);
 
   if (rows_path) {
+    KvStore kv_r = kv;
+    kv_r.stream = direct && kv_streams(B * dims.H_kv * S * (kv_row_bytes(kv.dtype, d_k) + kv_row_bytes(kv.dtype, d_v)));
+    if (kv_r.stream) count(kv_stream);
     // The T rows of each of a kv head's `group` query heads are contiguous in q, m, l and acc:
     // stacked, they read K and V once for the whole group. A task takes up to ROWS_MAX of them.
     const int64_t R_all = group * T, slices = (R_all + ROWS_MAX - 1) / ROWS_MAX;
@@ -131,7 +134,7 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
       tls.scores.resize(ROWS_MAX * SK);
       tls.keep.resize(SK);
       float* scores = tls.scores.data();
-      count(R == 1 ? attn_rows_sgemv : R <= FEW_ROWS ? attn_rows_dot : attn_rows_sgemm);
+      count(direct ? attn_rows_direct : R == 1 ? attn_rows_sgemv : R <= FEW_ROWS ? attn_rows_dot : attn_rows_sgemm);
       const int64_t t_abs_last = q0 + T - 1;  // bounds every row's query position
       for (int64_t s0 = 0; s0 < S; s0 += rows_block) {
         const int64_t s_abs0 = opts.s_offset + s0;
@@ -139,9 +142,9 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
         if (sk == 0) break;
         if (left_of_window(opts, q0, s_abs0 + sk - 1)) continue;
         if (direct) {
-          kv_dot(kv, bh_kv, dims.s_cap, d_k, s0, sk, q_r, R, opts.scale, scores, R_all == 1);
+          kv_dot(kv_r, bh_kv, dims.s_cap, d_k, s0, sk, q_r, R, opts.scale, scores, R_all == 1);
           softmax_block(opts, b, scores, R, sk, s_abs0, pos, m_r, l_r, acc_r, d_v);
-          kv_accumulate(kv, bh_kv, dims.s_cap, d_v, s0, sk, scores, R, acc_r);
+          kv_accumulate(kv_r, bh_kv, dims.s_cap, d_v, s0, sk, scores, R, acc_r);
           continue;
         }
         const float* kb = kv_rows(kv, false, bh_kv, dims.s_cap, d_k, s0, sk, tls.k_rows);

@@ -22,7 +22,7 @@ void set_kernel_path(KernelPath p);  // Tile needs tile_available() (the binding
 const char* kernel_path_name(KernelPath p);
 
 #define KVS_COUNTERS(X)                                                                        \
-  X(attn_rows_sgemv, "attn.rows.sgemv") X(attn_rows_dot, "attn.rows.dot")                      \
+  X(attn_rows_direct, "attn.rows.direct") X(attn_rows_sgemv, "attn.rows.sgemv") X(attn_rows_dot, "attn.rows.dot") \
   X(attn_rows_sgemm, "attn.rows.sgemm") X(attn_blas, "attn.blas") X(attn_tile, "attn.tile")    \
   X(attn_deterministic, "attn.deterministic") X(tile_softmax_2, "tile.softmax_columns.2")       \
   X(tile_softmax_4, "tile.softmax_columns.4") X(tile_softmax_6, "tile.softmax_columns.6")       \
@@ -33,7 +33,7 @@ const char* kernel_path_name(KernelPath p);
   X(linear_tile_inplace, "linear.tile.inplace") X(linear_sgemv, "linear.sgemv")                 \
   X(linear_small, "linear.small") X(linear_sgemm, "linear.sgemm") X(linear_deterministic, "linear.deterministic")              \
   X(probs, "probs") X(probs_deterministic, "probs.deterministic") X(merge, "merge")             \
-  X(finalize, "finalize")
+  X(finalize, "finalize") X(kv_stream, "kv.stream")
 
 enum Counter : int {
 #define KVS_ENUM(id, name) id,

@@ -34,7 +34,16 @@ struct KvStore {
   const float* k_scale;  // int8 only
   const float* v_scale;  // int8 only
   KvPages pages{};
+  // Direct kernels: prefetch non-temporally (the call reads more than L3 holds; kv_streams).
+  bool stream = false;
 };
+
+// Bytes of one stored row of width d (int8 with its scales).
+int64_t kv_row_bytes(KvDtype dtype, int64_t d);
+// Whether a call that reads `bytes` of storage should stream it (KvStore::stream): more than the
+// last-level cache (sysfs's L3 size, else 8 MiB) cannot stay there until the next call.
+bool kv_streams(int64_t bytes);
+int64_t kv_stream_bytes();  // that threshold (info().kvStreamBytes)
 
 // Rows per block that a path may request so that a block never straddles a page (fp32 pages are
 // then read in place); `block` for contiguous storage.
@@ -50,12 +59,15 @@ inline KvStore kv_f32(const float* k, const float* v) { return {KvDtype::F32, k,
 const float* kv_rows(const KvStore& kv, bool is_v, int64_t bh_kv, int64_t s_cap, int64_t d, int64_t s0, int64_t n,
                      std::vector<float>& scratch);
 
-// Row-path kernels that read half and int8 storage (and paged fp32) in place, widening in registers (AVX2, FMA
-// and F16C; runtime dispatch). kv_direct says whether they exist for this storage on this CPU:
-// when false (or KVSTREAM_KV_SIMD=off, which also sends kv_rows to its portable converters) the
-// caller converts blocks with kv_rows and runs the fp32 kernels. One query row (decode with
-// H = H_kv) widens in registers; several rows share each chunk of 32 keys widened into L1.
-bool kv_direct(const KvStore& kv, int64_t d_k, int64_t d_v);
+// Row-path kernels that read storage in place, widening in registers (AVX2, FMA and F16C; runtime
+// dispatch). kv_direct says whether they serve `rows` stacked query rows per kv head on this CPU:
+// half and int8 storage and paged fp32 always; contiguous fp32 for one row (decode with
+// H = H_kv) or heads under 16 wide. When false (or KVSTREAM_KV_SIMD=off, which also sends kv_rows
+// to its portable converters) the caller runs the fp32 kernels on kv_rows blocks. One query row
+// widens in registers; several rows share each chunk of 32 keys widened into L1.
+bool kv_direct(const KvStore& kv, int64_t d_k, int64_t d_v, int64_t rows);
+// Whether the direct kernels run on this CPU at all (info().kvDirect).
+bool kv_simd();
 // out [R, n] = scale · q [R, d] · kᵀ over keys [s0, s0 + n) of kv head bh_kv (k rows of width d).
 // q8_query: int8 storage, R == 1 and d % 32 == 0 only: q is quantized like the keys (q8, groups
 // of 32) and the dot runs in integers; the caller sets it when the call's only query row per kv

@@ -92,6 +92,17 @@ export interface NativeInfo {
   blasThreads: number;
   /** Whether the AVX-512 attention/GEMM tile runs (off without AVX-512F or with KVSTREAM_TILE=off). */
   tile: boolean;
+  /**
+   * Whether the row path's direct kernels run (AVX2, FMA and F16C, and not KVSTREAM_KV_SIMD=off):
+   * they read half, int8 and paged storage in place, and contiguous fp32 for one query row per kv
+   * head; elsewhere the row path converts blocks and uses BLAS.
+   */
+  kvDirect: boolean;
+  /**
+   * Storage bytes above which a direct-kernel call prefetches non-temporally (the L3 size from
+   * sysfs, else 8 MiB): such a cache cannot stay in L3 until the next call anyway.
+   */
+  kvStreamBytes: number;
   /** The kernel path in force (see setKernelPath). */
   path: KernelPath;
 }

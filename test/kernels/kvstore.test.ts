@@ -9,7 +9,7 @@ import test from 'ava';
 import { OnlineSoftmaxState } from '../../src/attention.ts';
 import type { CacheDtype } from '../../src/attention.ts';
 import { KvCache } from '../../src/kvcache.ts';
-import { getKernelPath, info, setKernelPath, setNumThreads } from '../../src/native.ts';
+import { getKernelPath, info, kernelCounts, resetKernelCounts, setKernelPath, setNumThreads } from '../../src/native.ts';
 import type { KernelPath } from '../../src/native.ts';
 import { Rng } from '../../src/random.ts';
 import { assertWithin } from '../helpers/assert.ts';
@@ -81,5 +81,25 @@ test.serial('int8: the query is quantized only when it is the call\'s one row pe
     assertWithin(t, got.output.data, ref.out, ref.outBound, 'rows path, T 129: output within the fp32-query bound', [B, H, T, d]);
   } finally {
     setKernelPath(restore);
+  }
+});
+
+test.serial('a call that reads more storage than L3 holds streams it (non-temporal prefetch): same results, and only then', (t) => {
+  const { kvDirect, kvStreamBytes } = info();
+  if (!kvDirect) return t.pass('no direct kernels on this CPU (or KVSTREAM_KV_SIMD=off): nothing streams');
+  if (kvStreamBytes > 64 * 2 ** 20) return t.pass(`L3 of ${kvStreamBytes} bytes: a cache beyond it is too large for this test`);
+  const [B, H, d] = [1, 2, 64];
+  const rowBytes = H * 2 * d * 4;  // fp32 k and v of one position, every head
+  for (const [S, streams] of [[Math.floor(kvStreamBytes / rowBytes), false], [Math.floor(kvStreamBytes / rowBytes) + 40, true]] as const) {
+    const rng = new Rng(S);
+    const k = rng.normalTensor([B, H, S, d]), v = rng.normalTensor([B, H, S, d]), q = rng.normalTensor([B, H, 1, d]);
+    const cache = new KvCache({ batch: B, numKvHeads: H, dK: d, dV: d });
+    cache.append(k, v);
+    const ref = refFeaturesBound(q.data, k.data, v.data, { B, H, Hkv: H, T: 1, S, dK: d, dV: d }, { scale: 1 / Math.sqrt(d), causal: true, qOffset: S - 1, dtype: 'fp32', rescales: chunkedRescales(S, 1) });
+    resetKernelCounts();
+    const got = new OnlineSoftmaxState(q, { dV: d, causal: true, qOffset: S - 1 }).updateCache(cache).finalize();
+    t.is(kernelCounts()['kv.stream'], streams ? 1 : 0, `S ${S} (${S * rowBytes} bytes against ${kvStreamBytes}): streamed`);
+    assertWithin(t, got.output.data, ref.out, ref.outBound, `S ${S} output`, [B, H, 1, d]);
+    assertWithin(t, got.lse.data, ref.lse, ref.lseBound, `S ${S} lse`, [B, H, 1]);
   }
 });
