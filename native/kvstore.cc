@@ -246,10 +246,11 @@ KVS_AVX2_INLINE __m256 hsum8(const __m256* a) {
 }
 
 // out [n] = scale · k [n, d] · q [d] (unscaled elements for int8). Eight keys at a time, one
-// accumulator each, reduced together.
-template <typename L>
-KVS_AVX2 void dot1(const typename L::T* k, int64_t n, int64_t d, const float* q, float scale, float* out, Prefetch pf) {
-  const int64_t d8 = d & ~int64_t(7);
+// accumulator each, reduced together. D > 0: d == D at compile time (the loops unroll, and the
+// eight keys' chains interleave: fp16 is bound by conversions, not bytes).
+template <typename L, int D = 0>
+KVS_AVX2 void dot1(const typename L::T* k, int64_t n, int64_t d_arg, const float* q, float scale, float* out, Prefetch pf) {
+  const int64_t d = D > 0 ? D : d_arg, d8 = d & ~int64_t(7);
   int64_t s = 0;
   for (; s + 8 <= n; s += 8) {
     const typename L::T* k_s = k + s * d;
@@ -656,7 +657,12 @@ KVS_AVX2 void dot_rows_direct(const KvStore& kv, int64_t bh_kv, int64_t s_cap, i
       });
   if (R == 1 && !i8)
     return for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run, int64_t next) {
-      dot1<L>(k + row * d, run, d, q, scale, out + i, prefetch_distance(kv, row, next, d * sizeof(typename L::T)));
+      const Prefetch pf = prefetch_distance(kv, row, next, d * sizeof(typename L::T));
+      switch (d) {
+        case 64: return dot1<L, 64>(k + row * d, run, d, q, scale, out + i, pf);
+        case 128: return dot1<L, 128>(k + row * d, run, d, q, scale, out + i, pf);
+        default: return dot1<L>(k + row * d, run, d, q, scale, out + i, pf);
+      }
     });
   // Several rows (or int8 with a partial group): widen a chunk into L1 once, dot every row on it.
   resize_scratch(chunk_buf, CHUNK * d, "kv chunk");
