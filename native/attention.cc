@@ -295,6 +295,10 @@ void attn_probs(const AttnDims& dims, const AttnOpts& opts, const float* q, cons
 // OpenBLAS call costs ~4 µs whatever its size (16x32x32: 4.9 µs through BLAS, 1.9 µs here, one
 // thread, Zen 1). Kept small enough that a decode projection still splits across threads.
 constexpr double SMALL_LINEAR = 1 << 16;
+// A row or two streams w from memory: its cost for parallel_for's threshold is w's size, each
+// float counted as the ~8 flops of sgemm time that reading it takes (~4 G floats/s from DRAM
+// against ~27 GFLOP/s here), so a decode projection of 512x512 splits across threads.
+constexpr double SGEMV_FLOPS_PER_W = 8.0;
 
 void linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w, const float* b, float* y) {
   const KernelPath path = kernel_path();
@@ -328,7 +332,7 @@ void linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w, con
     } else {
       sgemm(false, false, (int)mb, (int)nb, (int)K, 1.0f, x + i0 * K, (int)K, w + j0, (int)N, 1.0f, y_ij, (int)N);
     }
-  }, 2.0 * M * K * N);
+  }, M <= 2 ? SGEMV_FLOPS_PER_W * K * N : 2.0 * M * K * N);
 }
 
 }  // namespace kvs
