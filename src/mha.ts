@@ -263,7 +263,10 @@ export class MultiHeadAttention {
     const { numHeads: H, dK, dV } = this.config;
     // Everything checkable is checked before the cache is appended to: a rejected call leaves it as it was.
     attentionOptions({ scale: this.config.scale, causal: options.causal, qOffset: options.qOffset ?? 0, dropout: options.dropout }, 0);
-    resolveScore({ ...options, rope: this.config.rope }, B, H, T, dK);
+    // Fixed-shape literals below, not spreads of options: V8 clones a spread options bag field by
+    // field (the spreads were a third of a decode step's TypeScript time).
+    const o = options, rope = this.config.rope;
+    resolveScore({ softcap: o.softcap, alibi: o.alibi, window: o.window, kvRanges: o.kvRanges, qOffsets: o.qOffsets, sinks: o.sinks, rope }, B, H, T, dK);
     if (cache instanceof KvCache && !sameRope(cache.rope, this.config.rope)) {
       throw new ArgumentError(`Expected options.cache with the module's rope ${JSON.stringify(this.config.rope ?? null)}, got ${JSON.stringify(cache.rope ?? null)} (use mha.newCache())`);
     }
@@ -280,7 +283,6 @@ export class MultiHeadAttention {
     // fp32 cache is read whole, with rope too: its keys were rotated on append.
     const folded = cache instanceof KvCache && (cache.window > 0 || cache.pageSize > 0 || cache.dtype !== 'fp32');
     if (folded && expectFlag('returnWeights', options.returnWeights)) throw new ArgumentError('Expected returnWeights only with a contiguous fp32 cache, got a ' + describeCache(cache));
-    const score = { softcap: options.softcap, alibi: options.alibi, window: options.window, kvRanges: options.kvRanges, qOffsets: options.qOffsets, sinks: options.sinks };
     const outs = this.outputs(expectOptions('out', options.out), B, T, xQ.data, xKv?.data ?? null);
     const q = this.projectQ(xQ, { data: this.scratch.get('q', ['B', 'H', 'T', 'd_k'], [B, H, T, dK]), shape: [B, H, T, dK] });
     let k, v;
@@ -294,12 +296,14 @@ export class MultiHeadAttention {
       }
       if (folded) {
         // Fold the cache's parts (ring, pages, storage types, rotated keys) into a state.
-        const o = { data: this.scratch.get('o', ['B', 'H', 'T', 'd_v'], [B, H, T, dV]), shape: [B, H, T, dV] };
-        const qOffset = options.qOffset ?? cache.length - T;
-        const state = new OnlineSoftmaxState(q, { ...score, dV, scale: this.config.scale, causal: options.causal, qOffset, dropout: options.dropout, rope: this.config.rope, ropePositions: positions });
+        const heads = { data: this.scratch.get('o', ['B', 'H', 'T', 'd_v'], [B, H, T, dV]), shape: [B, H, T, dV] };
+        const state = new OnlineSoftmaxState(q, {
+          softcap: o.softcap, alibi: o.alibi, window: o.window, kvRanges: o.kvRanges, qOffsets: o.qOffsets, sinks: o.sinks, rope, ropePositions: positions,
+          dV, scale: this.config.scale, causal: o.causal, qOffset: o.qOffset ?? cache.length - T, dropout: o.dropout,
+        });
         state.updateCache(cache);
-        state.finalize({ out: { output: o, lse: outs.lse } });
-        return { output: this.projectOut(o, outs.output), lse: outs.lse, cache };
+        state.finalize({ out: { output: heads, lse: outs.lse } });
+        return { output: this.projectOut(heads, outs.output), lse: outs.lse, cache };
       }
       [k, v] = [cache.keys(), cache.values()];
       if (this.config.rope) {
@@ -317,9 +321,13 @@ export class MultiHeadAttention {
         applyRope(k, positions, this.config.rope!, k);
       }
     }
-    const o = { data: this.scratch.get('o', ['B', 'H', 'T', 'd_v'], [B, H, T, dV]), shape: [B, H, T, dV] };
-    const r = attention(q, k, v, { ...score, rope: cache || positions ? undefined : this.config.rope, scale: this.config.scale, causal: options.causal, qOffset: options.qOffset, dropout: options.dropout, returnWeights: options.returnWeights, out: { output: o, lse: outs.lse } });
-    const result: ForwardResult = { output: this.projectOut(o, outs.output), lse: r.lse };
+    const heads = { data: this.scratch.get('o', ['B', 'H', 'T', 'd_v'], [B, H, T, dV]), shape: [B, H, T, dV] };
+    const r = attention(q, k, v, {
+      softcap: o.softcap, alibi: o.alibi, window: o.window, kvRanges: o.kvRanges, qOffsets: o.qOffsets, sinks: o.sinks,
+      rope: cache || positions ? undefined : rope, scale: this.config.scale, causal: o.causal, qOffset: o.qOffset, dropout: o.dropout,
+      returnWeights: o.returnWeights, out: { output: heads, lse: outs.lse },
+    });
+    const result: ForwardResult = { output: this.projectOut(heads, outs.output), lse: r.lse };
     if (r.weights) result.weights = r.weights;
     if (r.mask) result.mask = r.mask;
     if (cache) result.cache = cache;
