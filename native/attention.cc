@@ -117,12 +117,16 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
   const int64_t rows_block = direct ? SK : kv_block_rows(kv, kv.dtype == KvDtype::F32 ? SK : 256), blas_block = kv_block_rows(kv, SK);
 
   if (rows_path) {
-    KvStore kv_r = kv;
-    kv_r.stream = direct && kv_streams(B * dims.H_kv * S * (kv_row_bytes(kv.dtype, d_k) + kv_row_bytes(kv.dtype, d_v)));
-    if (kv_r.stream) count(kv_stream);
     // The T rows of each of a kv head's `group` query heads are contiguous in q, m, l and acc:
     // stacked, they read K and V once for the whole group. A task takes up to ROWS_MAX of them.
     const int64_t R_all = group * T, slices = (R_all + ROWS_MAX - 1) / ROWS_MAX;
+    // Streamed (non-temporal prefetch) when the keys the call reads, a window's rather than the
+    // whole cache's, outgrow L3. Only one row per kv head prefetches from storage: several rows
+    // widen chunks into L1.
+    KvStore kv_r = kv;
+    const int64_t keys = opts.window > 0 ? std::min(S, opts.window + T + SK) : S;
+    kv_r.stream = direct && R_all == 1 && kv_streams(B * dims.H_kv * keys * (kv_row_bytes(kv.dtype, d_k) + kv_row_bytes(kv.dtype, d_v)));
+    if (kv_r.stream) count(kv_stream);
     parallel_for(B * dims.H_kv * slices, [&](int64_t task) {
       const int64_t bh_kv = task / slices, r0 = (task % slices) * ROWS_MAX, R = std::min(ROWS_MAX, R_all - r0);
       const int64_t b = bh_kv / dims.H_kv, h0 = (bh_kv % dims.H_kv) * group;

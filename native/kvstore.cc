@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 #include <stdexcept>
+#include <string>
 #include <type_traits>
 
 #include "kvencode.h"
@@ -748,15 +749,23 @@ int64_t kv_row_bytes(KvDtype dtype, int64_t d) {
 }
 
 int64_t kv_stream_bytes() {
+  // The level-3 entry of cpu0's caches in sysfs ("8192K"; per core complex on AMD), else 8 MiB.
   static const int64_t llc = [] {
-    int64_t kib = 0;
-    if (FILE* f = std::fopen("/sys/devices/system/cpu/cpu0/cache/index3/size", "r")) {
-      long long x = 0;
-      char unit = 'K';
-      if (std::fscanf(f, "%lld%c", &x, &unit) >= 1) kib = unit == 'M' ? x * 1024 : x;
+    auto read = [](int index, const char* file, long long& x, char& unit) {
+      const std::string path = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/" + file;
+      FILE* f = std::fopen(path.c_str(), "r");
+      if (!f) return false;
+      const bool ok = std::fscanf(f, "%lld%c", &x, &unit) >= 1;
       std::fclose(f);
+      return ok;
+    };
+    for (int index = 0; index < 8; ++index) {
+      long long level = 0, size = 0;
+      char unit = 'K', none = 0;
+      if (!read(index, "level", level, none) || level != 3 || !read(index, "size", size, unit) || size <= 0) continue;
+      return int64_t(size) * (unit == 'M' ? 1 << 20 : 1 << 10);
     }
-    return kib > 0 ? kib * 1024 : int64_t(8) << 20;
+    return int64_t(8) << 20;
   }();
   return llc;
 }

@@ -1,5 +1,5 @@
 // A KV cache's storage as the kernels read it: fp32, fp16, bf16 or int8 with scales. Kernels
-// never expand a whole cache: the row path reads half and int8 storage in place (kv_dot,
+// never expand a whole cache: the row path reads it in place where kv_direct says so (kv_dot,
 // kv_accumulate), the other paths convert one block of rows at a time into per-thread scratch
 // (fp32 storage is read in place).
 //

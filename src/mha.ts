@@ -274,6 +274,7 @@ export class MultiHeadAttention {
       throw new ArgumentError(`Expected options.window to be the cache's window ${cache.window} (or absent), got ${show(options.window)}`);
     }
     const positions = options.positions;
+    if ((options as ScoreOptions).ropePositions !== undefined) throw new ArgumentError('Expected options.positions for rope position ids in forward(), got options.ropePositions (a state option)');
     if (positions !== undefined) {
       if (!this.config.rope) throw new ArgumentError('Expected options.positions only for a module with rope, got positions and no config.rope');
       if (!(positions instanceof Int32Array) || positions.length !== B * T) throw new ShapeError(`Expected options.positions shape [B,T]=[${B},${T}] (${B * T} elements) as an Int32Array, got ${show(positions)}`);

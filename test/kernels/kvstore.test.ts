@@ -19,7 +19,7 @@ import { refFeaturesBound, storageErrorBound } from '../helpers/reference-featur
 const PATHS: KernelPath[] = info().tile ? ['tile', 'blas', 'rows', 'auto'] : ['blas', 'rows', 'auto'];
 // fp32 too: paged fp32 takes the direct kernels (blocks spanning pages).
 const DTYPES: CacheDtype[] = ['fp32', 'fp16', 'bf16', 'int8'];
-const WIDTHS = [8, 24, 32, 40, 64, 128, 256];
+const WIDTHS = [8, 20, 24, 32, 40, 64, 128, 256];
 const S = 530;
 
 for (const dtype of DTYPES)
@@ -84,21 +84,25 @@ test.serial('int8: the query is quantized only when it is the call\'s one row pe
   }
 });
 
-test.serial('a call that reads more storage than L3 holds streams it (non-temporal prefetch): same results, and only then', (t) => {
+test.serial('a call that reads more storage than L3 holds streams it (non-temporal prefetch): same results, and only then; a window counts its own keys', (t) => {
   const { kvDirect, kvStreamBytes } = info();
   if (!kvDirect) return t.pass('no direct kernels on this CPU (or KVSTREAM_KV_SIMD=off): nothing streams');
   if (kvStreamBytes > 64 * 2 ** 20) return t.pass(`L3 of ${kvStreamBytes} bytes: a cache beyond it is too large for this test`);
   const [B, H, d] = [1, 2, 64];
   const rowBytes = H * 2 * d * 4;  // fp32 k and v of one position, every head
-  for (const [S, streams] of [[Math.floor(kvStreamBytes / rowBytes), false], [Math.floor(kvStreamBytes / rowBytes) + 40, true]] as const) {
+  const fits = Math.floor(kvStreamBytes / rowBytes);
+  // [S, window, streams]: a window of 64 keys over a cache larger than L3 reads 64 (+ a block).
+  for (const [S, window, streams] of [[fits, 0, false], [fits + 40, 0, true], [fits + 40, 64, false]] as const) {
     const rng = new Rng(S);
     const k = rng.normalTensor([B, H, S, d]), v = rng.normalTensor([B, H, S, d]), q = rng.normalTensor([B, H, 1, d]);
     const cache = new KvCache({ batch: B, numKvHeads: H, dK: d, dV: d });
     cache.append(k, v);
-    const ref = refFeaturesBound(q.data, k.data, v.data, { B, H, Hkv: H, T: 1, S, dK: d, dV: d }, { scale: 1 / Math.sqrt(d), causal: true, qOffset: S - 1, dtype: 'fp32', rescales: chunkedRescales(S, 1) });
+    const ref = refFeaturesBound(q.data, k.data, v.data, { B, H, Hkv: H, T: 1, S, dK: d, dV: d }, { scale: 1 / Math.sqrt(d), causal: true, qOffset: S - 1, window: window || undefined, dtype: 'fp32', rescales: chunkedRescales(S, 1) });
     resetKernelCounts();
-    const got = new OnlineSoftmaxState(q, { dV: d, causal: true, qOffset: S - 1 }).updateCache(cache).finalize();
-    t.is(kernelCounts()['kv.stream'], streams ? 1 : 0, `S ${S} (${S * rowBytes} bytes against ${kvStreamBytes}): streamed`);
+    const got = new OnlineSoftmaxState(q, { dV: d, causal: true, qOffset: S - 1, window: window || undefined }).updateCache(cache).finalize();
+    const counts = kernelCounts();
+    t.is(counts['kv.stream'], streams ? 1 : 0, `S ${S}${window ? ` window ${window}` : ''} (${S * rowBytes} bytes against ${kvStreamBytes}): streamed`);
+    t.true(counts['attn.rows.direct'] > 0 && counts['attn.rows.sgemv'] === 0, `S ${S}: one fp32 row per kv head takes the direct kernels`);
     assertWithin(t, got.output.data, ref.out, ref.outBound, `S ${S} output`, [B, H, 1, d]);
     assertWithin(t, got.lse.data, ref.lse, ref.lseBound, `S ${S} lse`, [B, H, 1]);
   }
