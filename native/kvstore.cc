@@ -246,8 +246,8 @@ KVS_AVX2_INLINE __m256 hsum8(const __m256* a) {
   return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
-// out [n] = scale · k [n, d] · q [d] (unscaled elements for int8). Eight keys at a time, one
-// accumulator each, reduced together. D > 0: d == D at compile time (the loops unroll, and the
+// out [n] = scale · k [n, d] · q [d] (unscaled elements for int8). Eight keys at a time, each
+// summed in two accumulators, the eight reduced together. D > 0: d == D at compile time (the loops unroll, and the
 // eight keys' chains interleave: fp16 is bound by conversions, not bytes).
 template <typename L, int D = 0>
 KVS_AVX2 void dot1(const typename L::T* k, int64_t n, int64_t d_arg, const float* q, float scale, float* out, Prefetch pf) {
@@ -784,7 +784,7 @@ bool kv_direct(const KvStore& kv, int64_t d_k, int64_t d_v, int64_t rows) {
 #ifdef KVS_X86
   // Half and int8 storage, and paged fp32: the direct kernels follow the block table run by
   // run, so a softmax block may span many pages. Contiguous fp32 with one query row: OpenBLAS's
-  // sgemv read the cache at 1.5x a plain read here, dot1/pv1 with prefetch at ~1.3x. Tiny fp32
+  // sgemv read the cache at ~1.5x a plain read here, dot1/pv1 at 1.04-1.1x. Tiny fp32
   // heads too: vmath's 16-float row kernels run d < 16 as scalar chains, the direct ones take
   // eight keys per vector. Several fp32 rows keep vmath's in-place few-row kernels (the direct
   // ones would copy each chunk).
