@@ -280,10 +280,13 @@ export class MultiHeadAttention {
       if (!(positions instanceof Int32Array) || positions.length !== B * T) throw new ShapeError(`Expected options.positions shape [B,T]=[${B},${T}] (${B * T} elements) as an Int32Array, got ${show(positions)}`);
       if (xKv && xKv.shape[1] !== T) throw new ShapeError(`Expected x_kv of the same T=${T} tokens as x_q with options.positions, got ${xKv.shape[1]}`);
     }
-    // A cache read through its parts (ring, pages, storage types) gives no weights. A contiguous
-    // fp32 cache is read whole, with rope too: its keys were rotated on append.
-    const folded = cache instanceof KvCache && (cache.window > 0 || cache.pageSize > 0 || cache.dtype !== 'fp32');
-    if (folded && expectFlag('returnWeights', options.returnWeights)) throw new ArgumentError('Expected returnWeights only with a contiguous fp32 cache, got a ' + describeCache(cache));
+    // A ring or paged cache is folded part by part into a state. A contiguous cache of any storage
+    // type is read whole, with rope too: its keys were rotated on append. Weights need fp32 and
+    // one part.
+    const folded = cache instanceof KvCache && (cache.window > 0 || cache.pageSize > 0);
+    if (cache instanceof KvCache && (folded || cache.dtype !== 'fp32') && expectFlag('returnWeights', options.returnWeights)) {
+      throw new ArgumentError('Expected returnWeights only with a contiguous fp32 cache, got a ' + describeCache(cache));
+    }
     const outs = this.outputs(expectOptions('out', options.out), B, T, xQ.data, xKv?.data ?? null);
     const q = this.projectQ(xQ, { data: this.scratch.get('q', ['B', 'H', 'T', 'd_k'], [B, H, T, dK]), shape: [B, H, T, dK] });
     let k, v;
@@ -296,7 +299,7 @@ export class MultiHeadAttention {
         cache.append(kv.k, kv.v, positions ? { positions } : {});
       }
       if (folded) {
-        // Fold the cache's parts (ring, pages, storage types, rotated keys) into a state.
+        // Fold the cache's parts (ring, pages; rotated keys) into a state.
         const heads = { data: this.scratch.get('o', ['B', 'H', 'T', 'd_v'], [B, H, T, dV]), shape: [B, H, T, dV] };
         const state = new OnlineSoftmaxState(q, {
           softcap: o.softcap, alibi: o.alibi, window: o.window, kvRanges: o.kvRanges, qOffsets: o.qOffsets, sinks: o.sinks, rope, ropePositions: positions,
