@@ -42,6 +42,8 @@ const CASES: Case[] = [
   { name: 'ring window 5 + 2 sink tokens, rope', cache: { window: 5, sinkTokens: 2 }, rope: {} },
   { name: 'paged 4, rope interleaved partial', cache: { pageSize: 4 }, rope: { dim: 8, style: 'interleaved', theta: 1000 } },
   { name: 'bf16, softcap and ALiBi', cache: { dtype: 'bf16' }, score: { softcap: 3, alibi: true } },
+  { name: 'int8, rope', cache: { dtype: 'int8' }, rope: { theta: 300 } },
+  { name: 'left-padded ragged batch, fp16, rope at position ids', cache: { dtype: 'fp16' }, rope: {}, score: { kvRanges: leftPadRanges }, positions: leftPadIds },
   { name: 'fp16 ring window 7, head sinks', cache: { dtype: 'fp16', window: 7 }, score: { sinks: [0.5, -1, 2, 0] } },
   { name: 'int8 paged 8, rope', cache: { dtype: 'int8', pageSize: 8 }, rope: { theta: 500 } },
   { name: 'int8 ring window 6 + 1 sink token, softcap', cache: { dtype: 'int8', window: 6, sinkTokens: 1 }, score: { softcap: 2 } },
