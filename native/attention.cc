@@ -125,7 +125,8 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
     // widen chunks into L1.
     KvStore kv_r = kv;
     const int64_t keys = opts.window > 0 ? std::min(S, opts.window + T + SK) : S;
-    kv_r.stream = direct && R_all == 1 && kv_streams(B * dims.H_kv * keys * (kv_row_bytes(kv.dtype, d_k) + kv_row_bytes(kv.dtype, d_v)));
+    const int64_t bytes = B * dims.H_kv * keys * (kv_row_bytes(kv.dtype, d_k) + kv_row_bytes(kv.dtype, d_v));
+    kv_r.stream = direct && R_all == 1 && bytes > kv_stream_bytes();
     if (kv_r.stream) count(kv_stream);
     parallel_for(B * dims.H_kv * slices, [&](int64_t task) {
       const int64_t bh_kv = task / slices, r0 = (task % slices) * ROWS_MAX, R = std::min(ROWS_MAX, R_all - r0);

@@ -247,8 +247,8 @@ KVS_AVX2_INLINE __m256 hsum8(const __m256* a) {
 }
 
 // out [n] = scale · k [n, d] · q [d] (unscaled elements for int8). Eight keys at a time, each
-// summed in two accumulators, the eight reduced together. D > 0: d == D at compile time (the loops unroll, and the
-// eight keys' chains interleave: fp16 is bound by conversions, not bytes).
+// summed in two accumulators, the eight reduced together. D > 0: d == D at compile time (the
+// loops unroll and the eight keys' chains interleave: fp16 is bound by conversions, not bytes).
 template <typename L, int D = 0>
 KVS_AVX2 void dot1(const typename L::T* k, int64_t n, int64_t d_arg, const float* q, float scale, float* out, Prefetch pf) {
   const int64_t d = D > 0 ? D : d_arg, d8 = d & ~int64_t(7);
@@ -769,8 +769,6 @@ int64_t kv_stream_bytes() {
   }();
   return llc;
 }
-
-bool kv_streams(int64_t bytes) { return bytes > kv_stream_bytes(); }
 
 bool kv_simd() {
 #ifdef KVS_X86

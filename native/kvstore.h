@@ -34,16 +34,16 @@ struct KvStore {
   const float* k_scale;  // int8 only
   const float* v_scale;  // int8 only
   KvPages pages{};
-  // Direct kernels: prefetch non-temporally (the call reads more than L3 holds; kv_streams).
+  // Direct kernels: prefetch non-temporally (the call reads more than kv_stream_bytes()).
   bool stream = false;
 };
 
 // Bytes of one stored row of width d (int8 with its scales).
 int64_t kv_row_bytes(KvDtype dtype, int64_t d);
-// Whether a call that reads `bytes` of storage should stream it (KvStore::stream): more than the
+// A call that reads more storage than this streams it (KvStore::stream): more than the
 // last-level cache (sysfs's L3 size, else 8 MiB) cannot stay there until the next call.
-bool kv_streams(int64_t bytes);
-int64_t kv_stream_bytes();  // that threshold (info().kvStreamBytes)
+// info().kvStreamBytes.
+int64_t kv_stream_bytes();
 
 // Rows per block that a path may request so that a block never straddles a page (fp32 pages are
 // then read in place); `block` for contiguous storage.
