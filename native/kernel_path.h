@@ -22,7 +22,7 @@ void set_kernel_path(KernelPath p);  // Tile needs tile_available() (the binding
 const char* kernel_path_name(KernelPath p);
 
 #define KVS_COUNTERS(X)                                                                        \
-  X(attn_rows_direct, "attn.rows.direct") X(attn_rows_sgemv, "attn.rows.sgemv") X(attn_rows_dot, "attn.rows.dot") \
+  X(attn_rows_tiny, "attn.rows.tiny") X(attn_rows_direct, "attn.rows.direct") X(attn_rows_sgemv, "attn.rows.sgemv") X(attn_rows_dot, "attn.rows.dot") \
   X(attn_rows_sgemm, "attn.rows.sgemm") X(attn_blas, "attn.blas") X(attn_tile, "attn.tile")    \
   X(attn_deterministic, "attn.deterministic") X(tile_softmax_2, "tile.softmax_columns.2")       \
   X(tile_softmax_4, "tile.softmax_columns.4") X(tile_softmax_6, "tile.softmax_columns.6")       \

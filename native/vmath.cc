@@ -1,21 +1,36 @@
 #include "vmath.h"
 
+#include <algorithm>
 #include <limits>
 
 #include "vec.h"
 
 namespace kvs {
 
-// Each function is compiled for AVX-512, AVX2 and baseline x86-64; the loader picks one.
+// Each kernel is compiled for AVX-512F, AVX2 with FMA, and baseline x86-64; the dynamic loader
+// picks one (ifunc). Not target_clones: its "avx2" clone has no FMA, so every multiply-add ran
+// as a multiply and an add on AVX2 CPUs (half the rate of small_linear here, Zen 1).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define KVS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define KVS_KERNEL(ret, name, params, args)                                                      \
+  __attribute__((target("avx512f"))) static ret name##_avx512 params { return name##_body args; } \
+  __attribute__((target("avx2,fma"))) static ret name##_avx2 params { return name##_body args; }  \
+  static ret name##_base params { return name##_body args; }                                       \
+  typedef ret(*name##_fn) params;                                                                  \
+  extern "C" name##_fn kvs_resolve_##name() {                                                      \
+    __builtin_cpu_init();                                                                          \
+    if (__builtin_cpu_supports("avx512f")) return name##_avx512;                                   \
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return name##_avx2;       \
+    return name##_base;                                                                            \
+  }                                                                                                \
+  ret name params __attribute__((ifunc("kvs_resolve_" #name)));
 #else
-#define KVS_CLONES
+#define KVS_KERNEL(ret, name, params, args) \
+  ret name params { return name##_body args; }
 #endif
 
 using namespace vec;
 
-KVS_CLONES float row_max(const float* x, int64_t n) {
+KVS_INLINE float row_max_body(const float* x, int64_t n) {
   vf m = splat(-std::numeric_limits<float>::infinity());
   int64_t i = 0;
   for (; i + W <= n; i += W) m = vmax(m, load(x + i));
@@ -25,7 +40,7 @@ KVS_CLONES float row_max(const float* x, int64_t n) {
   return r;
 }
 
-KVS_CLONES float exp_sub_sum(float* x, int64_t n, float m) {
+KVS_INLINE float exp_sub_sum_body(float* x, int64_t n, float m) {
   vf sum = {};
   int64_t i = 0;
   for (; i + W <= n; i += W) {
@@ -45,7 +60,7 @@ KVS_CLONES float exp_sub_sum(float* x, int64_t n, float m) {
   return s;
 }
 
-KVS_CLONES void scale_row(float* x, int64_t n, float a) {
+KVS_INLINE void scale_row_body(float* x, int64_t n, float a) {
   int64_t i = 0;
   for (; i + W <= n; i += W) store(x + i, load(x + i) * a);
   for (; i < n; ++i) x[i] *= a;
@@ -53,7 +68,7 @@ KVS_CLONES void scale_row(float* x, int64_t n, float a) {
 
 // Each key row is read once for all query rows; d is walked in 16-wide vectors (d % 16 == 0,
 // the common case) or scalars.
-KVS_CLONES void dot_rows(const float* q, int64_t rows, const float* k, int64_t n, int64_t d, float scale, float* out) {
+KVS_INLINE void dot_rows_body(const float* q, int64_t rows, const float* k, int64_t n, int64_t d, float scale, float* out) {
   for (int64_t s = 0; s < n; ++s) {
     const float* k_s = k + s * d;
     for (int64_t i = 0; i < rows; ++i) {
@@ -71,7 +86,7 @@ KVS_CLONES void dot_rows(const float* q, int64_t rows, const float* k, int64_t n
   }
 }
 
-KVS_CLONES void accumulate_pv(const float* p, int64_t rows, const float* v, int64_t n, int64_t d, float* acc) {
+KVS_INLINE void accumulate_pv_body(const float* p, int64_t rows, const float* v, int64_t n, int64_t d, float* acc) {
   for (int64_t i = 0; i < rows; ++i) {
     float* acc_i = acc + i * d;
     const float* p_i = p + i * n;
@@ -91,6 +106,7 @@ KVS_CLONES void accumulate_pv(const float* p, int64_t rows, const float* v, int6
 
 // 8-float vectors: GCC spills 16-float accumulators on AVX2 (16 ymm registers).
 typedef float v8 __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
 KVS_INLINE v8 load8(const float* p) {
   v8 v;
   std::memcpy(&v, p, sizeof v);
@@ -98,39 +114,148 @@ KVS_INLINE v8 load8(const float* p) {
 }
 KVS_INLINE void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
 
-KVS_CLONES void small_linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w, const float* b,
-                             float* y) {
-  for (int64_t i = 0; i < M; ++i) {
-    const float* x_i = x + i * K;
-    float* y_i = y + i * N;
+// Two passes over the keys per group of eight rows: scores (and their max) into `scores`
+// [n, 8], then exp and P·V into accT [d_v, 8]. The state's NaN and empty-row rules are
+// softmax_block's: a NaN score poisons its row; a row with no visible key keeps m, l, acc.
+KVS_INLINE void tiny_update_body(const float* q, int64_t R, const float* k, const float* v, int64_t n, int64_t d_k,
+                            int64_t d_v, float scale, const int64_t* vis, float* m, float* l, float* acc,
+                            float* scores) {
+  constexpr float NEG_INF = -std::numeric_limits<float>::infinity();
+  const v8 neg_inf = v8{} + NEG_INF;
+  for (int64_t r0 = 0; r0 < R; r0 += 8) {
+    const int lanes = (int)std::min<int64_t>(8, R - r0);
+    v8 qT[TINY_D], accT[TINY_D];  // qT[j] lane i: q [r0 + i, j]; padding lanes 0
+    for (int64_t j = 0; j < d_k; ++j) qT[j] = v8{};
+    for (int64_t j = 0; j < d_v; ++j) accT[j] = v8{};
+    v8i n_vis = {};  // padding lanes see no key
+    v8 m_old = neg_inf, l_old = {};
+    for (int i = 0; i < lanes; ++i) {
+      for (int64_t j = 0; j < d_k; ++j) qT[j][i] = q[(r0 + i) * d_k + j];
+      n_vis[i] = (int32_t)vis[r0 + i];
+      m_old[i] = m[r0 + i];
+      l_old[i] = l[r0 + i];
+    }
+    // Four keys per step in both passes: their dot and exp chains interleave (one key at a time,
+    // each exp's dependent FMAs stalled the FP scheduler here: ~65 cycles per key).
+    auto score = [&](int64_t s, v8 a) {
+      a = (v8i{} + (int32_t)s) < n_vis ? a * scale : neg_inf;
+      store8(scores + 8 * s, a);
+      return a;
+    };
+    v8 mx = neg_inf;
+    int64_t s = 0;
+    for (; s + 4 <= n; s += 4) {
+      const float* k_s = k + s * d_k;
+      v8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+      for (int64_t j = 0; j < d_k; ++j) {
+        const v8 q_j = qT[j];
+        a0 += q_j * k_s[j], a1 += q_j * k_s[d_k + j], a2 += q_j * k_s[2 * d_k + j], a3 += q_j * k_s[3 * d_k + j];
+      }
+      mx = vmax_t(vmax_t(mx, score(s, a0)), score(s + 1, a1));
+      mx = vmax_t(vmax_t(mx, score(s + 2, a2)), score(s + 3, a3));
+    }
+    for (; s < n; ++s) {
+      v8 a = {};
+      for (int64_t j = 0; j < d_k; ++j) a += qT[j] * k[s * d_k + j];
+      mx = vmax_t(mx, score(s, a));
+    }
+    const v8i empty = mx == neg_inf;
+    const v8 m_new = mx != mx ? mx : (m_old < mx ? mx : m_old);  // std::max(m_old, mx) unless mx is NaN
+    const v8 m_sub = m_new == neg_inf ? v8{} : m_new;  // exp(-inf - m_sub) = 0, never NaN
+    const v8 alpha = empty ? v8{} + 1.0f : exp_nonpos_t<v8, v8i>(m_old - m_new);
+    auto prob = [&](int64_t s) { return exp_nonpos_t<v8, v8i>(load8(scores + 8 * s) - m_sub); };
+    v8 sum = {};
+    for (s = 0; s + 4 <= n; s += 4) {
+      const v8 p0 = prob(s), p1 = prob(s + 1), p2 = prob(s + 2), p3 = prob(s + 3);
+      sum += (p0 + p1) + (p2 + p3);
+      const float* v_s = v + s * d_v;
+      for (int64_t j = 0; j < d_v; ++j)
+        accT[j] += p0 * v_s[j] + p1 * v_s[d_v + j] + p2 * v_s[2 * d_v + j] + p3 * v_s[3 * d_v + j];
+    }
+    for (; s < n; ++s) {
+      const v8 p = prob(s);
+      sum += p;
+      for (int64_t j = 0; j < d_v; ++j) accT[j] += p * v[s * d_v + j];
+    }
+    const v8 l_new = l_old * alpha + sum;  // an empty row: alpha 1, sum 0, m_new = m_old
+    for (int i = 0; i < lanes; ++i) {
+      float* acc_r = acc + (r0 + i) * d_v;
+      for (int64_t j = 0; j < d_v; ++j) acc_r[j] = acc_r[j] * alpha[i] + accT[j][i];
+      m[r0 + i] = m_new[i];
+      l[r0 + i] = l_new[i];
+    }
+  }
+}
+
+// One row of small_linear, columns [j, N): 32 at a time, then 8, then one.
+KVS_INLINE void small_linear_cols(int64_t K, int64_t N, const float* x_i, const float* w, const float* b, float* y_i,
+                                  int64_t j) {
+  for (; j + 32 <= N; j += 32) {
+    v8 a0 = b ? load8(b + j) : v8{}, a1 = b ? load8(b + j + 8) : v8{};
+    v8 a2 = b ? load8(b + j + 16) : v8{}, a3 = b ? load8(b + j + 24) : v8{};
+    for (int64_t k = 0; k < K; ++k) {
+      const float* w_k = w + k * N + j;
+      const float x_ik = x_i[k];
+      a0 += x_ik * load8(w_k);
+      a1 += x_ik * load8(w_k + 8);
+      a2 += x_ik * load8(w_k + 16);
+      a3 += x_ik * load8(w_k + 24);
+    }
+    store8(y_i + j, a0), store8(y_i + j + 8, a1), store8(y_i + j + 16, a2), store8(y_i + j + 24, a3);
+  }
+  for (; j + 8 <= N; j += 8) {
+    v8 a = b ? load8(b + j) : v8{};
+    for (int64_t k = 0; k < K; ++k) a += x_i[k] * load8(w + k * N + j);
+    store8(y_i + j, a);
+  }
+  for (; j < N; ++j) {
+    float a = b ? b[j] : 0.0f;
+    for (int64_t k = 0; k < K; ++k) a += x_i[k] * w[k * N + j];
+    y_i[j] = a;
+  }
+}
+
+// Rows in pairs, 32 columns at a time: eight independent accumulators (of 16 ymm registers)
+// cover the multiply-add latency; one row alone has four, which ran the FMA unit at ~60%.
+KVS_INLINE void small_linear_body(int64_t M, int64_t K, int64_t N, const float* x, const float* w, const float* b,
+                                  float* y) {
+  int64_t i = 0;
+  for (; i + 2 <= M; i += 2) {
+    const float *x0 = x + i * K, *x1 = x0 + K;
+    float *y0 = y + i * N, *y1 = y0 + N;
     int64_t j = 0;
     for (; j + 32 <= N; j += 32) {
       v8 a0 = b ? load8(b + j) : v8{}, a1 = b ? load8(b + j + 8) : v8{};
       v8 a2 = b ? load8(b + j + 16) : v8{}, a3 = b ? load8(b + j + 24) : v8{};
+      v8 c0 = a0, c1 = a1, c2 = a2, c3 = a3;
       for (int64_t k = 0; k < K; ++k) {
         const float* w_k = w + k * N + j;
-        const float x_ik = x_i[k];
-        a0 += x_ik * load8(w_k);
-        a1 += x_ik * load8(w_k + 8);
-        a2 += x_ik * load8(w_k + 16);
-        a3 += x_ik * load8(w_k + 24);
+        const v8 w0 = load8(w_k), w1 = load8(w_k + 8), w2 = load8(w_k + 16), w3 = load8(w_k + 24);
+        const float u = x0[k], z = x1[k];
+        a0 += u * w0, a1 += u * w1, a2 += u * w2, a3 += u * w3;
+        c0 += z * w0, c1 += z * w1, c2 += z * w2, c3 += z * w3;
       }
-      store8(y_i + j, a0);
-      store8(y_i + j + 8, a1);
-      store8(y_i + j + 16, a2);
-      store8(y_i + j + 24, a3);
+      store8(y0 + j, a0), store8(y0 + j + 8, a1), store8(y0 + j + 16, a2), store8(y0 + j + 24, a3);
+      store8(y1 + j, c0), store8(y1 + j + 8, c1), store8(y1 + j + 16, c2), store8(y1 + j + 24, c3);
     }
-    for (; j + 8 <= N; j += 8) {
-      v8 a = b ? load8(b + j) : v8{};
-      for (int64_t k = 0; k < K; ++k) a += x_i[k] * load8(w + k * N + j);
-      store8(y_i + j, a);
-    }
-    for (; j < N; ++j) {
-      float a = b ? b[j] : 0.0f;
-      for (int64_t k = 0; k < K; ++k) a += x_i[k] * w[k * N + j];
-      y_i[j] = a;
-    }
+    small_linear_cols(K, N, x0, w, b, y0, j);
+    small_linear_cols(K, N, x1, w, b, y1, j);
   }
+  for (; i < M; ++i) small_linear_cols(K, N, x + i * K, w, b, y + i * N, 0);
 }
+
+KVS_KERNEL(float, row_max, (const float* x, int64_t n), (x, n))
+KVS_KERNEL(float, exp_sub_sum, (float* x, int64_t n, float m), (x, n, m))
+KVS_KERNEL(void, scale_row, (float* x, int64_t n, float a), (x, n, a))
+KVS_KERNEL(void, dot_rows, (const float* q, int64_t rows, const float* k, int64_t n, int64_t d, float scale, float* out),
+           (q, rows, k, n, d, scale, out))
+KVS_KERNEL(void, accumulate_pv, (const float* p, int64_t rows, const float* v, int64_t n, int64_t d, float* acc),
+           (p, rows, v, n, d, acc))
+KVS_KERNEL(void, tiny_update,
+           (const float* q, int64_t R, const float* k, const float* v, int64_t n, int64_t d_k, int64_t d_v, float scale,
+            const int64_t* vis, float* m, float* l, float* acc, float* scores),
+           (q, R, k, v, n, d_k, d_v, scale, vis, m, l, acc, scores))
+KVS_KERNEL(void, small_linear, (int64_t M, int64_t K, int64_t N, const float* x, const float* w, const float* b, float* y),
+           (M, K, N, x, w, b, y))
 
 }  // namespace kvs

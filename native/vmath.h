@@ -22,6 +22,15 @@ void dot_rows(const float* q, int64_t rows, const float* k, int64_t n, int64_t d
 // acc [rows, d] += p [rows, n] · v [n, d]
 void accumulate_pv(const float* p, int64_t rows, const float* v, int64_t n, int64_t d, float* acc);
 
+// Tiny heads (d_k, d_v < TINY_D): the online-softmax update of R query rows by n keys, eight
+// rows per vector (lane i: row r0 + i), so no row's work is narrower than a vector and the rows'
+// exp chains run side by side. Row r sees keys [0, vis[r]) of the block; a row that sees none is
+// left as it was. q [R, d_k], k [n, d_k], v [n, d_v] (fp32 rows), m, l [R], acc [R, d_v];
+// scores: scratch of 8·n floats. No score modifiers or dropout (softmax_block handles those).
+constexpr int64_t TINY_D = 16;
+void tiny_update(const float* q, int64_t R, const float* k, const float* v, int64_t n, int64_t d_k, int64_t d_v,
+                 float scale, const int64_t* vis, float* m, float* l, float* acc, float* scores);
+
 // y [M, N] = x [M, K] · w [K, N] + b [N] (b may be null) for products too small to repay a BLAS
 // call (its argument checks, buffer locks and packing cost microseconds): each row of y is
 // summed in registers over k in order, 32 columns at a time.

@@ -172,7 +172,18 @@ const PINNED: Case[] = [
   pinned({ B: 1, H: 2, Hkv: 1, T: 21, S: 777, dK: 16, dV: 16, mask: 'causal:mid', p: 0.5, seed: 6, scale: 0.05, fold: 'chunks', parts: [17, 600, 160] }),
 ];
 
-const CASES = [...PINNED, ...design(20261126)];
+// Tiny heads (d_k, d_v < 16, at least 4 rows per kv head, no dropout: tiny_update, eight rows
+// per vector): W4's shape, a partial vector of rows (12 and 17 rows: 8 + 4, 8 + 8 + 1), key
+// counts off the 4-key step, causal rows that see nothing, several key blocks, d 1.
+const TINY: Case[] = [
+  pinned({ B: 2, H: 4, Hkv: 4, T: 8, S: 8, dK: 8, dV: 8, mask: 'none', p: 0, seed: 21, scale: 0, fold: 'whole', parts: [8] }),
+  pinned({ B: 1, H: 8, Hkv: 2, T: 3, S: 103, dK: 5, dV: 12, mask: 'causal:mid', p: 0, seed: 22, scale: 0, fold: 'chunks', parts: [30, 2, 71] }),
+  pinned({ B: 2, H: 3, Hkv: 3, T: 17, S: 1030, dK: 15, dV: 1, mask: 'causal:neg', p: 0, seed: 23, scale: 1, fold: 'merge', parts: [513, 517] }),
+  pinned({ B: 1, H: 4, Hkv: 1, T: 1, S: 7, dK: 1, dV: 3, mask: 'causal:0', p: 0, seed: 24, scale: 0, fold: 'capacity', parts: [7] }),
+  pinned({ B: 1, H: 2, Hkv: 2, T: 9, S: 6, dK: 12, dV: 15, mask: 'causal:end', p: 0, seed: 25, scale: 0.05, fold: 'whole', parts: [6] }),
+];
+
+const CASES = [...PINNED, ...TINY, ...design(20261126)];
 
 function describe(c: Case): string {
   const mask = c.mask === 'none' ? 'full' : `${c.mask}@${c.qOffset}`;
