@@ -114,16 +114,17 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
   // The tile streams fp32 storage in place; other storage takes the block-converting paths.
   const bool tile_path = !rows_path && path != KernelPath::Blas && kv.dtype == KvDtype::F32 && !kv.pages.block_table &&
                          !has_score_mods(opts) && tile_supported(d_k, d_v);
-  // Converted (half, int8) blocks of 256 keys stay in L2 on the row path (256 was faster than 64
-  // in a decode loop here: fewer BLAS calls per key); paged blocks never straddle a page.
-  // Tiny heads with several rows per kv head: eight rows per vector (tiny_update) on fp32 rows,
-  // read in place or converted by block as below.
+  // Tiny heads with several rows per kv head: eight rows per vector (tiny_update) on fp32 rows
+  // from kv_rows (in place, or converted and gathered across pages: a block's 16 KiB at most).
   const bool tiny = rows_path && d_k < TINY_D && d_v < TINY_D && group * T >= TINY_ROWS && !has_score_mods(opts) &&
                     opts.dropout_p == 0.0f;
-  // Direct kernels (storage read in place) take blocks of SK keys: no scratch to keep in L2.
   const bool direct = !tiny && rows_path && kv_direct(kv, d_k, d_v, group * T);
-  // Direct kernels follow a block table run by run: their blocks span pages.
-  const int64_t rows_block = direct ? SK : kv_block_rows(kv, kv.dtype == KvDtype::F32 ? SK : 256), blas_block = kv_block_rows(kv, SK);
+  // Blocks of SK keys for tiny heads and for the direct kernels (storage read in place, following
+  // a block table run by run). Other converted (half, int8) blocks of 256 keys stay in L2 on the
+  // row path (256 was faster than 64 in a decode loop here: fewer BLAS calls per key); their
+  // paged blocks never straddle a page.
+  const int64_t rows_block = tiny || direct ? SK : kv_block_rows(kv, kv.dtype == KvDtype::F32 ? SK : 256),
+                blas_block = kv_block_rows(kv, SK);
 
   if (rows_path) {
     // The T rows of each of a kv head's `group` query heads are contiguous in q, m, l and acc:

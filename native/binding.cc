@@ -26,6 +26,7 @@
 #include "rope.h"
 #include "threads.h"
 #include "tile.h"
+#include "vmath.h"
 
 namespace {
 
@@ -990,6 +991,7 @@ NAN_METHOD(Info) {
   Nan::Set(o, Nan::New("tile").ToLocalChecked(), Nan::New(kvs::tile_available()));
   Nan::Set(o, Nan::New("kvDirect").ToLocalChecked(), Nan::New(kvs::kv_simd()));
   Nan::Set(o, Nan::New("kvStreamBytes").ToLocalChecked(), Nan::New((double)kvs::kv_stream_bytes()));
+  Nan::Set(o, Nan::New("vmath").ToLocalChecked(), Nan::New(kvs::vmath_isa()).ToLocalChecked());
   Nan::Set(o, Nan::New("path").ToLocalChecked(), Nan::New(kvs::kernel_path_name(kvs::kernel_path())).ToLocalChecked());
   info.GetReturnValue().Set(o);
 }

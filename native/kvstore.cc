@@ -783,9 +783,9 @@ bool kv_direct(const KvStore& kv, int64_t d_k, int64_t d_v, int64_t rows) {
   // Half and int8 storage, and paged fp32: the direct kernels follow the block table run by
   // run, so a softmax block may span many pages. Contiguous fp32 with one query row: OpenBLAS's
   // sgemv read the cache at ~1.5x a plain read here, dot1/pv1 at 1.04-1.1x. Tiny fp32
-  // heads too: vmath's 16-float row kernels run d < 16 as scalar chains, the direct ones take
-  // eight keys per vector. Several fp32 rows keep vmath's in-place few-row kernels (the direct
-  // ones would copy each chunk).
+  // heads too (below tiny_update's 4 rows per kv head): vmath's 16-float row kernels run d < 16
+  // as scalar chains, the direct ones take eight keys per vector. Several fp32 rows keep vmath's
+  // in-place few-row kernels (the direct ones would copy each chunk).
   const bool f32_contiguous = kv.dtype == KvDtype::F32 && !kv.pages.block_table;
   return (!f32_contiguous || rows == 1 || std::min(d_k, d_v) < 16) && HAS_AVX2;
 #else

@@ -1,32 +1,57 @@
 #include "vmath.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 
 #include "vec.h"
 
 namespace kvs {
 
-// Each kernel is compiled for AVX-512F, AVX2 with FMA, and baseline x86-64; the dynamic loader
-// picks one (ifunc). Not target_clones: its "avx2" clone has no FMA, so every multiply-add ran
-// as a multiply and an add on AVX2 CPUs (half the rate of small_linear here, Zen 1).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define KVS_KERNEL(ret, name, params, args)                                                      \
-  __attribute__((target("avx512f"))) static ret name##_avx512 params { return name##_body args; } \
-  __attribute__((target("avx2,fma"))) static ret name##_avx2 params { return name##_body args; }  \
-  static ret name##_base params { return name##_body args; }                                       \
-  typedef ret(*name##_fn) params;                                                                  \
-  extern "C" name##_fn kvs_resolve_##name() {                                                      \
-    __builtin_cpu_init();                                                                          \
-    if (__builtin_cpu_supports("avx512f")) return name##_avx512;                                   \
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return name##_avx2;       \
-    return name##_base;                                                                            \
-  }                                                                                                \
+// Each kernel is compiled for AVX-512F, AVX2 (both with FMA) and baseline x86-64; an ifunc
+// resolver picks one as the addon loads. Not target_clones: its "avx2" clone had no FMA, so every
+// multiply-add ran as two instructions on AVX2 CPUs (half small_linear's rate here, Zen 1).
+// ELF with glibc only: MinGW, Darwin and musl have no ifunc.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__ELF__) && defined(__GLIBC__)
+#define KVS_IFUNC 1
+namespace {
+enum Level { BASELINE, AVX2, AVX512 };
+// What the CPU runs, lowered by KVSTREAM_VMATH=avx2|baseline (read at load: to test the other
+// variants on a machine that would not pick them).
+Level vmath_level() {
+  __builtin_cpu_init();
+  const bool fma = __builtin_cpu_supports("fma");
+  Level level = fma && __builtin_cpu_supports("avx512f") ? AVX512 : fma && __builtin_cpu_supports("avx2") ? AVX2 : BASELINE;
+  const char* env = std::getenv("KVSTREAM_VMATH");
+  if (env && std::strcmp(env, "baseline") == 0) level = BASELINE;
+  if (env && std::strcmp(env, "avx2") == 0 && level > AVX2) level = AVX2;
+  return level;
+}
+}  // namespace
+#define KVS_KERNEL(ret, name, params, args)                                                               \
+  __attribute__((target("avx512f,fma"))) static ret name##_avx512f params { return name##_body args; }  \
+  __attribute__((target("avx2,fma"))) static ret name##_avx2fma params { return name##_body args; }     \
+  static ret name##_baseline params { return name##_body args; }                                          \
+  typedef ret(*name##_fn) params;                                                                         \
+  extern "C" __attribute__((visibility("hidden"))) name##_fn kvs_resolve_##name() {                       \
+    const Level level = vmath_level();                                                                    \
+    return level == AVX512 ? name##_avx512f : level == AVX2 ? name##_avx2fma : name##_baseline;          \
+  }                                                                                                       \
   ret name params __attribute__((ifunc("kvs_resolve_" #name)));
 #else
 #define KVS_KERNEL(ret, name, params, args) \
   ret name params { return name##_body args; }
 #endif
+
+const char* vmath_isa() {
+#ifdef KVS_IFUNC
+  static const char* const names[] = {"baseline", "avx2", "avx512f"};
+  return names[vmath_level()];
+#else
+  return "baseline";
+#endif
+}
 
 using namespace vec;
 
@@ -118,8 +143,8 @@ KVS_INLINE void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
 // [n, 8], then exp and P·V into accT [d_v, 8]. The state's NaN and empty-row rules are
 // softmax_block's: a NaN score poisons its row; a row with no visible key keeps m, l, acc.
 KVS_INLINE void tiny_update_body(const float* q, int64_t R, const float* k, const float* v, int64_t n, int64_t d_k,
-                            int64_t d_v, float scale, const int64_t* vis, float* m, float* l, float* acc,
-                            float* scores) {
+                                 int64_t d_v, float scale, const int64_t* vis, float* m, float* l, float* acc,
+                                 float* scores) {
   constexpr float NEG_INF = -std::numeric_limits<float>::infinity();
   const v8 neg_inf = v8{} + NEG_INF;
   for (int64_t r0 = 0; r0 < R; r0 += 8) {

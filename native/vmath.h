@@ -1,6 +1,6 @@
 // Row kernels of the online softmax, written as plain loops the compiler vectorises. They are
-// compiled for AVX-512, AVX2+FMA and baseline x86-64 (GCC target_clones picks one at load
-// time), so one build runs anywhere and uses the widest vectors the CPU has.
+// compiled for AVX-512, AVX2+FMA and baseline x86-64 (an ifunc resolver picks one at load time),
+// so one build runs anywhere and uses the widest vectors the CPU has.
 #pragma once
 #include <cstdint>
 
@@ -30,6 +30,9 @@ void accumulate_pv(const float* p, int64_t rows, const float* v, int64_t n, int6
 constexpr int64_t TINY_D = 16;
 void tiny_update(const float* q, int64_t R, const float* k, const float* v, int64_t n, int64_t d_k, int64_t d_v,
                  float scale, const int64_t* vis, float* m, float* l, float* acc, float* scores);
+
+// The variant of these kernels in use: "avx512f", "avx2" (with FMA) or "baseline" (info().vmath).
+const char* vmath_isa();
 
 // y [M, N] = x [M, K] · w [K, N] + b [N] (b may be null) for products too small to repay a BLAS
 // call (its argument checks, buffer locks and packing cost microseconds): each row of y is

@@ -137,6 +137,8 @@ export class MultiHeadAttention {
   private readonly scratch = new Scratch();
   /** Query position ids [B,T] reused across calls (rope over a contiguous cache). */
   private ropeIds: Int32Array = new Int32Array(0);
+  /** packMhaDims' buffer for the fused call. */
+  private readonly mhaDims = new Int32Array(10);
 
   constructor(config: MhaConfig, weights: MhaWeights) {
     this.config = resolveConfig(config);
@@ -242,7 +244,7 @@ export class MultiHeadAttention {
     const w = this.weights;
     const { output, lse } = this.outputs(expectOptions('out', options.out), B, T, xQ.data, xKv.data);
     addon.mhaForward(
-      packMhaDims({ B, T, S, dModel: c.dModel, dKvIn: c.dKvIn, dOut: c.dOut, H: c.numHeads, Hkv: c.numKvHeads, dK: c.dK, dV: c.dV }), opts,
+      packMhaDims({ B, T, S, dModel: c.dModel, dKvIn: c.dKvIn, dOut: c.dOut, H: c.numHeads, Hkv: c.numKvHeads, dK: c.dK, dV: c.dV }, this.mhaDims), opts,
       xQ.data, xKv.data, w.wQ.data, w.bQ?.data ?? null, w.wK.data, w.bK?.data ?? null, w.wV.data, w.bV?.data ?? null, w.wO.data, w.bO?.data ?? null, output.data, lse.data,
     );
     return { output, lse };

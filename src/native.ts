@@ -41,9 +41,9 @@ export function packDims(d: AttnDimsObject, out: Int32Array = new Int32Array(8))
   return fits ? out : checkPacked(d as unknown as Record<string, number>, ATTN_DIMS, out);
 }
 
-/** Module dims as [B, T, S, dModel, dKvIn, dOut, H, Hkv, dK, dV]. */
-export function packMhaDims(d: MhaDimsObject): Int32Array {
-  const out = Int32Array.of(d.B, d.T, d.S, d.dModel, d.dKvIn, d.dOut, d.H, d.Hkv, d.dK, d.dV);
+/** Module dims as [B, T, S, dModel, dKvIn, dOut, H, Hkv, dK, dV], written into `out` when given. */
+export function packMhaDims(d: MhaDimsObject, out: Int32Array = new Int32Array(10)): Int32Array {
+  out[0] = d.B; out[1] = d.T; out[2] = d.S; out[3] = d.dModel; out[4] = d.dKvIn; out[5] = d.dOut; out[6] = d.H; out[7] = d.Hkv; out[8] = d.dK; out[9] = d.dV;
   const fits = out[0] === d.B && out[1] === d.T && out[2] === d.S && out[3] === d.dModel && out[4] === d.dKvIn && out[5] === d.dOut &&
     out[6] === d.H && out[7] === d.Hkv && out[8] === d.dK && out[9] === d.dV;
   return fits ? out : checkPacked(d as unknown as Record<string, number>, MHA_DIMS, out);
@@ -103,6 +103,11 @@ export interface NativeInfo {
    * sysfs, else 8 MiB): such a cache cannot stay in L3 until the next call anyway.
    */
   kvStreamBytes: number;
+  /**
+   * The build of the row kernels in use (native/vmath.cc): 'avx512f', 'avx2' (with FMA) or
+   * 'baseline' x86-64, chosen at load; KVSTREAM_VMATH=avx2|baseline lowers it (for testing).
+   */
+  vmath: 'avx512f' | 'avx2' | 'baseline';
   /** The kernel path in force (see setKernelPath). */
   path: KernelPath;
 }

@@ -139,10 +139,15 @@ export function expectShape(name: string, t: unknown, names: readonly string[], 
   // Fast path first (this runs on every call of every kernel): the message is built only on failure.
   const data = (t as Tensor | null)?.data;
   const shape = (t as Tensor | null)?.shape;
-  const stored = capacity === undefined ? dims : [dims[0], dims[1], capacity, ...dims.slice(3)];
-  if (data instanceof Float32Array && Array.isArray(shape) && shape.length === dims.length && shape.every((d, i) => d === dims[i]) && data.length === numel(stored)) {
-    return t as Tensor;
+  if (data instanceof Float32Array && Array.isArray(shape) && shape.length === dims.length) {
+    let same = true, floats = 1;  // a plain loop: no closure or array per call
+    for (let i = 0; i < dims.length; i++) {
+      same &&= shape[i] === dims[i];
+      floats *= i === 2 && capacity !== undefined ? capacity : dims[i];
+    }
+    if (same && data.length === floats) return t as Tensor;
   }
+  const stored = capacity === undefined ? dims : [dims[0], dims[1], capacity, ...dims.slice(3)];
   const want = `${name} shape [${names.join(',')}]=[${dims.join(',')}] (${numel(dims)} floats)`;
   if (typeof t !== 'object' || t === null || !('data' in t) || !('shape' in t)) throw new ShapeError(`Expected ${want}, got ${show(t)}`);
   if (!(data instanceof Float32Array)) throw new ShapeError(`Expected ${want} as a Float32Array, got ${show(data)}`);

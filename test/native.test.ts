@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { MultiHeadAttention } from '../src/mha.ts';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../src/io/npy.ts';
-import { ADDON_PATH, binding, getKernelPath, info, packDims, packMhaDims, setKernelPath, setNumThreads, threadsFromEnv } from '../src/native.ts';
+import { ADDON_PATH, binding, getKernelPath, info, kernelCounts, packDims, packMhaDims, resetKernelCounts, setKernelPath, setNumThreads, threadsFromEnv } from '../src/native.ts';
 import type { KvDtype } from '../src/native.ts';
 import { Rng } from '../src/random.ts';
 import { assertWithin } from './helpers/assert.ts';
@@ -109,6 +109,20 @@ test('KVSTREAM_NUM_THREADS is parsed strictly and capped; a bad value is an erro
   const ok = run('1');
   t.is(ok.status, 0, ok.stderr);
   t.is(ok.stdout.trim(), '1');
+});
+
+test('KVSTREAM_VMATH lowers the row kernels\' build at load (info().vmath), never raises it', (t) => {
+  t.true(['avx512f', 'avx2', 'baseline'].includes(info().vmath), info().vmath);
+  const vmath = (value: string | undefined) => {
+    const env = { ...process.env, KVSTREAM_VMATH: value };
+    if (value === undefined) delete env.KVSTREAM_VMATH;
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '-e', "import('./src/native.ts').then((n) => console.log(n.info().vmath))"], { env, encoding: 'utf8' });
+    t.is(r.status, 0, r.stderr);
+    return r.stdout.trim();
+  };
+  const cpu = vmath(undefined);  // what this CPU picks (this process may run under the variable)
+  t.is(vmath('baseline'), 'baseline');
+  t.is(vmath('avx2'), cpu === 'baseline' ? 'baseline' : 'avx2');
 });
 
 test.serial('the pool rethrows a task\'s exception on the caller after every task finished, and nests without deadlock', (t) => {
@@ -305,6 +319,39 @@ test.serial('a NaN in q or k gives NaN output and lse for the rows that see it, 
         binding.attnFinalize(6, 4, m, l, acc, out, lse);
         t.true(lse.every(Number.isNaN), `${path} causal=${causal}: lse ${[...lse]}`);
         t.true(out.every(Number.isNaN), `${path} causal=${causal}: output ${[...out]}`);
+      }
+    }
+  } finally {
+    setKernelPath(before);
+  }
+});
+
+test.serial('tiny heads: a NaN key poisons only the rows that see it, within one vector of rows', (t) => {
+  // H 4 over one kv head, T 4: 16 rows per kv head, two vectors of eight in tiny_update. Causal at
+  // qOffset 36, so key 38 is seen by queries 2 and 3 of each head only.
+  const d = { B: 1, H: 4, Hkv: 1, T: 4, S: 40, sCap: 40, dK: 8, dV: 4 };
+  const rng = new Rng(6);
+  const q = rng.normalTensor([1, 4, 4, 8]).data, k = rng.normalTensor([1, 1, 40, 8]).data, v = rng.normalTensor([1, 1, 40, 4]).data;
+  const bad = k.slice();
+  bad[38 * 8 + 3] = NaN;
+  const before = getKernelPath();
+  try {
+    for (const path of ['auto', 'rows'] as const) {
+      setKernelPath(path);
+      resetKernelCounts();
+      const run = (keys: Float32Array) => {
+        const m = f(16).fill(-Infinity), l = f(16), acc = f(64), out = f(64), lse = f(16);
+        binding.attnUpdate(d, { ...opts, causal: true, qOffset: 36 }, q, keys, v, m, l, acc);
+        binding.attnFinalize(16, 4, m, l, acc, out, lse);
+        return { out, lse };
+      };
+      const clean = run(k), poisoned = run(bad);
+      t.is(kernelCounts()['attn.rows.tiny'], 2, `${path}: tiny_update ran`);
+      for (let r = 0; r < 16; r++) {
+        const sees = r % 4 >= 2;
+        const row = poisoned.out.subarray(r * 4, r * 4 + 4);
+        if (sees) t.true(Number.isNaN(poisoned.lse[r]) && row.every(Number.isNaN), `${path} row ${r}: NaN expected, got lse ${poisoned.lse[r]}`);
+        else t.deepEqual([poisoned.lse[r], ...row], [clean.lse[r], ...clean.out.subarray(r * 4, r * 4 + 4)], `${path} row ${r}: unchanged by a key it does not see`);
       }
     }
   } finally {

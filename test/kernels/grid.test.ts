@@ -174,11 +174,12 @@ const PINNED: Case[] = [
 
 // Tiny heads (d_k, d_v < 16, at least 4 rows per kv head, no dropout: tiny_update, eight rows
 // per vector): W4's shape, a partial vector of rows (12 and 17 rows: 8 + 4, 8 + 8 + 1), key
-// counts off the 4-key step, causal rows that see nothing, several key blocks, d 1.
+// counts off the 4-key step, several key blocks, causal rows that see nothing, d 1.
 const TINY: Case[] = [
   pinned({ B: 2, H: 4, Hkv: 4, T: 8, S: 8, dK: 8, dV: 8, mask: 'none', p: 0, seed: 21, scale: 0, fold: 'whole', parts: [8] }),
   pinned({ B: 1, H: 8, Hkv: 2, T: 3, S: 103, dK: 5, dV: 12, mask: 'causal:mid', p: 0, seed: 22, scale: 0, fold: 'chunks', parts: [30, 2, 71] }),
-  pinned({ B: 2, H: 3, Hkv: 3, T: 17, S: 1030, dK: 15, dV: 1, mask: 'causal:neg', p: 0, seed: 23, scale: 1, fold: 'merge', parts: [513, 517] }),
+  pinned({ B: 2, H: 3, Hkv: 3, T: 17, S: 1030, dK: 15, dV: 1, mask: 'causal:end', p: 0, seed: 23, scale: 1, fold: 'merge', parts: [513, 517] }),
+  pinned({ B: 1, H: 4, Hkv: 1, T: 2, S: 9, dK: 4, dV: 4, mask: 'causal:neg', p: 0, seed: 26, scale: 0, fold: 'chunks', parts: [1, 8] }),
   pinned({ B: 1, H: 4, Hkv: 1, T: 1, S: 7, dK: 1, dV: 3, mask: 'causal:0', p: 0, seed: 24, scale: 0, fold: 'capacity', parts: [7] }),
   pinned({ B: 1, H: 2, Hkv: 2, T: 9, S: 6, dK: 12, dV: 15, mask: 'causal:end', p: 0, seed: 25, scale: 0.05, fold: 'whole', parts: [6] }),
 ];
@@ -319,12 +320,13 @@ test.serial('the lse bound rejects a result with one key missing, which a relati
 
 // ---------------------------------------------------------------------------------------------
 // linear: every GEMM entry (native/attention.cc `linear`, native/tile.cc `tile_linear`):
-//   under auto, M·K·N <= 65536: small_linear (no BLAS call: 1x64x80, 7x13x5);
+//   under auto, M·K·N <= 65536: small_linear (no BLAS call: 1x64x80, 7x13x5, and 5x16x72 for
+//   its row pairs over 32-column blocks, then 8 columns, then an odd last row);
 //   M <= 2 or a last row block of 1..2 rows: sgemv; M > 2: sgemm; few row blocks at 2 threads:
 //   split columns; M > 2, M·K·N >= 4e6, N % 16 == 0: tile_linear, w packed when N > 512, read in
 //   place otherwise, K > 256 in several passes. Under `tile` every N % 16 == 0 shape takes the tile.
 const LINEAR: [number, number, number][] = [
-  [1, 64, 80], [2, 300, 520], [7, 13, 5], [66, 40, 48], [130, 96, 1024], [100, 300, 512], [97, 200, 528], [3, 1400, 1024], [64, 64, 1040], [200, 100, 250],
+  [1, 64, 80], [2, 300, 520], [7, 13, 5], [5, 16, 72], [66, 40, 48], [130, 96, 1024], [100, 300, 512], [97, 200, 528], [3, 1400, 1024], [64, 64, 1040], [200, 100, 250],
 ];
 
 for (const [M, K, N] of LINEAR) {

@@ -19,7 +19,8 @@ import { refFeaturesBound, storageErrorBound } from '../helpers/reference-featur
 const PATHS: KernelPath[] = info().tile ? ['tile', 'blas', 'rows', 'auto'] : ['blas', 'rows', 'auto'];
 // fp32 too: paged fp32 takes the direct kernels (blocks spanning pages).
 const DTYPES: CacheDtype[] = ['fp32', 'fp16', 'bf16', 'int8'];
-const WIDTHS = [8, 20, 24, 32, 40, 64, 128, 256];
+// 8 and 12 with grouped heads (6 rows per kv head): tiny_update on converted and paged blocks.
+const WIDTHS = [8, 12, 20, 24, 32, 40, 64, 128, 256];
 const S = 530;
 
 for (const dtype of DTYPES)
