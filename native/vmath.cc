@@ -9,16 +9,17 @@
 
 namespace kvs {
 
-// Each kernel is compiled for AVX-512F, AVX2 (both with FMA) and baseline x86-64; an ifunc
-// resolver picks one as the addon loads. Not target_clones: its "avx2" clone had no FMA, so every
-// multiply-add ran as two instructions on AVX2 CPUs (half small_linear's rate here, Zen 1).
-// ELF with glibc only: MinGW, Darwin and musl have no ifunc.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__ELF__) && defined(__GLIBC__)
-#define KVS_IFUNC 1
+// Each kernel is compiled for AVX-512F, AVX2 (both with FMA) and baseline x86-64; each call
+// branches on the level read once at load. Not target_clones: its "avx2" clone had no FMA, so
+// every multiply-add ran as two instructions on AVX2 CPUs (half small_linear's rate here, Zen 1).
+// Not an ifunc: a resolver runs before the addon's own relocations are done, and its getenv
+// call crashed the load under LD_BIND_NOW=1.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define KVS_MULTI 1
 namespace {
 enum Level { BASELINE, AVX2, AVX512 };
-// What the CPU runs, lowered by KVSTREAM_VMATH=avx2|baseline (read at load: to test the other
-// variants on a machine that would not pick them).
+// What the CPU runs, lowered by KVSTREAM_VMATH=avx2|baseline (to test the other variants on a
+// machine that would not pick them).
 Level vmath_level() {
   __builtin_cpu_init();
   const bool fma = __builtin_cpu_supports("fma");
@@ -28,26 +29,26 @@ Level vmath_level() {
   if (env && std::strcmp(env, "avx2") == 0 && level > AVX2) level = AVX2;
   return level;
 }
+// Set by this file's static initialisation; a kernel called before it (from another file's
+// static initialiser) sees the zero-initialised BASELINE, which runs anywhere.
+const Level LEVEL = vmath_level();
 }  // namespace
 #define KVS_KERNEL(ret, name, params, args)                                                               \
   __attribute__((target("avx512f,fma"))) static ret name##_avx512f params { return name##_body args; }  \
   __attribute__((target("avx2,fma"))) static ret name##_avx2fma params { return name##_body args; }     \
   static ret name##_baseline params { return name##_body args; }                                          \
-  typedef ret(*name##_fn) params;                                                                         \
-  extern "C" __attribute__((visibility("hidden"))) name##_fn kvs_resolve_##name() {                       \
-    const Level level = vmath_level();                                                                    \
-    return level == AVX512 ? name##_avx512f : level == AVX2 ? name##_avx2fma : name##_baseline;          \
-  }                                                                                                       \
-  ret name params __attribute__((ifunc("kvs_resolve_" #name)));
+  ret name params {                                                                                       \
+    return LEVEL == AVX512 ? name##_avx512f args : LEVEL == AVX2 ? name##_avx2fma args : name##_baseline args; \
+  }
 #else
 #define KVS_KERNEL(ret, name, params, args) \
   ret name params { return name##_body args; }
 #endif
 
 const char* vmath_isa() {
-#ifdef KVS_IFUNC
+#ifdef KVS_MULTI
   static const char* const names[] = {"baseline", "avx2", "avx512f"};
-  return names[vmath_level()];
+  return names[LEVEL];
 #else
   return "baseline";
 #endif

@@ -1,6 +1,6 @@
 // Row kernels of the online softmax, written as plain loops the compiler vectorises. They are
-// compiled for AVX-512, AVX2+FMA and baseline x86-64 (an ifunc resolver picks one at load time),
-// so one build runs anywhere and uses the widest vectors the CPU has.
+// compiled for AVX-512, AVX2+FMA and baseline x86-64 (one picked at load time), so one build
+// runs anywhere and uses the widest vectors the CPU has.
 #pragma once
 #include <cstdint>
 

@@ -125,6 +125,22 @@ test('KVSTREAM_VMATH lowers the row kernels\' build at load (info().vmath), neve
   t.is(vmath('avx2'), cpu === 'baseline' ? 'baseline' : 'avx2');
 });
 
+// Hardened toolchains and LD_BIND_NOW resolve every symbol as the addon loads: nothing that runs
+// then (static initialisers, CPU dispatch) may call through a relocation not yet done.
+test('the addon loads and runs with every symbol bound at load (LD_BIND_NOW=1)', (t) => {
+  const script = "import('./src/native.ts').then((n) => { const f = (k) => new Float32Array(k); const m = f(8).fill(-Infinity);"
+    + " n.addon.attnUpdate(n.packDims({ B: 1, H: 8, Hkv: 1, T: 1, S: 4, sCap: 4, dK: 4, dV: 4 }), { scale: 1, causal: false, qOffset: 0, sOffset: 0, dropoutP: 0, seed: 0 },"
+    + " f(32).fill(1), f(16).fill(1), f(16).fill(2), m, f(8), f(32)); console.log(n.info().vmath, m[0]); })";
+  for (const vmath of [undefined, 'baseline']) {
+    const env = { ...process.env, LD_BIND_NOW: '1', KVSTREAM_VMATH: vmath };
+    if (vmath === undefined) delete env.KVSTREAM_VMATH;
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '-e', script], { env, encoding: 'utf8' });
+    t.is(r.signal, null, `KVSTREAM_VMATH=${vmath}: killed by ${r.signal}`);
+    t.is(r.status, 0, r.stderr);
+    t.regex(r.stdout, / 4\n$/, `KVSTREAM_VMATH=${vmath}: the fold ran (m = 4, each score 1·1·4)`);
+  }
+});
+
 test.serial('the pool rethrows a task\'s exception on the caller after every task finished, and nests without deadlock', (t) => {
   const before = info().threads;
   try {
