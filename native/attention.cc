@@ -115,7 +115,8 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
   const bool tile_path = !rows_path && path != KernelPath::Blas && kv.dtype == KvDtype::F32 && !kv.pages.block_table &&
                          !has_score_mods(opts) && tile_supported(d_k, d_v);
   // Tiny heads with several rows per kv head: eight rows per vector (tiny_update) on fp32 rows
-  // from kv_rows (in place, or converted and gathered across pages: a block's 16 KiB at most).
+  // from kv_rows (in place, or converted and gathered across pages: 512 keys of at most 15
+  // floats, 30 KiB, per block of K or V).
   const bool tiny = rows_path && d_k < TINY_D && d_v < TINY_D && group * T >= TINY_ROWS && !has_score_mods(opts) &&
                     opts.dropout_p == 0.0f;
   const bool direct = !tiny && rows_path && kv_direct(kv, d_k, d_v, group * T);

@@ -62,9 +62,10 @@ const float* kv_rows(const KvStore& kv, bool is_v, int64_t bh_kv, int64_t s_cap,
 // Row-path kernels that read storage in place, widening in registers (AVX2, FMA and F16C; runtime
 // dispatch). kv_direct says whether they serve `rows` stacked query rows per kv head on this CPU:
 // half and int8 storage and paged fp32 always; contiguous fp32 for one row (decode with
-// H = H_kv) or heads under 16 wide (attn_update sends those to tiny_update from 4 rows). When false (or KVSTREAM_KV_SIMD=off, which also sends kv_rows
-// to its portable converters) the caller runs the fp32 kernels on kv_rows blocks. One query row
-// widens in registers; several rows share each chunk of 32 keys widened into L1.
+// H = H_kv) or heads under 16 wide (attn_update sends those to tiny_update from 4 rows). When
+// false (or KVSTREAM_KV_SIMD=off, which also sends kv_rows to its portable converters) the
+// caller runs the fp32 kernels on kv_rows blocks. One query row widens in registers; several
+// rows share each chunk of 32 keys widened into L1.
 bool kv_direct(const KvStore& kv, int64_t d_k, int64_t d_v, int64_t rows);
 // Whether the direct kernels run on this CPU at all (info().kvDirect).
 bool kv_simd();

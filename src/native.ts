@@ -105,7 +105,9 @@ export interface NativeInfo {
   kvStreamBytes: number;
   /**
    * The build of the row kernels in use (native/vmath.cc): 'avx512f', 'avx2' (with FMA) or
-   * 'baseline' x86-64, chosen at load; KVSTREAM_VMATH=avx2|baseline lowers it (for testing).
+   * 'baseline' (x86-64 without either, or the one build of a non-x86 or non-GCC compile), chosen
+   * at load; KVSTREAM_VMATH=avx2|baseline lowers it (for testing; read once per process, so not
+   * from a worker thread's env).
    */
   vmath: 'avx512f' | 'avx2' | 'baseline';
   /** The kernel path in force (see setKernelPath). */

@@ -139,7 +139,7 @@ export function expectShape(name: string, t: unknown, names: readonly string[], 
   // Fast path first (this runs on every call of every kernel): the message is built only on failure.
   const data = (t as Tensor | null)?.data;
   const shape = (t as Tensor | null)?.shape;
-  if (data instanceof Float32Array && Array.isArray(shape) && shape.length === dims.length) {
+  if (data instanceof Float32Array && Array.isArray(shape) && shape.length === dims.length && (capacity === undefined || dims.length > 2)) {
     let same = true, floats = 1;  // a plain loop: no closure or array per call
     for (let i = 0; i < dims.length; i++) {
       same &&= shape[i] === dims[i];
@@ -152,7 +152,8 @@ export function expectShape(name: string, t: unknown, names: readonly string[], 
   if (typeof t !== 'object' || t === null || !('data' in t) || !('shape' in t)) throw new ShapeError(`Expected ${want}, got ${show(t)}`);
   if (!(data instanceof Float32Array)) throw new ShapeError(`Expected ${want} as a Float32Array, got ${show(data)}`);
   if (!Array.isArray(shape)) throw new ShapeError(`Expected ${want}, got shape ${show(shape)}`);
-  const same = shape.length === dims.length && shape.every((d, i) => d === dims[i]);
+  let same = shape.length === dims.length;  // indexed, as the fast path: a hole is not a dim
+  for (let i = 0; same && i < dims.length; i++) same = shape[i] === dims[i];
   if (!same) throw new ShapeError(`Expected ${want}, got shape [${shape.map(show).join(',')}] (${data.length} floats)`);
   // A cache view stores `capacity` >= S positions per head in its third axis.
   const storage = capacity === undefined ? want : `${name} storage [${names.map((n, i) => (i === 2 ? `${n}_cap` : n)).join(',')}]=[${stored.join(',')}] (${numel(stored)} floats)`;

@@ -2,7 +2,9 @@
 // (issue 7's crashes, each reproduced here), the thread pool's error and nesting rules, the
 // thread-count variable, and kernels running from several worker_threads at once.
 import test from 'ava';
+import type { ExecutionContext } from 'ava';
 import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { MultiHeadAttention } from '../src/mha.ts';
@@ -111,33 +113,49 @@ test('KVSTREAM_NUM_THREADS is parsed strictly and capped; a bad value is an erro
   t.is(ok.stdout.trim(), '1');
 });
 
-test('KVSTREAM_VMATH lowers the row kernels\' build at load (info().vmath), never raises it', (t) => {
+/** The level vmath should pick here by /proc/cpuinfo's flags (Linux x86-64), else undefined. */
+function cpuinfoLevel(): string | undefined {
+  if (process.platform !== 'linux' || process.arch !== 'x64' || !existsSync('/proc/cpuinfo')) return undefined;
+  const flags = new Set(/^flags\s*:(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1].trim().split(/\s+/) ?? []);
+  return flags.has('fma') && flags.has('avx512f') ? 'avx512f' : flags.has('fma') && flags.has('avx2') ? 'avx2' : 'baseline';
+}
+
+/** info().vmath in a child process with KVSTREAM_VMATH set to `value` (unset: undefined). */
+function childVmath(t: ExecutionContext, value: string | undefined, extraEnv: Record<string, string> = {}): string {
+  const env = { ...process.env, ...extraEnv, KVSTREAM_VMATH: value };
+  if (value === undefined) delete env.KVSTREAM_VMATH;
+  const r = spawnSync(process.execPath, ['--import', 'tsx', '-e', "import('./src/native.ts').then((n) => console.log(n.info().vmath))"], { env, encoding: 'utf8' });
+  t.is(r.signal, null, `KVSTREAM_VMATH=${value}: killed by ${r.signal}`);
+  t.is(r.status, 0, r.stderr);
+  return r.stdout.trim();
+}
+
+test('info().vmath is what the CPU supports; KVSTREAM_VMATH lowers it at load, never raises it', (t) => {
   t.true(['avx512f', 'avx2', 'baseline'].includes(info().vmath), info().vmath);
-  const vmath = (value: string | undefined) => {
-    const env = { ...process.env, KVSTREAM_VMATH: value };
-    if (value === undefined) delete env.KVSTREAM_VMATH;
-    const r = spawnSync(process.execPath, ['--import', 'tsx', '-e', "import('./src/native.ts').then((n) => console.log(n.info().vmath))"], { env, encoding: 'utf8' });
-    t.is(r.status, 0, r.stderr);
-    return r.stdout.trim();
-  };
-  const cpu = vmath(undefined);  // what this CPU picks (this process may run under the variable)
-  t.is(vmath('baseline'), 'baseline');
-  t.is(vmath('avx2'), cpu === 'baseline' ? 'baseline' : 'avx2');
+  const cpu = childVmath(t, undefined);  // this process itself may run under the variable
+  const expected = cpuinfoLevel();
+  if (expected) t.is(cpu, expected, 'the level /proc/cpuinfo\'s flags give (fma with avx512f or avx2)');
+  else t.log('no /proc/cpuinfo on this platform: the unset level is not cross-checked');
+  t.is(childVmath(t, 'baseline'), 'baseline');
+  t.is(childVmath(t, 'avx2'), cpu === 'baseline' ? 'baseline' : 'avx2');
 });
 
-// Hardened toolchains and LD_BIND_NOW resolve every symbol as the addon loads: nothing that runs
-// then (static initialisers, CPU dispatch) may call through a relocation not yet done.
+// Hardened toolchains (-z now) and LD_BIND_NOW bind every symbol as the addon loads, before its
+// static initialisers run: code that runs during binding (an ifunc resolver) must not call
+// through a relocation not yet done. A resolver calling getenv crashed the load this way.
 test('the addon loads and runs with every symbol bound at load (LD_BIND_NOW=1)', (t) => {
   const script = "import('./src/native.ts').then((n) => { const f = (k) => new Float32Array(k); const m = f(8).fill(-Infinity);"
     + " n.addon.attnUpdate(n.packDims({ B: 1, H: 8, Hkv: 1, T: 1, S: 4, sCap: 4, dK: 4, dV: 4 }), { scale: 1, causal: false, qOffset: 0, sOffset: 0, dropoutP: 0, seed: 0 },"
     + " f(32).fill(1), f(16).fill(1), f(16).fill(2), m, f(8), f(32)); console.log(n.info().vmath, m[0]); })";
+  const cpu = childVmath(t, undefined);
   for (const vmath of [undefined, 'baseline']) {
     const env = { ...process.env, LD_BIND_NOW: '1', KVSTREAM_VMATH: vmath };
     if (vmath === undefined) delete env.KVSTREAM_VMATH;
     const r = spawnSync(process.execPath, ['--import', 'tsx', '-e', script], { env, encoding: 'utf8' });
     t.is(r.signal, null, `KVSTREAM_VMATH=${vmath}: killed by ${r.signal}`);
     t.is(r.status, 0, r.stderr);
-    t.regex(r.stdout, / 4\n$/, `KVSTREAM_VMATH=${vmath}: the fold ran (m = 4, each score 1·1·4)`);
+    // m = 4: each score is 1·1 summed over d 4, on the level the variable asks for.
+    t.is(r.stdout.trim(), `${vmath ?? cpu} 4`, `KVSTREAM_VMATH=${vmath}: level and fold`);
   }
 });
 
@@ -344,12 +362,13 @@ test.serial('a NaN in q or k gives NaN output and lse for the rows that see it, 
 
 test.serial('tiny heads: a NaN key poisons only the rows that see it, within one vector of rows', (t) => {
   // H 4 over one kv head, T 4: 16 rows per kv head, two vectors of eight in tiny_update. Causal at
-  // qOffset 36, so key 38 is seen by queries 2 and 3 of each head only.
-  const d = { B: 1, H: 4, Hkv: 1, T: 4, S: 40, sCap: 40, dK: 8, dV: 4 };
+  // qOffset 596 over 600 keys (two blocks of 512), so key 598, in the second block, is seen by
+  // queries 2 and 3 of each head only.
+  const d = { B: 1, H: 4, Hkv: 1, T: 4, S: 600, sCap: 600, dK: 8, dV: 4 };
   const rng = new Rng(6);
-  const q = rng.normalTensor([1, 4, 4, 8]).data, k = rng.normalTensor([1, 1, 40, 8]).data, v = rng.normalTensor([1, 1, 40, 4]).data;
+  const q = rng.normalTensor([1, 4, 4, 8]).data, k = rng.normalTensor([1, 1, 600, 8]).data, v = rng.normalTensor([1, 1, 600, 4]).data;
   const bad = k.slice();
-  bad[38 * 8 + 3] = NaN;
+  bad[598 * 8 + 3] = NaN;
   const before = getKernelPath();
   try {
     for (const path of ['auto', 'rows'] as const) {
@@ -357,7 +376,7 @@ test.serial('tiny heads: a NaN key poisons only the rows that see it, within one
       resetKernelCounts();
       const run = (keys: Float32Array) => {
         const m = f(16).fill(-Infinity), l = f(16), acc = f(64), out = f(64), lse = f(16);
-        binding.attnUpdate(d, { ...opts, causal: true, qOffset: 36 }, q, keys, v, m, l, acc);
+        binding.attnUpdate(d, { ...opts, causal: true, qOffset: 596 }, q, keys, v, m, l, acc);
         binding.attnFinalize(16, 4, m, l, acc, out, lse);
         return { out, lse };
       };

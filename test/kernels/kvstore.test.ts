@@ -26,6 +26,7 @@ const S = 530;
 for (const dtype of DTYPES)
   test.serial(`${dtype} cache: every head width, one and several query rows, contiguous and paged, every path, 1 and 2 threads`, (t) => {
     const restore = { threads: info().threads, path: getKernelPath() };
+    resetKernelCounts();
     try {
       for (const [i, d] of WIDTHS.entries())
         for (const [H, Hkv, T] of [[2, 2, 1], [4, 2, 3]])
@@ -47,6 +48,7 @@ for (const dtype of DTYPES)
                 if (!assertWithin(t, got.lse.data, ref.lse, ref.lseBound, `${label} lse`, [B, H, T])) return;
               }
           }
+      t.true(kernelCounts()['attn.rows.tiny'] > 0, `${dtype}: widths 8 and 12 with 6 rows per kv head took tiny_update`);
     } finally {
       setKernelPath(restore.path);
       setNumThreads(restore.threads);
