@@ -187,7 +187,7 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
   }
 
   if (tile_path) {
-    // One task per (b, h, query block), on the AVX-512 tile kernel.
+    // One task per (b, h, query block), on the tile kernel.
     count(attn_tile);
     const int64_t q_blocks = (T + TILE_TQ - 1) / TILE_TQ;
     parallel_for(B * H * q_blocks, [&](int64_t task) {

@@ -943,7 +943,7 @@ NAN_METHOD(SetKernelPath) {
                             kvs::KernelPath::Deterministic}) {
     if (name != kvs::kernel_path_name(p)) continue;
     if (p == kvs::KernelPath::Tile && !kvs::tile_available())
-      return c.range_error("path 'tile' needs the AVX-512 tile kernel, which this CPU or build lacks (info().tile is false)");
+      return c.range_error("path 'tile' needs the tile kernel (AVX-512F or AVX2 with FMA), which this CPU or build lacks or KVSTREAM_TILE=off turned off (info().tile is false)");
     return kvs::set_kernel_path(p);
   }
   c.range_error("path must be one of 'auto', 'tile', 'blas', 'rows', 'deterministic', got '" + utf8_prefix(name, 64) + "'");

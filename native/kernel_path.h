@@ -24,9 +24,9 @@ const char* kernel_path_name(KernelPath p);
 #define KVS_COUNTERS(X)                                                                        \
   X(attn_rows_tiny, "attn.rows.tiny") X(attn_rows_direct, "attn.rows.direct") X(attn_rows_sgemv, "attn.rows.sgemv") X(attn_rows_dot, "attn.rows.dot") \
   X(attn_rows_sgemm, "attn.rows.sgemm") X(attn_blas, "attn.blas") X(attn_tile, "attn.tile")    \
-  X(attn_deterministic, "attn.deterministic") X(tile_softmax_2, "tile.softmax_columns.2")       \
-  X(tile_softmax_4, "tile.softmax_columns.4") X(tile_softmax_6, "tile.softmax_columns.6")       \
-  X(tile_softmax_8, "tile.softmax_columns.8") X(tile_pv_tile, "tile.pv_tile")                   \
+  X(attn_deterministic, "attn.deterministic") X(tile_softmax_32, "tile.softmax.q32")       \
+  X(tile_softmax_64, "tile.softmax.q64") X(tile_softmax_96, "tile.softmax.q96")       \
+  X(tile_softmax_128, "tile.softmax.q128") X(tile_pv_tile, "tile.pv_tile")                   \
   X(tile_pv_tail_1, "tile.pv_tail.1") X(tile_pv_tail_2, "tile.pv_tail.2")                       \
   X(tile_pv_tail_3, "tile.pv_tail.3") X(tile_pv_tail_4, "tile.pv_tail.4")                       \
   X(tile_pv_tail_5, "tile.pv_tail.5") X(linear_tile_packed, "linear.tile.packed")               \

@@ -1,7 +1,8 @@
-// AVX-512 attention tile: one query block against all keys of one head, with the scores kept
-// transposed (keys × queries) so that scores, softmax and both products vectorise over
-// queries and no BLAS packing is needed. Used when the CPU has AVX-512F and d_k, d_v are
-// multiples of 16; everything else takes the BLAS path.
+// Attention tile: one query block against all keys of one head, with the scores kept transposed
+// (keys × queries) so that scores, softmax and both products vectorise over queries and no BLAS
+// packing is needed. Built for AVX-512F and for AVX2 + FMA (native/tile_kernels.inc, one body),
+// used at the row kernels' level (info().vmath) when d_k, d_v are multiples of 16; everything
+// else takes the BLAS path.
 #pragma once
 #include <cstdint>
 
@@ -9,7 +10,7 @@
 
 namespace kvs {
 
-// The CPU has AVX-512F and KVSTREAM_TILE is not "off".
+// The CPU has AVX-512F or AVX2 + FMA (as vmath_isa() reports) and KVSTREAM_TILE is not "off".
 bool tile_available();
 
 // tile_available() and both head widths are multiples of 16.

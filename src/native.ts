@@ -90,7 +90,10 @@ export interface NativeInfo {
   /** kvstream's worker threads (OpenBLAS stays at one thread inside them). */
   threads: number;
   blasThreads: number;
-  /** Whether the AVX-512 attention/GEMM tile runs (off without AVX-512F or with KVSTREAM_TILE=off). */
+  /**
+   * Whether kvstream's attention/GEMM tile runs, built for `vmath`'s level (AVX-512F or AVX2 + FMA);
+   * off at 'baseline' or with KVSTREAM_TILE=off.
+   */
   tile: boolean;
   /**
    * Whether the row path's direct kernels run (AVX2, FMA and F16C, and not KVSTREAM_KV_SIMD=off):
@@ -117,7 +120,7 @@ export interface NativeInfo {
 /**
  * Which kernels run, process-wide (all threads and worker_threads share it):
  * - `auto`: the fastest applicable path (default);
- * - `tile`: the AVX-512 tile wherever d_k, d_v are multiples of 16 (also T <= 16) and for
+ * - `tile`: the tile (AVX-512F or AVX2 + FMA) wherever d_k, d_v are multiples of 16 (also T <= 16) and for
  *   linear; only where `info().tile` is true;
  * - `blas`: the query-block BLAS path for every T, BLAS for linear;
  * - `rows`: the row path (a kv head's query rows stacked) for every T;

@@ -81,10 +81,10 @@ test('a fully masked row gives output 0 and lse -inf, never NaN', (t) => {
   }
 });
 
-// The AVX-512 tile (d_k, d_v multiples of 16, T > 16) with every edge at once: a query block of
-// 128 plus a tail of 2, key blocks of 512 plus a tail that is not a multiple of its 12-key
-// micro-tile, the causal diagonal inside a block, dropout, grouped heads. (Where the CPU lacks
-// AVX-512 or KVSTREAM_TILE=off, the same case checks the BLAS path.)
+// The tile (d_k, d_v multiples of 16, T > 16) with every edge at once: a query block of 128 plus
+// a tail of 2, key blocks of 512 plus a tail that is not a multiple of its 12-key (AVX-512) or
+// 6-key (AVX2) micro-tile, the causal diagonal inside a block, dropout, grouped heads. (Where
+// info().tile is false, the same case checks the BLAS path.)
 test('tile-shaped case: d 64, T 130, S 1100, causal, dropout, grouped heads', (t) => {
   const [B, H, Hkv, T, S, dK, dV] = [1, 4, 2, 130, 1100, 64, 48];
   const rng = new Rng(99);

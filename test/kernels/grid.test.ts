@@ -17,7 +17,7 @@ import { assertWithin, checkWithin, unravel } from '../helpers/assert.ts';
 import { refAttentionBound, refKeepMask, refLinearBound, refModuleBound } from '../helpers/reference.ts';
 
 const TILE = info().tile;
-// 'tile' only where the CPU has AVX-512F and KVSTREAM_TILE is not off (setKernelPath throws otherwise).
+// 'tile' only where info().tile (AVX-512F or AVX2 + FMA, KVSTREAM_TILE not off; setKernelPath throws otherwise).
 const PATHS: KernelPath[] = TILE ? ['tile', 'blas', 'rows', 'auto', 'deterministic'] : ['blas', 'rows', 'auto', 'deterministic'];
 const THREADS = [1, 2];
 const restore = { threads: info().threads, path: getKernelPath() };
@@ -267,18 +267,19 @@ test.serial('the attention design covers every axis value, the pinned shapes and
     t.deepEqual(missing, [], `axis ${a}: values never used`);
   }
   const tileable = (c: Case) => c.dK % 16 === 0 && c.dV % 16 === 0;
-  // Each query count with tile-able widths: every tq mod 6 (P·V tail) and tq/32 (softmax width).
+  // Each query count with tile-able widths: every tq mod 6 (P·V tail) and padded width.
   for (const T of AXES.T) t.true(CASES.some((c) => c.T === T && tileable(c)), `T ${T} with d_k, d_v multiples of 16`);
   // What the tile kernel (native/tile.cc) sees on these cases, also where this CPU has no tile:
-  // query blocks of up to 128, softmax over ceil(tq/32)·2 vectors, P·V tails of tq mod 6 rows.
+  // query blocks of up to 128 padded to 32, 64, 96 or 128 (the softmax counters), P·V tails of
+  // tq mod 6 rows.
   const widths = new Set<number>(), tails = new Set<number>();
   for (const c of CASES.filter(tileable))
     for (let t0 = 0; t0 < c.T; t0 += 128) {
       const tq = Math.min(128, c.T - t0);
-      widths.add(Math.ceil(tq / 32) * 2);
+      widths.add(Math.ceil(tq / 32) * 32);
       if (tq % 6) tails.add(tq % 6);
     }
-  t.deepEqual([...widths].sort(), [2, 4, 6, 8], 'softmax_columns widths');
+  t.deepEqual([...widths].sort((a, b) => a - b), [32, 64, 96, 128], 'padded query block widths');
   t.deepEqual([...tails].sort(), [1, 2, 3, 4, 5], 'pv_tail row counts');
   t.true(CASES.some((c) => tileable(c) && c.T > 16 && c.fold === 'chunks' && c.parts.length > 1), 'T > 16 streamed with sOffset > 0 into the tile/BLAS path');
   t.true(CASES.some((c) => tileable(c) && c.T > 16 && c.S > 1024 && c.S % 512 !== 0), 'T > 16 over three key blocks, ragged');
@@ -323,10 +324,11 @@ test.serial('the lse bound rejects a result with one key missing, which a relati
 //   under auto, M·K·N <= 65536: small_linear (no BLAS call: 1x64x80, 7x13x5, and 5x16x72 for
 //   its row pairs over 32-column blocks, then 8 columns, then an odd last row);
 //   M <= 2 or a last row block of 1..2 rows: sgemv; M > 2: sgemm; few row blocks at 2 threads:
-//   split columns; M > 2, M·K·N >= 4e6, N % 16 == 0: tile_linear, w packed when N > 512, read in
-//   place otherwise, K > 256 in several passes. Under `tile` every N % 16 == 0 shape takes the tile.
+//   split columns; M > 2, M·K·N >= 4e6, N % 16 == 0: tile_linear, w packed when N > 512 (AVX-512)
+//   or N > 16 (AVX2), read in place otherwise (40x24x16 under `tile`), K > 256 in several passes.
+//   Under `tile` every N % 16 == 0 shape takes the tile.
 const LINEAR: [number, number, number][] = [
-  [1, 64, 80], [2, 300, 520], [7, 13, 5], [5, 16, 72], [66, 40, 48], [130, 96, 1024], [100, 300, 512], [97, 200, 528], [3, 1400, 1024], [64, 64, 1040], [200, 100, 250],
+  [1, 64, 80], [2, 300, 520], [7, 13, 5], [5, 16, 72], [66, 40, 48], [130, 96, 1024], [100, 300, 512], [97, 200, 528], [3, 1400, 1024], [64, 64, 1040], [200, 100, 250], [40, 24, 16],
 ];
 
 for (const [M, K, N] of LINEAR) {
@@ -377,7 +379,7 @@ test.serial('every kernel counter was reached by the grid (tile-only counters ne
   const names = Object.keys(counts);
   t.true(names.length > 0, 'kernelCounts() lists the counters');
   const skipped = TILE ? [] : names.filter(TILE_ONLY);
-  if (skipped.length) t.log(`info().tile is false (no AVX-512F or KVSTREAM_TILE=off): not required here: ${skipped.join(', ')}`);
+  if (skipped.length) t.log(`info().tile is false (no AVX2 + FMA, KVSTREAM_VMATH=baseline or KVSTREAM_TILE=off): not required here: ${skipped.join(', ')}`);
   // One fp32 row per kv head takes the direct kernels where they run, sgemv elsewhere (the
   // KVSTREAM_KV_SIMD=off run of test/kernels/kvstore.test.ts covers sgemv's numbers).
   skipped.push(info().kvDirect ? 'attn.rows.sgemv' : 'attn.rows.direct');
