@@ -10,7 +10,7 @@
 
 namespace kvs {
 
-// auto: the fastest applicable path. tile: the AVX-512 tile wherever the head widths allow it
+// auto: the fastest applicable path. tile: the tile (AVX-512F or AVX2 + FMA) wherever the head widths allow it
 // (also for T <= 16) and for linear. blas: the query-block BLAS path for every T and BLAS for
 // linear. rows: the row path (query rows stacked per kv head) for every T. deterministic:
 // fixed-order scalar kernels with float64 accumulation and kvstream's own exp/log (exact.h), so

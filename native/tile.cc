@@ -45,6 +45,9 @@ bool tile_supported(int64_t d_k, int64_t d_v) { return tile_available() && d_k %
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 
+// The two instantiations, internal to this file (so GCC may inline across them as before).
+namespace {
+
 // AVX-512F: 16 lanes, 32 registers (scores 12 keys × 32 queries, P·V 6 rows × 64 columns).
 namespace avx512 {
 typedef float V __attribute__((vector_size(64)));
@@ -53,7 +56,7 @@ constexpr int W = 16, JN = 12, NVMAX = 4, SMAX_NT = 8;
 constexpr int64_t PACK_ABOVE = 512;  // rows of w up to 2 KiB apart stream well in place
 #define KVS_TGT __attribute__((target("avx512f,fma")))
 // One vbroadcastss (folded into the FMA as a memory operand).
-__attribute__((target("avx512f,fma"), always_inline)) inline V bcast(const float* p) { return (V)_mm512_set1_ps(*p); }
+KVS_TGT __attribute__((always_inline)) inline V bcast(const float* p) { return (V)_mm512_set1_ps(*p); }
 #include "tile_kernels.inc"
 #undef KVS_TGT
 }  // namespace avx512
@@ -68,20 +71,33 @@ constexpr int W = 8, JN = 6, NVMAX = 2, SMAX_NT = 4;
 // alias in L1 (Zen 1, N 512: 29 GFLOP/s in place, 35 packed).
 constexpr int64_t PACK_ABOVE = NVMAX * W;
 #define KVS_TGT __attribute__((target("avx2,fma")))
-__attribute__((target("avx2,fma"), always_inline)) inline V bcast(const float* p) { return (V)_mm256_set1_ps(*p); }
+KVS_TGT __attribute__((always_inline)) inline V bcast(const float* p) { return (V)_mm256_set1_ps(*p); }
 #include "tile_kernels.inc"
 #undef KVS_TGT
 }  // namespace avx2
 
+// tile_available() is false at TileIsa::None, so the dispatchers never see it; reaching it is a bug.
+[[noreturn]] void no_tile(const char* what) {
+  throw std::logic_error(std::string(what) + ": called with the tile off (info().tile is false)");
+}
+
+}  // namespace
+
 void tile_update(const AttnOpts& o, int64_t b, int64_t h, const float* q, int64_t tq, int64_t t_abs0, const float* k,
                  const float* v, int64_t S, int64_t d_k, int64_t d_v, float* m, float* l, float* acc) {
-  if (tile_isa() == TileIsa::Avx512) return avx512::tile_update(o, b, h, q, tq, t_abs0, k, v, S, d_k, d_v, m, l, acc);
-  avx2::tile_update(o, b, h, q, tq, t_abs0, k, v, S, d_k, d_v, m, l, acc);
+  switch (tile_isa()) {
+    case TileIsa::Avx512: return avx512::tile_update(o, b, h, q, tq, t_abs0, k, v, S, d_k, d_v, m, l, acc);
+    case TileIsa::Avx2: return avx2::tile_update(o, b, h, q, tq, t_abs0, k, v, S, d_k, d_v, m, l, acc);
+    default: no_tile("tile_update");
+  }
 }
 
 void tile_linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w, const float* b, float* y) {
-  if (tile_isa() == TileIsa::Avx512) return avx512::tile_linear(M, K, N, x, w, b, y);
-  avx2::tile_linear(M, K, N, x, w, b, y);
+  switch (tile_isa()) {
+    case TileIsa::Avx512: return avx512::tile_linear(M, K, N, x, w, b, y);
+    case TileIsa::Avx2: return avx2::tile_linear(M, K, N, x, w, b, y);
+    default: no_tile("tile_linear");
+  }
 }
 
 #else

@@ -120,24 +120,36 @@ function cpuinfoLevel(): string | undefined {
   return flags.has('fma') && flags.has('avx512f') ? 'avx512f' : flags.has('fma') && flags.has('avx2') ? 'avx2' : 'baseline';
 }
 
-/** info().vmath in a child process with KVSTREAM_VMATH set to `value` (unset: undefined). */
-function childVmath(t: ExecutionContext, value: string | undefined, extraEnv: Record<string, string> = {}): string {
-  const env = { ...process.env, ...extraEnv, KVSTREAM_VMATH: value };
+/** The tile runs at vmath's level: AVX-512F or AVX2 + FMA, unless KVSTREAM_TILE=off. */
+const tileExpected = (vmath: string, tileEnv: string | undefined) => vmath !== 'baseline' && tileEnv !== 'off';
+
+/**
+ * info().vmath and info().tile in a child process with KVSTREAM_VMATH set to `value` (unset:
+ * undefined) and KVSTREAM_TILE as in `extraEnv` (unset otherwise).
+ */
+function childLevels(t: ExecutionContext, value: string | undefined, extraEnv: Record<string, string> = {}): { vmath: string; tile: boolean } {
+  const env: NodeJS.ProcessEnv = { ...process.env, ...extraEnv, KVSTREAM_VMATH: value };
   if (value === undefined) delete env.KVSTREAM_VMATH;
-  const r = spawnSync(process.execPath, ['--import', 'tsx', '-e', "import('./src/native.ts').then((n) => console.log(n.info().vmath))"], { env, encoding: 'utf8' });
+  if (extraEnv.KVSTREAM_TILE === undefined) delete env.KVSTREAM_TILE;
+  const code = "import('./src/native.ts').then((n) => console.log(JSON.stringify({ vmath: n.info().vmath, tile: n.info().tile })))";
+  const r = spawnSync(process.execPath, ['--import', 'tsx', '-e', code], { env, encoding: 'utf8' });
   t.is(r.signal, null, `KVSTREAM_VMATH=${value}: killed by ${r.signal}`);
   t.is(r.status, 0, r.stderr);
-  return r.stdout.trim();
+  return JSON.parse(r.stdout) as { vmath: string; tile: boolean };
 }
 
-test('info().vmath is what the CPU supports; KVSTREAM_VMATH lowers it at load, never raises it', (t) => {
+test('info().vmath is what the CPU supports; KVSTREAM_VMATH lowers it at load, never raises it; the tile follows it', (t) => {
   t.true(['avx512f', 'avx2', 'baseline'].includes(info().vmath), info().vmath);
-  const cpu = childVmath(t, undefined);  // this process itself may run under the variable
+  t.is(info().tile, tileExpected(info().vmath, process.env.KVSTREAM_TILE), `this process: tile at vmath ${info().vmath}, KVSTREAM_TILE=${process.env.KVSTREAM_TILE}`);
+  const cpu = childLevels(t, undefined);  // this process itself may run under the variables
   const expected = cpuinfoLevel();
-  if (expected) t.is(cpu, expected, 'the level /proc/cpuinfo\'s flags give (fma with avx512f or avx2)');
+  if (expected) t.is(cpu.vmath, expected, 'the level /proc/cpuinfo\'s flags give (fma with avx512f or avx2)');
   else t.log('no /proc/cpuinfo on this platform: the unset level is not cross-checked');
-  t.is(childVmath(t, 'baseline'), 'baseline');
-  t.is(childVmath(t, 'avx2'), cpu === 'baseline' ? 'baseline' : 'avx2');
+  t.is(cpu.tile, tileExpected(cpu.vmath, undefined), `tile at vmath ${cpu.vmath}`);
+  t.deepEqual(childLevels(t, 'baseline'), { vmath: 'baseline', tile: false });
+  const avx2 = cpu.vmath === 'baseline' ? 'baseline' : 'avx2';
+  t.deepEqual(childLevels(t, 'avx2'), { vmath: avx2, tile: avx2 === 'avx2' });
+  t.deepEqual(childLevels(t, undefined, { KVSTREAM_TILE: 'off' }), { vmath: cpu.vmath, tile: false }, 'KVSTREAM_TILE=off');
 });
 
 // Hardened toolchains (-z now) and LD_BIND_NOW bind every symbol as the addon loads, before its
@@ -147,7 +159,7 @@ test('the addon loads and runs with every symbol bound at load (LD_BIND_NOW=1)',
   const script = "import('./src/native.ts').then((n) => { const f = (k) => new Float32Array(k); const m = f(8).fill(-Infinity);"
     + " n.addon.attnUpdate(n.packDims({ B: 1, H: 8, Hkv: 1, T: 1, S: 4, sCap: 4, dK: 4, dV: 4 }), { scale: 1, causal: false, qOffset: 0, sOffset: 0, dropoutP: 0, seed: 0 },"
     + " f(32).fill(1), f(16).fill(1), f(16).fill(2), m, f(8), f(32)); console.log(n.info().vmath, m[0]); })";
-  const cpu = childVmath(t, undefined);
+  const cpu = childLevels(t, undefined).vmath;
   for (const vmath of [undefined, 'baseline']) {
     const env = { ...process.env, LD_BIND_NOW: '1', KVSTREAM_VMATH: vmath };
     if (vmath === undefined) delete env.KVSTREAM_VMATH;

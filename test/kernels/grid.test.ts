@@ -269,7 +269,7 @@ test.serial('the attention design covers every axis value, the pinned shapes and
   const tileable = (c: Case) => c.dK % 16 === 0 && c.dV % 16 === 0;
   // Each query count with tile-able widths: every tq mod 6 (P·V tail) and padded width.
   for (const T of AXES.T) t.true(CASES.some((c) => c.T === T && tileable(c)), `T ${T} with d_k, d_v multiples of 16`);
-  // What the tile kernel (native/tile.cc) sees on these cases, also where this CPU has no tile:
+  // What the tile kernel (native/tile_kernels.inc) sees on these cases, also where this CPU has no tile:
   // query blocks of up to 128 padded to 32, 64, 96 or 128 (the softmax counters), P·V tails of
   // tq mod 6 rows.
   const widths = new Set<number>(), tails = new Set<number>();
