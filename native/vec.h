@@ -36,29 +36,11 @@ constexpr float EXP_MIN = -87.3f;  // exp(-87.3) ~ 1.2e-38, the smallest normal 
 // exp(y) for y <= 0: y = k·ln2 + r with integer k = ceil(y·log2e - 1/2), so |r| <= ln2/2
 // (ln2 split in two so k·ln2 is exact); exp(r) by its Taylor polynomial to r^6, relative error
 // < 2.3e-7 (measured over [-87, 0]); times 2^k built in the exponent bits. y < EXP_MIN (and -inf) gives 0.
-template <typename V, typename VI>
-KVS_INLINE V exp_nonpos_t(V y0) {
-  const VI tiny = y0 < (V{} + EXP_MIN);
-  const V y = tiny ? V{} + EXP_MIN : y0;
-  const VI ki = __builtin_convertvector(y * LOG2E - 0.5f, VI);  // truncation = ceil: argument <= 0
-  const V k = __builtin_convertvector(ki, V);
-  const V r = (y - k * LN2_HI) - k * LN2_LO;
-  V p = V{} + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const V e = p * (V)((ki + 127) << 23);
-  return tiny ? V{} : e;
-}
-KVS_INLINE vf exp_nonpos(vf y0) { return exp_nonpos_t<vf, vi>(y0); }
-
-// exp_nonpos_t of N vectors in place, each step taken across all N before the next: N
-// independent chains in flight. Written one vector at a time, GCC emitted each exp's ~40-cycle
+// On N vectors in place, each step taken across all N before the next: N independent chains in
+// flight. Written one vector at a time, GCC emitted each exp's ~40-cycle
 // chain whole and Zen 1's small FP scheduler could not overlap them (the AVX2 tile's softmax ran
-// at a third of its throughput). Same operations per lane, so the same bits.
+// at a third of its throughput). exp_nonpos_t is the one-vector case, so every caller gets the
+// same bits per lane.
 template <int N, typename V, typename VI>
 KVS_INLINE void exp_nonpos_n(V (&y)[N]) {
   VI tiny[N], ki[N];
@@ -89,6 +71,14 @@ KVS_INLINE void exp_nonpos_n(V (&y)[N]) {
 #pragma GCC unroll 8
   for (int i = 0; i < N; ++i) y[i] = tiny[i] ? V{} : p[i] * (V)((ki[i] + 127) << 23);
 }
+
+template <typename V, typename VI>
+KVS_INLINE V exp_nonpos_t(V y0) {
+  V y[1] = {y0};
+  exp_nonpos_n<1, V, VI>(y);
+  return y[0];
+}
+KVS_INLINE vf exp_nonpos(vf y0) { return exp_nonpos_t<vf, vi>(y0); }
 
 }  // namespace vec
 }  // namespace kvs
