@@ -561,17 +561,15 @@ KVS_AVX2 void widen(const typename L::T* x, const float* scale, int64_t n, int64
 
 // The online softmax's row max and exp-sum (vmath.h) in 8-lane vectors, same polynomial: on
 // AVX2 without AVX-512, GCC compiles vmath's 16-float compares to scalar code.
-typedef float v8 __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
+using vec::v8;
+using vec::v8i;
 
 KVS_AVX2 float row_max8(const float* x, int64_t n) {
   constexpr float NEG_INF = -std::numeric_limits<float>::infinity();
   v8 m = v8{} + NEG_INF;
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    v8 x_i;
-    std::memcpy(&x_i, x + i, sizeof x_i);
-    m = vec::vmax_t(m, x_i);
+    m = vec::vmax_t(m, vec::load<v8>(x + i));
   }
   float r = NEG_INF;
   for (int j = 0; j < 8; ++j) r = r > m[j] || r != r ? r : m[j];  // NaN propagates
@@ -583,10 +581,8 @@ KVS_AVX2 float exp_sub_sum8(float* x, int64_t n, float m) {
   v8 sum = {};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    v8 x_i;
-    std::memcpy(&x_i, x + i, sizeof x_i);
-    const v8 e = vec::exp_nonpos_t<v8, v8i>(x_i - m);
-    std::memcpy(x + i, &e, sizeof e);
+    const v8 e = vec::exp_nonpos_t<v8, v8i>(vec::load<v8>(x + i) - m);
+    vec::store(x + i, e);
     sum += e;
   }
   if (i < n) {  // tail: pad with -inf, whose exp is 0

@@ -29,8 +29,8 @@ TileIsa tile_isa() {
   static const TileIsa isa = [] {
     const char* env = getenv("KVSTREAM_TILE");
     if (env && std::string(env) == "off") return TileIsa::None;
-    const std::string level = vmath_isa();
-    return level == "avx512f" ? TileIsa::Avx512 : level == "avx2" ? TileIsa::Avx2 : TileIsa::None;
+    const Isa level = vmath_level();
+    return level == Isa::Avx512f ? TileIsa::Avx512 : level == Isa::Avx2 ? TileIsa::Avx2 : TileIsa::None;
   }();
   return isa;
 #else

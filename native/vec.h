@@ -1,6 +1,6 @@
-// 16-float vectors (GCC vector extensions) and a branch-free exp for any float vector type,
-// shared by the row kernels (vmath.cc, kvstore.cc) and the tile kernels (tile_kernels.inc, with
-// their own 8- or 16-lane types). Everything is always_inline, so each caller compiles it for its
+// 16- and 8-float vectors (GCC vector extensions), their loads, stores and a branch-free exp for
+// any float vector type, shared by the row kernels (vmath.cc, kvstore.cc) and the tile kernels
+// (tile_kernels.inc, with their own 8- or 16-lane types). Everything is always_inline, so each caller compiles it for its
 // own target.
 #pragma once
 #include <cstdint>
@@ -12,20 +12,26 @@ namespace vec {
 typedef float vf __attribute__((vector_size(64)));
 typedef int32_t vi __attribute__((vector_size(64)));
 constexpr int W = 16;
+// 8 lanes, for AVX2 kernels: GCC lowers compares of 16-float vectors to scalar code there.
+typedef float v8 __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
 
 #define KVS_INLINE static inline __attribute__((always_inline))
 
-KVS_INLINE vf load(const float* p) {
-  vf v;
+// Unaligned load and store of any float vector type V (memcpy: one vmovups, no alignment assumed).
+template <typename V = vf>
+KVS_INLINE V load(const float* p) {
+  V v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-KVS_INLINE void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+template <typename V>
+KVS_INLINE void store(float* p, V v) { std::memcpy(p, &v, sizeof v); }
 // A broadcast for non-hot paths (GCC keeps an add of 0; hot loops use the ISA's broadcast).
-KVS_INLINE vf splat(float a) { return vf{} + a; }
+template <typename V = vf>
+KVS_INLINE V splat(float a) { return V{} + a; }
 // max that propagates a NaN in either argument (a NaN score must not pass for a masked key).
-// V is any GCC float vector type, VI its int32 twin (the AVX2 kernels of kvstore.cc use 8 lanes:
-// GCC lowers compares of 16-float vectors to scalar code on AVX2).
+// V is any GCC float vector type, VI its int32 twin.
 template <typename V>
 KVS_INLINE V vmax_t(V a, V b) { return (a > b) | (a != a) ? a : b; }
 KVS_INLINE vf vmax(vf a, vf b) { return vmax_t(a, b); }

@@ -17,41 +17,46 @@ namespace kvs {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define KVS_MULTI 1
 namespace {
-enum Level { BASELINE, AVX2, AVX512 };
 // What the CPU runs, lowered by KVSTREAM_VMATH=avx2|baseline (to test the other variants on a
 // machine that would not pick them).
-Level vmath_level() {
+Isa detect_level() {
   __builtin_cpu_init();
   const bool fma = __builtin_cpu_supports("fma");
-  Level level = fma && __builtin_cpu_supports("avx512f") ? AVX512 : fma && __builtin_cpu_supports("avx2") ? AVX2 : BASELINE;
+  Isa level = fma && __builtin_cpu_supports("avx512f") ? Isa::Avx512f
+              : fma && __builtin_cpu_supports("avx2")  ? Isa::Avx2
+                                                       : Isa::Baseline;
   const char* env = std::getenv("KVSTREAM_VMATH");
-  if (env && std::strcmp(env, "baseline") == 0) level = BASELINE;
-  if (env && std::strcmp(env, "avx2") == 0 && level > AVX2) level = AVX2;
+  if (env && std::strcmp(env, "baseline") == 0) level = Isa::Baseline;
+  if (env && std::strcmp(env, "avx2") == 0 && level > Isa::Avx2) level = Isa::Avx2;
   return level;
 }
 // Set by this file's static initialisation; a kernel called before it (from another file's
-// static initialiser) sees the zero-initialised BASELINE, which runs anywhere.
-const Level LEVEL = vmath_level();
+// static initialiser) sees the zero-initialised Baseline, which runs anywhere.
+const Isa LEVEL = detect_level();
 }  // namespace
 #define KVS_KERNEL(ret, name, params, args)                                                               \
   __attribute__((target("avx512f,fma"))) static ret name##_avx512f params { return name##_body args; }  \
   __attribute__((target("avx2,fma"))) static ret name##_avx2fma params { return name##_body args; }     \
   static ret name##_baseline params { return name##_body args; }                                          \
   ret name params {                                                                                       \
-    return LEVEL == AVX512 ? name##_avx512f args : LEVEL == AVX2 ? name##_avx2fma args : name##_baseline args; \
+    return LEVEL == Isa::Avx512f ? name##_avx512f args : LEVEL == Isa::Avx2 ? name##_avx2fma args : name##_baseline args; \
   }
 #else
 #define KVS_KERNEL(ret, name, params, args) \
   ret name params { return name##_body args; }
 #endif
 
-const char* vmath_isa() {
+Isa vmath_level() {
 #ifdef KVS_MULTI
-  static const char* const names[] = {"baseline", "avx2", "avx512f"};
-  return names[LEVEL];
+  return LEVEL;
 #else
-  return "baseline";
+  return Isa::Baseline;
 #endif
+}
+
+const char* vmath_isa() {
+  static const char* const names[] = {"baseline", "avx2", "avx512f"};
+  return names[(int)vmath_level()];
 }
 
 using namespace vec;
@@ -130,15 +135,7 @@ KVS_INLINE void accumulate_pv_body(const float* p, int64_t rows, const float* v,
   }
 }
 
-// 8-float vectors: GCC spills 16-float accumulators on AVX2 (16 ymm registers).
-typedef float v8 __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
-KVS_INLINE v8 load8(const float* p) {
-  v8 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-KVS_INLINE void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
+// The kernels below use 8-float vectors: GCC spills 16-float accumulators on AVX2 (16 ymm registers).
 
 // Two passes over the keys per group of eight rows: scores (and their max) into `scores`
 // [n, 8], then exp and P·V into accT [d_v, 8]. The state's NaN and empty-row rules are
@@ -163,9 +160,12 @@ KVS_INLINE void tiny_update_body(const float* q, int64_t R, const float* k, cons
     }
     // Four keys per step in both passes: their dot and exp chains interleave (one key at a time,
     // each exp's dependent FMAs stalled the FP scheduler here: ~65 cycles per key).
-    auto score = [&](int64_t s, v8 a) {
+    // The lambdas are always_inline: a lambda does not take its enclosing function's target, so
+    // one left out of line (GCC did at -O1) is compiled once for baseline x86-64 and its v8
+    // argument and result cross between two calling conventions (it crashed the coverage build).
+    auto score = [&](int64_t s, v8 a) __attribute__((always_inline)) {
       a = (v8i{} + (int32_t)s) < n_vis ? a * scale : neg_inf;
-      store8(scores + 8 * s, a);
+      store(scores + 8 * s, a);
       return a;
     };
     v8 mx = neg_inf;
@@ -189,7 +189,7 @@ KVS_INLINE void tiny_update_body(const float* q, int64_t R, const float* k, cons
     const v8 m_new = mx != mx ? mx : (m_old < mx ? mx : m_old);  // std::max(m_old, mx) unless mx is NaN
     const v8 m_sub = m_new == neg_inf ? v8{} : m_new;  // exp(-inf - m_sub) = 0, never NaN
     const v8 alpha = empty ? v8{} + 1.0f : exp_nonpos_t<v8, v8i>(m_old - m_new);
-    auto prob = [&](int64_t s) { return exp_nonpos_t<v8, v8i>(load8(scores + 8 * s) - m_sub); };
+    auto prob = [&](int64_t s) __attribute__((always_inline)) { return exp_nonpos_t<v8, v8i>(load<v8>(scores + 8 * s) - m_sub); };
     v8 sum = {};
     for (s = 0; s + 4 <= n; s += 4) {
       const v8 p0 = prob(s), p1 = prob(s + 1), p2 = prob(s + 2), p3 = prob(s + 3);
@@ -217,22 +217,22 @@ KVS_INLINE void tiny_update_body(const float* q, int64_t R, const float* k, cons
 KVS_INLINE void small_linear_cols(int64_t K, int64_t N, const float* x_i, const float* w, const float* b, float* y_i,
                                   int64_t j) {
   for (; j + 32 <= N; j += 32) {
-    v8 a0 = b ? load8(b + j) : v8{}, a1 = b ? load8(b + j + 8) : v8{};
-    v8 a2 = b ? load8(b + j + 16) : v8{}, a3 = b ? load8(b + j + 24) : v8{};
+    v8 a0 = b ? load<v8>(b + j) : v8{}, a1 = b ? load<v8>(b + j + 8) : v8{};
+    v8 a2 = b ? load<v8>(b + j + 16) : v8{}, a3 = b ? load<v8>(b + j + 24) : v8{};
     for (int64_t k = 0; k < K; ++k) {
       const float* w_k = w + k * N + j;
       const float x_ik = x_i[k];
-      a0 += x_ik * load8(w_k);
-      a1 += x_ik * load8(w_k + 8);
-      a2 += x_ik * load8(w_k + 16);
-      a3 += x_ik * load8(w_k + 24);
+      a0 += x_ik * load<v8>(w_k);
+      a1 += x_ik * load<v8>(w_k + 8);
+      a2 += x_ik * load<v8>(w_k + 16);
+      a3 += x_ik * load<v8>(w_k + 24);
     }
-    store8(y_i + j, a0), store8(y_i + j + 8, a1), store8(y_i + j + 16, a2), store8(y_i + j + 24, a3);
+    store(y_i + j, a0), store(y_i + j + 8, a1), store(y_i + j + 16, a2), store(y_i + j + 24, a3);
   }
   for (; j + 8 <= N; j += 8) {
-    v8 a = b ? load8(b + j) : v8{};
-    for (int64_t k = 0; k < K; ++k) a += x_i[k] * load8(w + k * N + j);
-    store8(y_i + j, a);
+    v8 a = b ? load<v8>(b + j) : v8{};
+    for (int64_t k = 0; k < K; ++k) a += x_i[k] * load<v8>(w + k * N + j);
+    store(y_i + j, a);
   }
   for (; j < N; ++j) {
     float a = b ? b[j] : 0.0f;
@@ -251,18 +251,18 @@ KVS_INLINE void small_linear_body(int64_t M, int64_t K, int64_t N, const float* 
     float *y0 = y + i * N, *y1 = y0 + N;
     int64_t j = 0;
     for (; j + 32 <= N; j += 32) {
-      v8 a0 = b ? load8(b + j) : v8{}, a1 = b ? load8(b + j + 8) : v8{};
-      v8 a2 = b ? load8(b + j + 16) : v8{}, a3 = b ? load8(b + j + 24) : v8{};
+      v8 a0 = b ? load<v8>(b + j) : v8{}, a1 = b ? load<v8>(b + j + 8) : v8{};
+      v8 a2 = b ? load<v8>(b + j + 16) : v8{}, a3 = b ? load<v8>(b + j + 24) : v8{};
       v8 c0 = a0, c1 = a1, c2 = a2, c3 = a3;
       for (int64_t k = 0; k < K; ++k) {
         const float* w_k = w + k * N + j;
-        const v8 w0 = load8(w_k), w1 = load8(w_k + 8), w2 = load8(w_k + 16), w3 = load8(w_k + 24);
+        const v8 w0 = load<v8>(w_k), w1 = load<v8>(w_k + 8), w2 = load<v8>(w_k + 16), w3 = load<v8>(w_k + 24);
         const float u = x0[k], z = x1[k];
         a0 += u * w0, a1 += u * w1, a2 += u * w2, a3 += u * w3;
         c0 += z * w0, c1 += z * w1, c2 += z * w2, c3 += z * w3;
       }
-      store8(y0 + j, a0), store8(y0 + j + 8, a1), store8(y0 + j + 16, a2), store8(y0 + j + 24, a3);
-      store8(y1 + j, c0), store8(y1 + j + 8, c1), store8(y1 + j + 16, c2), store8(y1 + j + 24, c3);
+      store(y0 + j, a0), store(y0 + j + 8, a1), store(y0 + j + 16, a2), store(y0 + j + 24, a3);
+      store(y1 + j, c0), store(y1 + j + 8, c1), store(y1 + j + 16, c2), store(y1 + j + 24, c3);
     }
     small_linear_cols(K, N, x0, w, b, y0, j);
     small_linear_cols(K, N, x1, w, b, y1, j);

@@ -31,7 +31,10 @@ constexpr int64_t TINY_D = 16;
 void tiny_update(const float* q, int64_t R, const float* k, const float* v, int64_t n, int64_t d_k, int64_t d_v,
                  float scale, const int64_t* vis, float* m, float* l, float* acc, float* scores);
 
-// The variant of these kernels in use: "avx512f", "avx2" (with FMA) or "baseline" (info().vmath).
+// The variant of these kernels in use (the tile kernels follow it), and its name for info().vmath:
+// "baseline", "avx2" (with FMA) or "avx512f" (with FMA).
+enum class Isa { Baseline, Avx2, Avx512f };
+Isa vmath_level();
 const char* vmath_isa();
 
 // y [M, N] = x [M, K] · w [K, N] + b [N] (b may be null) for products too small to repay a BLAS
