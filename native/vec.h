@@ -1,7 +1,7 @@
-// 16- and 8-float vectors (GCC vector extensions), their loads, stores and a branch-free exp for
-// any float vector type, shared by the row kernels (vmath.cc, kvstore.cc) and the tile kernels
-// (tile_kernels.inc, with their own 8- or 16-lane types). Everything is always_inline, so each caller compiles it for its
-// own target.
+// 16- and 8-float vectors (GCC vector extensions), loads, stores and a branch-free exp for any
+// float vector type, shared by the row kernels (vmath.cc, kvstore.cc) and the tile kernels
+// (tile_kernels.inc, with their own 8- or 16-lane types). Everything is always_inline, so each
+// caller compiles it for its own target.
 #pragma once
 #include <cstdint>
 #include <cstring>
