@@ -19,7 +19,8 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 #define KVS_INLINE static inline __attribute__((always_inline))
 
 // Unaligned load and store of any float vector type V (memcpy: one vmovups, no alignment assumed).
-template <typename V = vf>
+// No default V: a caller names its width, so a 16-lane load cannot slip into 8-lane code.
+template <typename V>
 KVS_INLINE V load(const float* p) {
   V v;
   std::memcpy(&v, p, sizeof v);
@@ -28,7 +29,7 @@ KVS_INLINE V load(const float* p) {
 template <typename V>
 KVS_INLINE void store(float* p, V v) { std::memcpy(p, &v, sizeof v); }
 // A broadcast for non-hot paths (GCC keeps an add of 0; hot loops use the ISA's broadcast).
-template <typename V = vf>
+template <typename V>
 KVS_INLINE V splat(float a) { return V{} + a; }
 // max that propagates a NaN in either argument (a NaN score must not pass for a masked key).
 // V is any GCC float vector type, VI its int32 twin.

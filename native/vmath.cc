@@ -62,9 +62,9 @@ const char* vmath_isa() {
 using namespace vec;
 
 KVS_INLINE float row_max_body(const float* x, int64_t n) {
-  vf m = splat(-std::numeric_limits<float>::infinity());
+  vf m = splat<vf>(-std::numeric_limits<float>::infinity());
   int64_t i = 0;
-  for (; i + W <= n; i += W) m = vmax(m, load(x + i));
+  for (; i + W <= n; i += W) m = vmax(m, load<vf>(x + i));
   float r = -std::numeric_limits<float>::infinity();
   for (int j = 0; j < W; ++j) r = r > m[j] || r != r ? r : m[j];  // NaN propagates
   for (; i < n; ++i) r = r > x[i] || r != r ? r : x[i];
@@ -75,14 +75,14 @@ KVS_INLINE float exp_sub_sum_body(float* x, int64_t n, float m) {
   vf sum = {};
   int64_t i = 0;
   for (; i + W <= n; i += W) {
-    const vf e = exp_nonpos(load(x + i) - m);
+    const vf e = exp_nonpos(load<vf>(x + i) - m);
     store(x + i, e);
     sum += e;
   }
   if (i < n) {  // tail: pad with -inf, whose exp is 0
     float tail[W];
     for (int j = 0; j < W; ++j) tail[j] = i + j < n ? x[i + j] : -std::numeric_limits<float>::infinity();
-    const vf e = exp_nonpos(load(tail) - m);
+    const vf e = exp_nonpos(load<vf>(tail) - m);
     for (int j = 0; i + j < n; ++j) x[i + j] = e[j];
     sum += e;
   }
@@ -93,7 +93,7 @@ KVS_INLINE float exp_sub_sum_body(float* x, int64_t n, float m) {
 
 KVS_INLINE void scale_row_body(float* x, int64_t n, float a) {
   int64_t i = 0;
-  for (; i + W <= n; i += W) store(x + i, load(x + i) * a);
+  for (; i + W <= n; i += W) store(x + i, load<vf>(x + i) * a);
   for (; i < n; ++i) x[i] *= a;
 }
 
@@ -108,7 +108,7 @@ KVS_INLINE void dot_rows_body(const float* q, int64_t rows, const float* k, int6
       int64_t j = 0;
       if (d % W == 0) {
         vf acc = {};
-        for (; j < d; j += W) acc += load(q_i + j) * load(k_s + j);
+        for (; j < d; j += W) acc += load<vf>(q_i + j) * load<vf>(k_s + j);
         for (int e = 0; e < W; ++e) dot += acc[e];
       }
       for (; j < d; ++j) dot += q_i[j] * k_s[j];
@@ -123,8 +123,8 @@ KVS_INLINE void accumulate_pv_body(const float* p, int64_t rows, const float* v,
     const float* p_i = p + i * n;
     int64_t j = 0;
     for (; j + W <= d; j += W) {
-      vf a = load(acc_i + j);
-      for (int64_t s = 0; s < n; ++s) a += p_i[s] * load(v + s * d + j);
+      vf a = load<vf>(acc_i + j);
+      for (int64_t s = 0; s < n; ++s) a += p_i[s] * load<vf>(v + s * d + j);
       store(acc_i + j, a);
     }
     for (; j < d; ++j) {

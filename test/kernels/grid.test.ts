@@ -325,7 +325,7 @@ test.serial('the lse bound rejects a result with one key missing, which a relati
 //   its row pairs over 32-column blocks, then 8 columns, then an odd last row);
 //   M <= 2 or a last row block of 1..2 rows: sgemv; M > 2: sgemm; few row blocks at 2 threads:
 //   split columns, into a task count the threads divide (200x40x96 on AVX2: 3 row blocks, 4
-//   column groups, the last empty); M > 2, M·K·N >= 4e6, N % 16 == 0: tile_linear, w packed when N > 512 (AVX-512)
+//   column groups of 1 or 2 of its 6 slabs); M > 2, M·K·N >= 4e6, N % 16 == 0: tile_linear, w packed when N > 512 (AVX-512)
 //   or N > 16 (AVX2), read in place otherwise (40x24x16 under `tile`), K > 256 in several passes.
 //   Under `tile` every N % 16 == 0 shape takes the tile.
 const LINEAR: [number, number, number][] = [
