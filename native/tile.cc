@@ -20,26 +20,22 @@
 namespace kvs {
 
 namespace {
-enum class TileIsa { None, Avx2, Avx512 };
-
-// The row kernels' level (vmath.cc: the CPU's, lowered by KVSTREAM_VMATH), none under
-// KVSTREAM_TILE=off (CI runs the parity tests both ways).
-TileIsa tile_isa() {
+// The row kernels' level (vmath.cc: the CPU's, lowered by KVSTREAM_VMATH); Baseline, which has no
+// tile, under KVSTREAM_TILE=off (CI runs the parity tests both ways).
+Isa tile_isa() {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  static const TileIsa isa = [] {
+  static const Isa isa = [] {
     const char* env = getenv("KVSTREAM_TILE");
-    if (env && std::string(env) == "off") return TileIsa::None;
-    const Isa level = vmath_level();
-    return level == Isa::Avx512f ? TileIsa::Avx512 : level == Isa::Avx2 ? TileIsa::Avx2 : TileIsa::None;
+    return env && std::string(env) == "off" ? Isa::Baseline : vmath_level();
   }();
   return isa;
 #else
-  return TileIsa::None;
+  return Isa::Baseline;
 #endif
 }
 }  // namespace
 
-bool tile_available() { return tile_isa() != TileIsa::None; }
+bool tile_available() { return tile_isa() != Isa::Baseline; }
 
 bool tile_supported(int64_t d_k, int64_t d_v) { return tile_available() && d_k % 16 == 0 && d_v % 16 == 0; }
 
@@ -76,7 +72,7 @@ KVS_TGT __attribute__((always_inline)) inline V bcast(const float* p) { return (
 #undef KVS_TGT
 }  // namespace avx2
 
-// tile_available() is false at TileIsa::None, so the dispatchers never see it; reaching it is a bug.
+// tile_available() is false at Isa::Baseline, so the dispatchers never see it; reaching it is a bug.
 [[noreturn]] void no_tile(const char* what) {
   throw std::logic_error(std::string(what) + ": called with the tile off (info().tile is false)");
 }
@@ -86,16 +82,16 @@ KVS_TGT __attribute__((always_inline)) inline V bcast(const float* p) { return (
 void tile_update(const AttnOpts& o, int64_t b, int64_t h, const float* q, int64_t tq, int64_t t_abs0, const float* k,
                  const float* v, int64_t S, int64_t d_k, int64_t d_v, float* m, float* l, float* acc) {
   switch (tile_isa()) {
-    case TileIsa::Avx512: return avx512::tile_update(o, b, h, q, tq, t_abs0, k, v, S, d_k, d_v, m, l, acc);
-    case TileIsa::Avx2: return avx2::tile_update(o, b, h, q, tq, t_abs0, k, v, S, d_k, d_v, m, l, acc);
+    case Isa::Avx512f: return avx512::tile_update(o, b, h, q, tq, t_abs0, k, v, S, d_k, d_v, m, l, acc);
+    case Isa::Avx2: return avx2::tile_update(o, b, h, q, tq, t_abs0, k, v, S, d_k, d_v, m, l, acc);
     default: no_tile("tile_update");
   }
 }
 
 void tile_linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w, const float* b, float* y) {
   switch (tile_isa()) {
-    case TileIsa::Avx512: return avx512::tile_linear(M, K, N, x, w, b, y);
-    case TileIsa::Avx2: return avx2::tile_linear(M, K, N, x, w, b, y);
+    case Isa::Avx512f: return avx512::tile_linear(M, K, N, x, w, b, y);
+    case Isa::Avx2: return avx2::tile_linear(M, K, N, x, w, b, y);
     default: no_tile("tile_linear");
   }
 }

@@ -135,7 +135,8 @@ KVS_INLINE void accumulate_pv_body(const float* p, int64_t rows, const float* v,
   }
 }
 
-// The kernels below use 8-float vectors: GCC spills 16-float accumulators on AVX2 (16 ymm registers).
+// The kernels below use 8-float vectors (vec::v8): GCC spills 16-float accumulators on AVX2
+// (16 ymm registers).
 
 // Two passes over the keys per group of eight rows: scores (and their max) into `scores`
 // [n, 8], then exp and P·V into accT [d_v, 8]. The state's NaN and empty-row rules are
