@@ -325,12 +325,19 @@ constexpr double SMALL_LINEAR = 1 << 16;
 // against ~27 GFLOP/s here), so a decode projection of 512x512 splits across threads.
 constexpr double SGEMV_FLOPS_PER_W = 8.0;
 
+namespace {
+// Large products on the tile micro-kernel (it packs w once, which small products don't repay).
+bool linear_on_tile(KernelPath path, int64_t M, int64_t K, int64_t N) {
+  const bool tile = path == KernelPath::Tile ||
+                    (path != KernelPath::Blas && path != KernelPath::Deterministic && M > 2 && (double)M * K * N >= 4e6);
+  return tile && tile_available() && N % 16 == 0;
+}
+}  // namespace
+
 void linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w, const float* b, float* y) {
   const KernelPath path = kernel_path();
   if (path == KernelPath::Deterministic) return exact_linear(M, K, N, x, w, b, y);
-  // Large products on the tile micro-kernel (it packs w once, which small products don't repay).
-  const bool tile = path == KernelPath::Tile || (path != KernelPath::Blas && M > 2 && (double)M * K * N >= 4e6);
-  if (tile && tile_available() && N % 16 == 0) return tile_linear(M, K, N, x, w, b, y);
+  if (linear_on_tile(path, M, K, N)) return tile_linear(M, K, N, x, w, b, y);
   if (path == KernelPath::Auto && (double)M * K * N <= SMALL_LINEAR) {
     count(linear_small);
     return small_linear(M, K, N, x, w, b, y);
@@ -388,7 +395,13 @@ thread_local std::vector<float> proj_scratch, mha_scratch;
 
 void project_heads(int64_t B, int64_t T, int64_t K, int64_t heads, int64_t d, const float* x, const float* w,
                    const float* b, float* out) {
-  if (heads == 1) return linear(B * T, K, d, x, w, b, out);  // [B,T,d] is already [B,1,T,d]
+  // [B,T,d] is already [B,1,T,d], and [B,1,heads·d] is [B,heads,1,d].
+  if (heads == 1 || T == 1) return linear(B * T, K, heads * d, x, w, b, out);
+  // The tile writes each column slab straight into its head, when a slab never straddles two
+  // heads and row blocks rarely straddle two batches (a straddling block runs in two parts).
+  const int64_t slab = tile_linear_slab();
+  if (linear_on_tile(kernel_path(), B * T, K, heads * d) && d % slab == 0 && (B == 1 || T >= TILE_LINEAR_MB))
+    return tile_linear(B * T, K, heads * d, x, w, b, out, {T, d});
   resize_scratch(proj_scratch, B * T * heads * d, "project_heads");
   linear(B * T, K, heads * d, x, w, b, proj_scratch.data());
   split_heads(proj_scratch.data(), B, T, heads, d, out);

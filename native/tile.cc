@@ -88,10 +88,24 @@ void tile_update(const AttnOpts& o, int64_t b, int64_t h, const float* q, int64_
   }
 }
 
-void tile_linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w, const float* b, float* y) {
+int64_t tile_linear_slab() {
   switch (tile_isa()) {
-    case Isa::Avx512f: return avx512::tile_linear(M, K, N, x, w, b, y);
-    case Isa::Avx2: return avx2::tile_linear(M, K, N, x, w, b, y);
+    case Isa::Avx512f: return avx512::SLAB;
+    case Isa::Avx2: return avx2::SLAB;
+    default: return 0;
+  }
+}
+
+void tile_linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w, const float* b, float* y,
+                 HeadSplit split) {
+  const int64_t slab = tile_linear_slab();
+  if (slab == 0) no_tile("tile_linear");
+  if (split.d > 0 && split.d < N && (split.T <= 0 || M % split.T || N % split.d || split.d % slab))
+    throw std::logic_error("tile_linear: head split [T, d] = [" + std::to_string(split.T) + ", " + std::to_string(split.d) +
+                           "] does not tile [M, N] = [" + std::to_string(M) + ", " + std::to_string(N) + "]");
+  switch (tile_isa()) {
+    case Isa::Avx512f: return avx512::tile_linear(M, K, N, x, w, b, y, split);
+    case Isa::Avx2: return avx2::tile_linear(M, K, N, x, w, b, y, split);
     default: no_tile("tile_linear");
   }
 }
@@ -99,7 +113,9 @@ void tile_linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w
 #else
 
 // tile_available() is false here, so the dispatchers never call these; reaching one is a bug.
-void tile_linear(int64_t, int64_t, int64_t, const float*, const float*, const float*, float*) {
+int64_t tile_linear_slab() { return 0; }
+
+void tile_linear(int64_t, int64_t, int64_t, const float*, const float*, const float*, float*, HeadSplit) {
   throw std::logic_error("tile_linear: this build has no tile kernel");
 }
 

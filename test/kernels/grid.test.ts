@@ -14,7 +14,7 @@ import type { KernelPath } from '../../src/native.ts';
 import { Rng } from '../../src/random.ts';
 import type { Tensor } from '../../src/tensor.ts';
 import { assertWithin, checkWithin, unravel } from '../helpers/assert.ts';
-import { refAttentionBound, refKeepMask, refLinearBound, refModuleBound } from '../helpers/reference.ts';
+import { refAttentionBound, refKeepMask, refLinearBound, refModuleBound, refProjectHeads } from '../helpers/reference.ts';
 
 const TILE = info().tile;
 // 'tile' only where info().tile (AVX-512F or AVX2 + FMA, KVSTREAM_TILE not off; setKernelPath throws otherwise).
@@ -343,6 +343,31 @@ for (const [M, K, N] of LINEAR) {
         const y = new Float32Array(M * N).fill(NaN);
         addon.linear(x.data, w.data, bias, y, M, K, N);
         assertWithin(t, y, ref.y, ref.bound, `${label}: linear ${M}x${K}x${N} bias=${!!bias}`, [M, N]);
+      });
+    }
+  });
+}
+
+// projectHeads: x [B,T,K] · w [K,heads·d] + b -> [B,heads,T,d]. On the tile each column slab is
+// written straight into its head when d is a multiple of the slab (16 on AVX2, 64 on AVX-512)
+// and B is 1 or T >= 96 (its row block), else the product goes through a copy: d 16 (AVX-512
+// copies), row blocks across a batch (B3 T100, B2 T97: rows 96..191), K > 256 in two passes
+// (under auto the tile), w packed (N > 512 on AVX-512); B2 T5 copies, T 1 and one head are
+// already in head order.
+const PROJECT_HEADS: [number, number, number, number, number][] = [
+  [1, 200, 40, 6, 16], [3, 100, 24, 2, 64], [2, 130, 300, 8, 64], [2, 97, 64, 3, 192], [2, 5, 16, 4, 32], [4, 1, 32, 3, 16], [2, 96, 16, 1, 48],
+];
+
+for (const [B, T, K, heads, d] of PROJECT_HEADS) {
+  test.serial(`projectHeads grid: B${B} T${T} K${K} heads${heads} d${d}, with and without bias`, (t) => {
+    const rng = new Rng(B * 7919 + T * 31 + K * 7 + heads * d);
+    const x = rng.normalTensor([B, T, K]), w = rng.normalTensor([K, heads * d]), b = rng.normalTensor([heads * d]);
+    for (const bias of [b.data, null]) {
+      const ref = refProjectHeads(x.data, w.data, bias, B, T, K, heads, d);
+      onEveryPath((label) => {
+        const out = new Float32Array(B * heads * T * d).fill(NaN);
+        addon.projectHeads(x.data, w.data, bias, out, B, T, K, heads, d);
+        assertWithin(t, out, ref.y, ref.bound, `${label}: projectHeads bias=${!!bias}`, [B, heads, T, d]);
       });
     }
   });
