@@ -75,9 +75,11 @@ export class NpyFile {
     }
     const { size, big } = dtypeInfo(this.dtype);
     const n = s1 - s0;
-    const out = new Float32Array(B * n * d);
     // <f4 on a little-endian machine reads straight into `out`; others through a raw buffer.
     const direct = size === 4 && big !== LITTLE_ENDIAN;
+    // A direct read fills every byte or throws, so its buffer is not zeroed first (the zeroing
+    // and its page faults would run on the caller's thread; the read's run on libuv's pool).
+    const out = direct ? new Float32Array(Buffer.allocUnsafeSlow(B * n * d * 4).buffer) : new Float32Array(B * n * d);
     const bytes = direct ? new Uint8Array(out.buffer) : new Uint8Array(B * n * d * size);
     for (let b = 0; b < B; b++) {
       const want = n * d * size;
