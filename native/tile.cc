@@ -100,7 +100,8 @@ void tile_linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w
                  HeadSplit split) {
   const int64_t slab = tile_linear_slab();
   if (slab == 0) no_tile("tile_linear");
-  if (split.d > 0 && split.d < N && (split.T <= 0 || M % split.T || N % split.d || split.d % slab))
+  const bool given = split.T != 0 || split.d != 0;
+  if (given && (split.T <= 0 || split.d <= 0 || M % split.T || N % split.d || (split.d < N && split.d % slab)))
     throw std::logic_error("tile_linear: head split [T, d] = [" + std::to_string(split.T) + ", " + std::to_string(split.d) +
                            "] does not tile [M, N] = [" + std::to_string(M) + ", " + std::to_string(N) + "]");
   switch (tile_isa()) {

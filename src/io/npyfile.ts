@@ -4,6 +4,7 @@
 import { open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { FixtureError } from '../errors.ts';
+import { MAX_TENSOR_BYTES } from '../tensor.ts';
 import type { Tensor } from '../tensor.ts';
 import { dtypeInfo, f16ToF32, MAX_HEADER_BYTES, parseNpyHeader } from './npy.ts';
 import type { Dtype, Int64Dtype } from './npy.ts';
@@ -79,7 +80,10 @@ export class NpyFile {
     const direct = size === 4 && big !== LITTLE_ENDIAN;
     // A direct read fills every byte or throws, so its buffer is not zeroed first (the zeroing
     // and its page faults would run on the caller's thread; the read's run on libuv's pool).
-    const out = direct ? new Float32Array(Buffer.allocUnsafeSlow(B * n * d * 4).buffer) : new Float32Array(B * n * d);
+    // Node 20's allocUnsafeSlow stops at 4 GiB; past MAX_TENSOR_BYTES the kernels refuse the
+    // tensor anyway, so such a read keeps the zeroed allocation.
+    const unzeroed = direct && B * n * d * 4 <= MAX_TENSOR_BYTES;
+    const out = unzeroed ? new Float32Array(Buffer.allocUnsafeSlow(B * n * d * 4).buffer) : new Float32Array(B * n * d);
     const bytes = direct ? new Uint8Array(out.buffer) : new Uint8Array(B * n * d * size);
     for (let b = 0; b < B; b++) {
       const want = n * d * size;

@@ -351,23 +351,29 @@ for (const [M, K, N] of LINEAR) {
 // projectHeads: x [B,T,K] · w [K,heads·d] + b -> [B,heads,T,d]. On the tile each column slab is
 // written straight into its head when d is a multiple of the slab (16 on AVX2, 64 on AVX-512)
 // and B is 1 or T >= 96 (its row block), else the product goes through a copy: d 16 (AVX-512
-// copies), row blocks across a batch (B3 T100, B2 T97: rows 96..191), K > 256 in two passes
-// (under auto the tile), w packed (N > 512 on AVX-512); B2 T5 copies, T 1 and one head are
-// already in head order.
+// copies), row blocks across a batch (B3 T100, B2 T97: rows 96..191), B1 T40 (one short block),
+// K > 256 in two passes (under auto the tile), w packed (N > 512 on AVX-512; every head-split w
+// on AVX2, where only N <= 16 is read in place); B2 T5 copies, T 1 and one head are already in
+// head order. The linear.tile.heads counter must move exactly on the cases that take the split.
 const PROJECT_HEADS: [number, number, number, number, number][] = [
-  [1, 200, 40, 6, 16], [3, 100, 24, 2, 64], [2, 130, 300, 8, 64], [2, 97, 64, 3, 192], [2, 5, 16, 4, 32], [4, 1, 32, 3, 16], [2, 96, 16, 1, 48],
+  [1, 200, 40, 6, 16], [3, 100, 24, 2, 64], [1, 40, 24, 2, 64], [2, 130, 300, 8, 64], [2, 97, 64, 3, 192], [2, 5, 16, 4, 32], [4, 1, 32, 3, 16], [2, 96, 16, 1, 48],
 ];
+const SLAB = info().vmath === 'avx512f' ? 64 : 16;
 
 for (const [B, T, K, heads, d] of PROJECT_HEADS) {
   test.serial(`projectHeads grid: B${B} T${T} K${K} heads${heads} d${d}, with and without bias`, (t) => {
     const rng = new Rng(B * 7919 + T * 31 + K * 7 + heads * d);
     const x = rng.normalTensor([B, T, K]), w = rng.normalTensor([K, heads * d]), b = rng.normalTensor([heads * d]);
+    const onTile = (label: string) => TILE && (label.startsWith('tile') || (!label.startsWith('blas') && !label.startsWith('deterministic') && B * T > 2 && B * T * K * heads * d >= 4e6));
+    const split = heads > 1 && T > 1 && d % SLAB === 0 && (B === 1 || T >= 96);
     for (const bias of [b.data, null]) {
       const ref = refProjectHeads(x.data, w.data, bias, B, T, K, heads, d);
       onEveryPath((label) => {
         const out = new Float32Array(B * heads * T * d).fill(NaN);
+        const before = kernelCounts()['linear.tile.heads'];
         addon.projectHeads(x.data, w.data, bias, out, B, T, K, heads, d);
         assertWithin(t, out, ref.y, ref.bound, `${label}: projectHeads bias=${!!bias}`, [B, heads, T, d]);
+        t.is(kernelCounts()['linear.tile.heads'] - before, onTile(label) && split ? 1 : 0, `${label}: head-split tile calls`);
       });
     }
   });
