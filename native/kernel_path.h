@@ -31,7 +31,7 @@ const char* kernel_path_name(KernelPath p);
   X(tile_pv_tail_3, "tile.pv_tail.3") X(tile_pv_tail_4, "tile.pv_tail.4")                       \
   X(tile_pv_tail_5, "tile.pv_tail.5") X(linear_tile_packed, "linear.tile.packed")               \
   X(linear_tile_inplace, "linear.tile.inplace") X(linear_tile_heads, "linear.tile.heads")       \
-  X(linear_sgemv, "linear.sgemv")                                                                \
+  X(linear_sgemv, "linear.sgemv") X(linear_sgemv_split, "linear.sgemv.split")                   \
   X(linear_small, "linear.small") X(linear_sgemm, "linear.sgemm") X(linear_deterministic, "linear.deterministic")              \
   X(probs, "probs") X(probs_deterministic, "probs.deterministic") X(merge, "merge")             \
   X(finalize, "finalize") X(kv_stream, "kv.stream")

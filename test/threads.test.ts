@@ -1,6 +1,6 @@
 import test from 'ava';
 import { attention } from '../src/attention.ts';
-import { info, setNumThreads } from '../src/native.ts';
+import { addon, info, kernelCounts, setNumThreads } from '../src/native.ts';
 import { Rng } from '../src/random.ts';
 
 test('results are bit-identical for 1 and 2 worker threads (tasks own disjoint rows)', (t) => {
@@ -17,6 +17,27 @@ test('results are bit-identical for 1 and 2 worker threads (tasks own disjoint r
     const two = attention(q, k, v, opts);
     t.deepEqual(two.output.data, one.output.data);
     t.deepEqual(two.lse.data, one.lse.data);
+  } finally {
+    setNumThreads(before);
+  }
+});
+
+test('decode projections (one or two rows, K split into blocks) are bit-identical for 1 and 2 worker threads', (t) => {
+  const rng = new Rng(6);
+  const before = info().threads;
+  try {
+    for (const [M, K, N] of [[1, 600, 130], [2, 1024, 512]]) {
+      const x = rng.normalTensor([M, K]), w = rng.normalTensor([K, N]), b = rng.normalTensor([N]);
+      const run = (threads: number) => {
+        setNumThreads(threads);
+        const y = new Float32Array(M * N);
+        const split = kernelCounts()['linear.sgemv.split'];
+        addon.linear(x.data, w.data, b.data, y, M, K, N);
+        t.is(kernelCounts()['linear.sgemv.split'] - split, 1, `${M}x${K}x${N} at ${threads} threads takes the K split`);
+        return y;
+      };
+      t.deepEqual(run(2), run(1), `${M}x${K}x${N}`);
+    }
   } finally {
     setNumThreads(before);
   }
