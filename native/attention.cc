@@ -327,11 +327,13 @@ constexpr double SGEMV_FLOPS_PER_W = 8.0;
 
 namespace {
 // One or two rows of x (decode) read each float of w once for ~2 flops. Split by columns, each
-// thread read half of every row of w; split by rows of w into blocks of GEMV_KB, each streams
-// contiguous blocks into a partial y of its own (1x512x512 with w cold: ~100 µs at 1 thread;
-// at 2 threads 96-110 µs by columns, ~62 by rows). The blocks do not depend on the thread count
+// thread read half of every row of w, and with w cold (a model's layers do not fit in L3) 2
+// threads were no faster than one. Split by rows of w into blocks of GEMV_KB, each task streams
+// contiguous memory into a partial y of its own (bench/coldlinear.ts: docs/performance.md).
+// 512 rows make 4 blocks (as many tasks as the column split gave 512 columns), and a block read
+// for the first row of x is still in L2 for the second. Blocks do not depend on the thread count
 // and the partials are added in block order, so neither does the result.
-constexpr int64_t GEMV_KB = 256;
+constexpr int64_t GEMV_KB = 128;
 
 void linear_rows_split(int64_t M, int64_t K, int64_t N, const float* x, const float* w, const float* b, float* y) {
   count(linear_sgemv_split);
@@ -345,12 +347,15 @@ void linear_rows_split(int64_t M, int64_t K, int64_t N, const float* x, const fl
     for (int64_t i = 0; i < M; ++i)
       sgemv(true, (int)kc, (int)N, 1.0f, w + k0 * N, (int)N, x + i * K + k0, 0.0f, partial + (c * M + i) * N);
   }, SGEMV_FLOPS_PER_W * K * N);
-  for (int64_t i = 0; i < M; ++i)
-    for (int64_t n = 0; n < N; ++n) {
-      float sum = b ? b[n] : 0.0f;
-      for (int64_t c = 0; c < blocks; ++c) sum += partial[(c * M + i) * N + n];
-      y[i * N + n] = sum;
+  for (int64_t i = 0; i < M; ++i) {
+    float* y_i = y + i * N;
+    if (b) std::copy(b, b + N, y_i);
+    else std::fill(y_i, y_i + N, 0.0f);
+    for (int64_t c = 0; c < blocks; ++c) {
+      const float* p = partial + (c * M + i) * N;
+      for (int64_t n = 0; n < N; ++n) y_i[n] += p[n];
     }
+  }
 }
 
 // Large products on the tile micro-kernel (it packs w once, which small products don't repay).
@@ -372,7 +377,7 @@ void linear(int64_t M, int64_t K, int64_t N, const float* x, const float* w, con
   if (M <= 2 && K >= 2 * GEMV_KB) return linear_rows_split(M, K, N, x, w, b, y);
   count(M <= 2 ? linear_sgemv : linear_sgemm);
   // Tasks are (row block, column block) tiles of y; BLAS stays single-threaded inside each.
-  // Few rows (decode) split the columns instead, so every thread streams its share of w.
+  // Few rows with a short K split the columns instead, so every thread streams its share of w.
   constexpr int64_t MB = 64;
   const int64_t row_blocks = (M + MB - 1) / MB;
   const int64_t col_blocks = row_blocks >= get_num_threads() ? 1 : std::max<int64_t>(1, std::min<int64_t>(get_num_threads(), N / 128));

@@ -323,15 +323,16 @@ test.serial('the lse bound rejects a result with one key missing, which a relati
 // linear: every GEMM entry (native/attention.cc `linear`, native/tile.cc `tile_linear`):
 //   under auto, M·K·N <= 65536: small_linear (no BLAS call: 1x64x80, 7x13x5, and 5x16x72 for
 //   its row pairs over 32-column blocks, then 8 columns, then an odd last row);
-//   M <= 2 and K >= 512: sgemv on blocks of 256 rows of w, the partial sums added after
-//   (1x600x130: a ragged last block; 2x520x72); other M <= 2, or a last row block of 1..2 rows:
-//   sgemv; M > 2: sgemm; M > 2, M·K·N >= 4e6, N % 16 == 0: tile_linear, w packed when N > 512 (AVX-512) or N > 16 (AVX2), read in place
+//   M <= 2 and K >= 256: sgemv on blocks of 128 rows of w, the partial sums added after (ragged
+//   last blocks: 1x600x130, 2x520x72, and 2x1100x130 and 2x300x520 over the pool's 1 MFLOP cut);
+//   M <= 2 with K < 256 (1x100x1300 split by columns), or a last row block of 1..2 rows: sgemv;
+//   M > 2: sgemm; M > 2, M·K·N >= 4e6, N % 16 == 0: tile_linear, w packed when N > 512 (AVX-512) or N > 16 (AVX2), read in place
 //   otherwise (40x24x16 under `tile`), K > 256 in several passes; few row blocks at 2 threads:
 //   columns split too, into a task count the threads divide (200x40x96 on AVX2: 3 row blocks,
 //   4 column groups of 1 or 2 of its 6 slabs).
 //   Under `tile` every N % 16 == 0 shape takes the tile.
 const LINEAR: [number, number, number][] = [
-  [1, 64, 80], [2, 300, 520], [1, 600, 130], [2, 520, 72], [7, 13, 5], [5, 16, 72], [66, 40, 48], [130, 96, 1024], [100, 300, 512], [97, 200, 528], [3, 1400, 1024], [64, 64, 1040], [200, 100, 250], [40, 24, 16], [200, 40, 96],
+  [1, 64, 80], [2, 300, 520], [1, 600, 130], [2, 520, 72], [2, 1100, 130], [1, 100, 1300], [7, 13, 5], [5, 16, 72], [66, 40, 48], [130, 96, 1024], [100, 300, 512], [97, 200, 528], [3, 1400, 1024], [64, 64, 1040], [200, 100, 250], [40, 24, 16], [200, 40, 96],
 ];
 
 for (const [M, K, N] of LINEAR) {
