@@ -169,7 +169,7 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
         if (direct) {
           kv_dot(kv_r, bh_kv, dims.s_cap, d_k, s0, sk, q_r, R, opts.scale, scores, R_all == 1);
           softmax_block(opts, b, scores, R, sk, s_abs0, pos, m_r, l_r, acc_r, d_v);
-          kv_accumulate(kv_r, bh_kv, dims.s_cap, d_v, s0, sk, scores, R, acc_r);
+          kv_accumulate(kv_r, bh_kv, dims.s_cap, d_v, s0, sk, scores, R, acc_r, R_all == 1);
           continue;
         }
         const float* kb = kv_rows(kv, false, bh_kv, dims.s_cap, d_k, s0, sk, tls.k_rows);

@@ -34,7 +34,8 @@ const char* kernel_path_name(KernelPath p);
   X(linear_sgemv, "linear.sgemv") X(linear_sgemv_split, "linear.sgemv.split")                   \
   X(linear_small, "linear.small") X(linear_sgemm, "linear.sgemm") X(linear_deterministic, "linear.deterministic")              \
   X(probs, "probs") X(probs_deterministic, "probs.deterministic") X(merge, "merge")             \
-  X(finalize, "finalize") X(kv_stream, "kv.stream")
+  X(finalize, "finalize") X(kv_stream, "kv.stream") X(kv_i8_pv_q16, "kv.i8.pv.q16")   \
+  X(kv_i8_pv_q16_fp32, "kv.i8.pv.q16.fp32")
 
 enum Counter : int {
 #define KVS_ENUM(id, name) id,

@@ -303,10 +303,19 @@ KVS_AVX2_INLINE __m256 dot_unit(const int8_t* k_u, const float* q_g) {
 
 // The same unit with q quantized too (q8: 32 int8 of one group): Σ k·q8 in integers, vpmaddubsw
 // on |k| and q8 with k's sign, then pairs summed to 8 int32 lanes (exact: |k|, |q8| <= 128, 127).
-KVS_AVX2_INLINE __m256 dot_unit_q8(const int8_t* k_u, __m256i q8) {
+KVS_AVX2_INLINE __m256i dot_unit_q8i(const int8_t* k_u, __m256i q8) {
   const __m256i k = _mm256_loadu_si256((const __m256i*)k_u);
   const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(k, k), _mm256_sign_epi8(q8, k));
-  return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+  return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+KVS_AVX2_INLINE __m256 dot_unit_q8(const int8_t* k_u, __m256i q8) { return _mm256_cvtepi32_ps(dot_unit_q8i(k_u, q8)); }
+
+// hsum8 in int32 (exact: a unit's |Σ| <= 32 · 127 · 127), converted once.
+KVS_AVX2_INLINE __m256 hsum8i(const __m256i* a) {
+  const __m256i t0 = _mm256_hadd_epi32(a[0], a[1]), t1 = _mm256_hadd_epi32(a[2], a[3]);
+  const __m256i t2 = _mm256_hadd_epi32(a[4], a[5]), t3 = _mm256_hadd_epi32(a[6], a[7]);
+  const __m256i u0 = _mm256_hadd_epi32(t0, t1), u1 = _mm256_hadd_epi32(t2, t3);
+  return _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20), _mm256_permute2x128_si256(u0, u1, 0x31)));
 }
 
 // G = d / 32 in {1, 2, 4}: eight keys per step, their G·8 unit sums folded into one vector of
@@ -329,15 +338,17 @@ KVS_AVX2 void dot1_i8g(const int8_t* k, const float* k_scale, int64_t n, const f
     prefetch_span(k_s, 8 * d, pf);
     __m256 v[G];  // v[m] lane i: unit m·8 + i (key (m·8 + i) / G, group (m·8 + i) % G), scaled
     for (int m = 0; m < G; ++m) {
-      __m256 a[8];
-      for (int i = 0; i < 8; ++i) {
-        const int8_t* k_u = k_s + (m * 8 + i) * Q8_GROUP;
-        if constexpr (Q8) a[i] = dot_unit_q8(k_u, q8v[(m * 8 + i) % G]);
-        else a[i] = dot_unit(k_u, q + ((m * 8 + i) % G) * Q8_GROUP);
-      }
-      // (Σ · k scale) · q scale, in that order: the two scales' product alone could overflow.
       const __m256 ks = _mm256_loadu_ps(k_scale + s * G + m * 8);
-      v[m] = Q8 ? _mm256_mul_ps(_mm256_mul_ps(hsum8(a), ks), sqv) : _mm256_mul_ps(hsum8(a), ks);
+      if constexpr (Q8) {
+        __m256i a[8];
+        for (int i = 0; i < 8; ++i) a[i] = dot_unit_q8i(k_s + (m * 8 + i) * Q8_GROUP, q8v[(m * 8 + i) % G]);
+        // (Σ · k scale) · q scale, in that order: the two scales' product alone could overflow.
+        v[m] = _mm256_mul_ps(_mm256_mul_ps(hsum8i(a), ks), sqv);
+      } else {
+        __m256 a[8];
+        for (int i = 0; i < 8; ++i) a[i] = dot_unit(k_s + (m * 8 + i) * Q8_GROUP, q + ((m * 8 + i) % G) * Q8_GROUP);
+        v[m] = _mm256_mul_ps(hsum8(a), ks);
+      }
     }
     __m256 r;
     if constexpr (G == 1) {
@@ -452,6 +463,168 @@ KVS_AVX2 void pv1(const typename L::T* v, const float* v_scale, int64_t n, int64
     float a = acc[j];
     for (int64_t s = 0; s < n; ++s) a += (w ? w[s * G + j / Q8_GROUP] : p[s]) * L::one(v + s * d + j);
     acc[j] = a;
+  }
+}
+
+// int8 values, one query row (decode), d % 32 == 0: acc [d] += Σ_s w[s, g] · v [s, :] with the
+// weights w = p · v_scale of each block of at most QW_BLOCK keys and each group rounded to int16
+// (w ≈ ws · wq, ws = max_s |w[s, g]| / 32767) and the sums in int32 (vpmaddwd on pairs of keys):
+// no value is converted to fp32, which Zen 1 does on one pipe (a probe from L2: ~4.8 G values/s
+// for the fp32 form, ~10.9 for this one). Rounding: |ws · wq - w| <= 0.507 · ws with the fp32
+// roundings of ws and 1 / ws; a block's largest weight is at most its share of l, so the output
+// moves by at most QW_BLOCK · 0.507 / 32767 · max|v| (test/helpers/reference-features.ts's
+// Q16_WEIGHTS; ~1e-3 of max|v|, a quarter of the storage's own half step). A block whose weights
+// are not finite, or too small for a normal ws, runs in fp32 (pv1: NaN and inf propagate).
+// Exact in int32: |Σ| <= QW_BLOCK · 32767 · 127 < 2^31.
+constexpr int64_t QW_BLOCK = 64;
+constexpr float QW_MAX = 32767.0f;
+
+// Pairs of keys (s, s + 1) of one group of 32 channels: int32 lanes of (v[s, c], v[s+1, c]) as
+// int16 pairs times (wq[s], wq[s+1]). unpack{lo,hi}_epi8 interleave the two rows per 128-bit
+// lane: a0 gets channels 0-7, a1 16-23, a2 8-15, a3 24-31.
+KVS_AVX2_INLINE void pv_pair_q16(__m256i r0, __m256i r1, __m256i w, __m256i& a0, __m256i& a1, __m256i& a2, __m256i& a3) {
+  const __m256i lo = _mm256_unpacklo_epi8(r0, r1), hi = _mm256_unpackhi_epi8(r0, r1);
+  a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(lo)), w));
+  a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(lo, 1)), w));
+  a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(hi)), w));
+  a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(hi, 1)), w));
+}
+
+// acc [32] += ws · (a0..a3 in their channel order).
+KVS_AVX2_INLINE void flush_q16(float* acc, float ws, __m256i a0, __m256i a1, __m256i a2, __m256i a3) {
+  const __m256 s = _mm256_set1_ps(ws);
+  _mm256_storeu_ps(acc, _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0), s, _mm256_loadu_ps(acc)));
+  _mm256_storeu_ps(acc + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(a2), s, _mm256_loadu_ps(acc + 8)));
+  _mm256_storeu_ps(acc + 16, _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1), s, _mm256_loadu_ps(acc + 16)));
+  _mm256_storeu_ps(acc + 24, _mm256_fmadd_ps(_mm256_cvtepi32_ps(a3), s, _mm256_loadu_ps(acc + 24)));
+}
+
+// GC groups (1 or 2) from group g0 over nb <= QW_BLOCK keys. wp [ceil(nb / 2), G]: the int16
+// weights of keys (2j, 2j + 1) of group g as one int32, low half first (an odd tail pairs with a
+// zero weight and a zero row, which is not read).
+template <int GC>
+KVS_AVX2 void pv_block_q16(const int8_t* v, int64_t nb, int64_t d, int64_t G, int64_t g0, const int32_t* wp,
+                           const float* ws, float* acc, Prefetch pf) {
+  __m256i a[4 * GC];
+  for (int i = 0; i < 4 * GC; ++i) a[i] = _mm256_setzero_si256();
+  for (int64_t s = 0; s < nb; s += 2) {
+    const int8_t* v_s = v + s * d + g0 * Q8_GROUP;
+    const bool pair = s + 1 < nb;
+    prefetch_span(v_s, GC * Q8_GROUP, pf);
+    if (pair) prefetch_span(v_s + d, GC * Q8_GROUP, pf);
+    for (int g = 0; g < GC; ++g) {
+      const __m256i r0 = _mm256_loadu_si256((const __m256i*)(v_s + g * Q8_GROUP));
+      const __m256i r1 = pair ? _mm256_loadu_si256((const __m256i*)(v_s + d + g * Q8_GROUP)) : _mm256_setzero_si256();
+      pv_pair_q16(r0, r1, _mm256_set1_epi32(wp[(s / 2) * G + g0 + g]), a[4 * g], a[4 * g + 1], a[4 * g + 2], a[4 * g + 3]);
+    }
+  }
+  for (int g = 0; g < GC; ++g)
+    flush_q16(acc + (g0 + g) * Q8_GROUP, ws[g0 + g], a[4 * g], a[4 * g + 1], a[4 * g + 2], a[4 * g + 3]);
+}
+
+// Below this largest weight a block runs in fp32: ws = w_max / QW_MAX stays a normal float.
+constexpr float QW_MIN = 0x1p-100f;
+
+// w [n, G] = p [n] · v_scale [n, G] (each key's p repeated over its G groups).
+KVS_AVX2_INLINE void weights_i8(const float* p, const float* v_scale, int64_t n, int64_t G, float* w) {
+  int64_t s = 0;
+  if (G == 1)
+    for (; s + 8 <= n; s += 8) _mm256_storeu_ps(w + s, _mm256_mul_ps(_mm256_loadu_ps(p + s), _mm256_loadu_ps(v_scale + s)));
+  else if (G == 2)  // keys s..s+3 per vector: [p0 p0 p1 p1 ..]
+    for (; s + 4 <= n; s += 4) {
+      const __m256 ps = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(p + s)), _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+      _mm256_storeu_ps(w + 2 * s, _mm256_mul_ps(ps, _mm256_loadu_ps(v_scale + 2 * s)));
+    }
+  else if (G % 8 == 0)
+    for (; s < n; ++s)
+      for (int64_t g = 0; g < G; g += 8)
+        _mm256_storeu_ps(w + s * G + g, _mm256_mul_ps(_mm256_broadcast_ss(p + s), _mm256_loadu_ps(v_scale + s * G + g)));
+  for (; s < n; ++s)
+    for (int64_t g = 0; g < G; ++g) w[s * G + g] = p[s] * v_scale[s * G + g];
+}
+
+KVS_AVX2 void pv1_i8q(const int8_t* v, const float* v_scale, int64_t n, int64_t d, const float* p, float* acc,
+                      Prefetch pf) {
+  const int64_t G = d / Q8_GROUP;
+  // Per block: w [nb_even, G] = p · v_scale (zeros past nb), padded to whole vectors of 16; the
+  // pairs wp; per group ws and 1 / ws.
+  thread_local std::vector<float> w_buf, ws_buf, inv_buf;
+  thread_local std::vector<int32_t> wp_buf;
+  const int64_t w_len = (QW_BLOCK * G + 15) & ~int64_t(15);
+  resize_scratch(w_buf, w_len, "kv weights");
+  resize_scratch(wp_buf, w_len / 2, "kv weights");
+  resize_scratch(ws_buf, G, "kv weights");
+  resize_scratch(inv_buf, G, "kv weights");
+  float *w = w_buf.data(), *ws = ws_buf.data(), *inv = inv_buf.data();
+  int32_t* wp = wp_buf.data();
+  const bool lanes = 8 % G == 0;  // G in {1, 2, 4, 8}: lane i of a vector of w is group i % G
+  for (int64_t b0 = 0; b0 < n; b0 += QW_BLOCK) {
+    const int64_t nb = std::min(QW_BLOCK, n - b0), len = (((nb + 1) & ~int64_t(1)) * G + 15) & ~int64_t(15);
+    weights_i8(p + b0, v_scale + b0 * G, nb, G, w);
+    std::fill(w + nb * G, w + len, 0.0f);
+    // Largest |w| per group, and a sum that only NaN and inf reach.
+    bool q16 = true;
+    if (lanes) {
+      const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+      __m256 mx = _mm256_setzero_ps(), sum = mx;
+      for (int64_t i = 0; i < len; i += 8) {
+        const __m256 x = _mm256_load_ps(w + i);
+        mx = _mm256_max_ps(mx, _mm256_and_ps(x, abs_mask));
+        sum = _mm256_add_ps(sum, x);
+      }
+      alignas(32) float m8[8], s8[8];
+      _mm256_store_ps(m8, mx);
+      _mm256_store_ps(s8, sum);
+      for (int64_t g = 0; g < G; ++g) ws[g] = 0.0f;
+      for (int i = 0; i < 8; ++i) {
+        ws[i % G] = std::max(ws[i % G], m8[i]);
+        q16 = q16 && std::isfinite(s8[i]);
+      }
+    } else {
+      float sum = 0.0f;
+      for (int64_t g = 0; g < G; ++g) ws[g] = 0.0f;
+      for (int64_t i = 0; i < nb * G; ++i) {
+        ws[i % G] = std::max(ws[i % G], std::fabs(w[i]));
+        sum += w[i];
+      }
+      q16 = std::isfinite(sum);
+    }
+    for (int64_t g = 0; g < G && q16; ++g) {
+      q16 = ws[g] >= QW_MIN;
+      inv[g] = QW_MAX / ws[g];
+      ws[g] /= QW_MAX;
+    }
+    if (!q16) {
+      count(kv_i8_pv_q16_fp32);
+      pv1<LdI8>(v + b0 * d, v_scale + b0 * G, nb, d, p + b0, acc, pf);
+      continue;
+    }
+    if (lanes && G <= 4) {
+      // 16 weights of keys 2j.. (group-minor) -> int16, then within each pair of keys the two
+      // keys' weights of a group side by side: [a0 a1 .. b0 b1 ..] -> [a0 b0 a1 b1 ..].
+      alignas(32) float inv8[8];
+      for (int i = 0; i < 8; ++i) inv8[i] = inv[i % G];
+      const __m256 iv = _mm256_load_ps(inv8);
+      const __m256i order = G == 1   ? _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+                            : G == 2 ? _mm256_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15, 0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15)
+                                     : _mm256_setr_epi8(0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15, 0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15);
+      for (int64_t i = 0; i < len; i += 16) {
+        const __m256i lo = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_load_ps(w + i), iv));
+        const __m256i hi = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_load_ps(w + i + 8), iv));
+        const __m256i h16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xd8);  // key order
+        _mm256_storeu_si256((__m256i*)(wp + i / 2), _mm256_shuffle_epi8(h16, order));
+      }
+    } else {
+      for (int64_t j = 0; 2 * j < nb; ++j)
+        for (int64_t g = 0; g < G; ++g) {
+          const int32_t lo = (int32_t)std::lrint(w[2 * j * G + g] * inv[g]), hi = (int32_t)std::lrint(w[(2 * j + 1) * G + g] * inv[g]);
+          wp[j * G + g] = (int32_t)((uint32_t)(uint16_t)lo | ((uint32_t)hi << 16));
+        }
+    }
+    for (int64_t g0 = 0; g0 < G; g0 += 2) {
+      if (G - g0 >= 2) pv_block_q16<2>(v + b0 * d, nb, d, G, g0, wp, ws, acc, pf);
+      else pv_block_q16<1>(v + b0 * d, nb, d, G, g0, wp, ws, acc, pf);
+    }
   }
 }
 
@@ -675,7 +848,7 @@ KVS_AVX2 void dot_rows_direct(const KvStore& kv, int64_t bh_kv, int64_t s_cap, i
 
 template <typename L>
 KVS_AVX2 void accumulate_direct(const KvStore& kv, int64_t bh_kv, int64_t s_cap, int64_t d, int64_t s0, int64_t n,
-                                const float* p, int64_t R, float* acc) {
+                                const float* p, int64_t R, float* acc, bool q16_weights) {
   const auto* v = static_cast<const typename L::T*>(kv.v);
   const bool i8 = kv.dtype == KvDtype::I8;
   if constexpr (std::is_same<L, LdBF16>::value)
@@ -683,6 +856,13 @@ KVS_AVX2 void accumulate_direct(const KvStore& kv, int64_t bh_kv, int64_t s_cap,
       return for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run, int64_t next) {
         pv1_bf16(v + row * d, run, d, p + i, acc, prefetch_distance(kv, row, next, d * 2));
       });
+  if (R == 1 && i8 && q16_weights && d % Q8_GROUP == 0) {
+    count(kv_i8_pv_q16);
+    return for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run, int64_t next) {
+      pv1_i8q(reinterpret_cast<const int8_t*>(v) + row * d, kv.v_scale + row * (d / Q8_GROUP), run, d, p + i, acc,
+              prefetch_distance(kv, row, next, d));
+    });
+  }
   if (R == 1)
     return for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run, int64_t next) {
       pv1<L>(v + row * d, i8 ? kv.v_scale + row * q8_groups(d) : nullptr, run, d, p + i, acc,
@@ -806,17 +986,17 @@ void kv_dot(const KvStore& kv, int64_t bh_kv, int64_t s_cap, int64_t d, int64_t 
 }
 
 void kv_accumulate(const KvStore& kv, int64_t bh_kv, int64_t s_cap, int64_t d, int64_t s0, int64_t n, const float* p,
-                   int64_t R, float* acc) {
+                   int64_t R, float* acc, bool q16_weights) {
 #ifdef KVS_X86
   switch (kv.dtype) {
-    case KvDtype::F32: return accumulate_direct<LdF32>(kv, bh_kv, s_cap, d, s0, n, p, R, acc);
-    case KvDtype::F16: return accumulate_direct<LdF16>(kv, bh_kv, s_cap, d, s0, n, p, R, acc);
-    case KvDtype::BF16: return accumulate_direct<LdBF16>(kv, bh_kv, s_cap, d, s0, n, p, R, acc);
-    case KvDtype::I8: return accumulate_direct<LdI8>(kv, bh_kv, s_cap, d, s0, n, p, R, acc);
+    case KvDtype::F32: return accumulate_direct<LdF32>(kv, bh_kv, s_cap, d, s0, n, p, R, acc, false);
+    case KvDtype::F16: return accumulate_direct<LdF16>(kv, bh_kv, s_cap, d, s0, n, p, R, acc, false);
+    case KvDtype::BF16: return accumulate_direct<LdBF16>(kv, bh_kv, s_cap, d, s0, n, p, R, acc, false);
+    case KvDtype::I8: return accumulate_direct<LdI8>(kv, bh_kv, s_cap, d, s0, n, p, R, acc, q16_weights);
     default: break;
   }
 #endif
-  (void)kv, (void)bh_kv, (void)s_cap, (void)d, (void)s0, (void)n, (void)p, (void)R, (void)acc;
+  (void)kv, (void)bh_kv, (void)s_cap, (void)d, (void)s0, (void)n, (void)p, (void)R, (void)acc, (void)q16_weights;
   throw std::logic_error("kv_accumulate: no direct kernel for this storage (check kv_direct first)");
 }
 

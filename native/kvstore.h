@@ -76,8 +76,11 @@ bool kv_simd();
 void kv_dot(const KvStore& kv, int64_t bh_kv, int64_t s_cap, int64_t d, int64_t s0, int64_t n, const float* q,
             int64_t R, float scale, float* out, bool q8_query = false);
 // acc [R, d] += p [R, n] · v over keys [s0, s0 + n) of kv head bh_kv (v rows of width d).
+// q16_weights: int8 storage, R == 1 and d % 32 == 0 only: the weights p · v_scale are quantized
+// to int16 per block of 64 keys and the sums run in integers (set, as q8_query, for a call's only
+// query row per kv head; the error it adds is bounded in kvstore.cc's pv1_i8q).
 void kv_accumulate(const KvStore& kv, int64_t bh_kv, int64_t s_cap, int64_t d, int64_t s0, int64_t n, const float* p,
-                   int64_t R, float* acc);
+                   int64_t R, float* acc, bool q16_weights = false);
 
 // vmath.h's row_max and exp_sub_sum (same polynomial) in 8-lane AVX2 code, which the softmax
 // takes where softmax_avx2() (AVX2, FMA and F16C without AVX-512F): there GCC compiles vmath's

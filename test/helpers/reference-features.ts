@@ -16,6 +16,17 @@ export const Q8_GROUP = 32;
  */
 export const EPS_TANH = 2 ** -21;
 
+/**
+ * int8 decode's int16 weights (native/kvstore.cc pv1_i8q): per block of at most 64 keys and
+ * group, each weight w = p·v_scale becomes wq = rn(fl(w·inv)), inv = fl(32767/w_max), and is
+ * used as ws·wq, ws = fl(w_max/32767). So |ws·wq - w| <= ws·(0.5 + 2^-9) + 2.0001u·|w|
+ * <= 0.507·w_max/32767, and with |v_int| <= 127, 127·v_scale = the group's max |v̂|, a block
+ * moves the accumulator by at most 64·0.507/32767·max_s p_s·max|v̂|. Each block's largest p is at
+ * most its share of l (after the rescales), so the output moves by at most this times max|v̂|
+ * (times 1/(1-p) with dropout).
+ */
+export const Q16_WEIGHTS = (64 * 0.507) / 32767;
+
 // ---------------------------------------------------------------------------------------------
 // Storage rounding, on the value as given (callers pass the fp32 values a kernel encodes).
 // ---------------------------------------------------------------------------------------------
@@ -309,6 +320,8 @@ export interface FeatureBoundOpts extends FeatureOpts {
    *   a storage dtype costs against an fp32 cache).
    */
   storage?: 'same' | 'unrounded';
+  /** The kernel rounds the weights of P·V to int16 per block (int8 decode, one row per kv head): + Q16_WEIGHTS·max|v̂|. */
+  q16Weights?: boolean;
 }
 
 export interface FeatureResult {
@@ -480,7 +493,7 @@ export function refFeaturesBound(q: ArrayLike<number>, k: ArrayLike<number>, v: 
           }
         }
         const gAcc = gamma(nTerms + 2 * R + 4), gL = gamma(nTerms + R + 1), oo = row * dV;
-        const flushed = nTerms * keepScale * FLT_MIN * vMax;
+        const flushed = nTerms * keepScale * FLT_MIN * vMax + (o.q16Weights ? keepScale * Q16_WEIGHTS * vMax : 0);
         for (let c = 0; c < dV; c++) {
           out[oo + c] = acc[c];
           outBound[oo + c] = SECOND_ORDER * ((F[c] + ebar * A[c]) / (1 - ebar) + gAcc * A[c] + gL * Math.abs(acc[c]) + G[c] + flushed);

@@ -4,7 +4,8 @@
 // and paged storage, S across the 512-key block, on every kernel path at 1 and 2 threads. Each
 // result is held to the float64 reference over the same stored values (refFeaturesBound,
 // storage 'same': the bound is the fp32 kernel's; int8 adds the query's own q8 rounding, which
-// the one-row int8 kernel applies to q before its integer dot).
+// the one-row int8 kernel applies to q before its integer dot, and there the int16 rounding of
+// the weights of its integer P·V).
 import test from 'ava';
 import { OnlineSoftmaxState } from '../../src/attention.ts';
 import type { CacheDtype } from '../../src/attention.ts';
@@ -20,8 +21,10 @@ const PATHS: KernelPath[] = info().tile ? ['tile', 'blas', 'rows', 'auto'] : ['b
 // fp32 too: paged fp32 takes the direct kernels (blocks spanning pages).
 const DTYPES: CacheDtype[] = ['fp32', 'fp16', 'bf16', 'int8'];
 // 8 and 12 with grouped heads (6 rows per kv head): tiny_update on converted and paged blocks.
-const WIDTHS = [8, 12, 20, 24, 32, 40, 64, 128, 256];
-const S = 530;
+// 96: three groups of 32 (int8's weights pair up without the vector shuffles).
+const WIDTHS = [8, 12, 20, 24, 32, 40, 64, 96, 128, 256];
+// Odd, past one 512-key block: odd tails in the int8 P·V's pairs of keys, contiguous and paged.
+const S = 531;
 
 for (const dtype of DTYPES)
   test.serial(`${dtype} cache: every head width, one and several query rows, contiguous and paged, every path, 1 and 2 threads`, (t) => {
@@ -37,7 +40,8 @@ for (const dtype of DTYPES)
             cache.append(k, v);
             // int8, one query row per kv head, d % 32 == 0: the kernel quantizes q as it stores k (q8).
             const dq = dtype === 'int8' ? storageErrorBound(q.data, B * H * T, d, 'int8') : undefined;
-            const ref = refFeaturesBound(q.data, k.data, v.data, { B, H, Hkv, T, S, dK: d, dV: d }, { scale: 1 / Math.sqrt(d), causal: true, qOffset: S - T, dtype, rescales: chunkedRescales(S, 1), dq });
+            const q16Weights = dtype === 'int8' && H === Hkv && T === 1 && d % 32 === 0;
+            const ref = refFeaturesBound(q.data, k.data, v.data, { B, H, Hkv, T, S, dK: d, dV: d }, { scale: 1 / Math.sqrt(d), causal: true, qOffset: S - T, dtype, rescales: chunkedRescales(S, 1), dq, q16Weights });
             for (const path of PATHS)
               for (const threads of [1, 2]) {
                 setKernelPath(path);
@@ -49,6 +53,7 @@ for (const dtype of DTYPES)
               }
           }
       t.true(kernelCounts()['attn.rows.tiny'] > 0, `${dtype}: widths 8 and 12 with 6 rows per kv head took tiny_update`);
+      if (dtype === 'int8' && info().kvDirect) t.true(kernelCounts()['kv.i8.pv.q16'] > 0, 'int8: one row per kv head took the integer P·V');
     } finally {
       setKernelPath(restore.path);
       setNumThreads(restore.threads);
@@ -67,6 +72,60 @@ test.serial('int8 one-row decode: a NaN or an infinity in q reaches the output (
     const got = new OnlineSoftmaxState(q, { dV: d }).updateCache(cache).finalize();
     t.true(got.output.data.subarray(0, d).some((x) => Number.isNaN(x)), `head 0 output with q[5] = ${bad}`);
     t.deepEqual(got.output.data.subarray(d), clean.output.data.subarray(d), 'head 1 is untouched');
+  }
+});
+
+test.serial('int8 one-row decode: the last key of an odd block counts (it pairs with a zero key in the integer P·V)', (t) => {
+  // The last key aligns with q (score ~16 above the rest), so the output is nearly its value row.
+  const restore = getKernelPath();
+  try {
+    setKernelPath('rows');
+    for (const [S, d, pageSize] of [[65, 64, 0], [63, 96, 0], [37, 64, 16], [3, 32, 0]]) {
+      const [B, H] = [1, 2], rng = new Rng(S + d);
+      const k = rng.normalTensor([B, H, S, d]), v = rng.normalTensor([B, H, S, d]), q = rng.normalTensor([B, H, 1, d]);
+      for (let h = 0; h < H; h++)
+        for (let c = 0; c < d; c++) k.data[(h * S + S - 1) * d + c] = (2 * q.data[h * d + c]! * 8) / Math.sqrt(d);
+      const cache = new KvCache({ batch: B, numKvHeads: H, dK: d, dV: d, dtype: 'int8', ...(pageSize ? { pageSize } : {}) });
+      cache.append(k, v);
+      const dq = storageErrorBound(q.data, B * H, d, 'int8');
+      const ref = refFeaturesBound(q.data, k.data, v.data, { B, H, Hkv: H, T: 1, S, dK: d, dV: d }, { scale: 1 / Math.sqrt(d), causal: false, dtype: 'int8', rescales: chunkedRescales(S, 1), dq, q16Weights: true });
+      const got = new OnlineSoftmaxState(q, { dV: d }).updateCache(cache).finalize();
+      if (!assertWithin(t, got.output.data, ref.out, ref.outBound, `S ${S} d ${d}${pageSize ? ' paged' : ''} output`, [B, H, 1, d])) return;
+    }
+  } finally {
+    setKernelPath(restore);
+  }
+});
+
+test.serial('int8 one-row decode: a block whose weights int16 cannot hold runs in fp32 (an inf in v reaches its group, weights under 2^-100 stay within the bound)', (t) => {
+  const [B, H, S, d] = [1, 1, 200, 64], rng = new Rng(93);
+  const k = rng.normalTensor([B, H, S, d]), v = rng.normalTensor([B, H, S, d]), q = rng.normalTensor([B, H, 1, d]);
+  // Key 0 scores 75 (q·k / 8) above the rest (scores 0): the blocks of keys 64.. have weights
+  // e^-75 · v_scale < 2^-100.
+  q.data.fill(0);
+  q.data[0] = 10;
+  for (let s = 0; s < S; s++) k.data[s * d] = s === 0 ? 60 : 0;
+  const cache = new KvCache({ batch: B, numKvHeads: H, dK: d, dV: d, dtype: 'int8' });
+  cache.append(k, v);
+  const restore = getKernelPath();
+  try {
+    setKernelPath('rows');
+    resetKernelCounts();
+    const got = new OnlineSoftmaxState(q, { dV: d }).updateCache(cache).finalize();
+    const ref = refFeaturesBound(q.data, k.data, v.data, { B, H, Hkv: H, T: 1, S, dK: d, dV: d }, { scale: 1 / 8, causal: false, dtype: 'int8', rescales: chunkedRescales(S, 1), q16Weights: true });
+    assertWithin(t, got.output.data, ref.out, ref.outBound, 'tiny weights: output', [B, H, 1, d]);
+    if (info().kvDirect) t.true(kernelCounts()['kv.i8.pv.q16.fp32'] >= 2, `tiny weights ran in fp32: ${kernelCounts()['kv.i8.pv.q16.fp32']} blocks`);
+
+    // An inf in v (stored as a NaN scale of its group): that group's columns are NaN, the other's finite.
+    const v2 = rng.normalTensor([B, H, S, d]);
+    v2.data[100 * d + 5] = Infinity;
+    const cache2 = new KvCache({ batch: B, numKvHeads: H, dK: d, dV: d, dtype: 'int8' });
+    cache2.append(rng.normalTensor([B, H, S, d]), v2);
+    const out = new OnlineSoftmaxState(rng.normalTensor([B, H, 1, d]), { dV: d }).updateCache(cache2).finalize().output.data;
+    t.true(out.subarray(0, 32).every(Number.isNaN), `group 0: ${[...out.subarray(0, 4)]}`);
+    t.true(out.subarray(32).every(Number.isFinite), `group 1: ${[...out.subarray(32, 36)]}`);
+  } finally {
+    setKernelPath(restore);
   }
 });
 
