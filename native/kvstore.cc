@@ -473,8 +473,10 @@ KVS_AVX2 void pv1(const typename L::T* v, const float* v_scale, int64_t n, int64
 // for the fp32 form, ~10.9 for this one). Rounding: |ws · wq - w| <= 0.507 · ws with the fp32
 // roundings of ws and 1 / ws; a block's largest weight is at most its share of l, so the output
 // moves by at most QW_BLOCK · 0.507 / 32767 · max|v| (test/helpers/reference-features.ts's
-// Q16_WEIGHTS; ~1e-3 of max|v|, a quarter of the storage's own half step). A block whose weights
-// are not finite, or too small for a normal ws, runs in fp32 (pv1: NaN and inf propagate).
+// Q16_WEIGHTS; ~1e-3 of max|v|, a quarter of the storage's own half step), where max|v| is
+// 127 · v_scale: kv_encode's scales are tight (a looser scale widens the bound by its ratio to
+// the tight one). A block whose weights are not finite, or too small for a normal ws, runs in
+// fp32 (pv1: NaN and inf propagate).
 // Exact in int32: |Σ| <= QW_BLOCK · 32767 · 127 < 2^31.
 constexpr int64_t QW_BLOCK = 64;
 constexpr float QW_MAX = 32767.0f;
@@ -522,8 +524,12 @@ KVS_AVX2 void pv_block_q16(const int8_t* v, int64_t nb, int64_t d, int64_t G, in
     flush_q16(acc + (g0 + g) * Q8_GROUP, ws[g0 + g], a[4 * g], a[4 * g + 1], a[4 * g + 2], a[4 * g + 3]);
 }
 
-// Below this largest weight a block runs in fp32: ws = w_max / QW_MAX stays a normal float.
+// Below this largest weight (but above 0) a block runs in fp32: ws = w_max / QW_MAX stays a
+// normal float.
 constexpr float QW_MIN = 0x1p-100f;
+// Shorter runs (small pages) take pv1: the per-block cost (weights, their largest, packing, the
+// flush) outweighed the faster loop over 16 keys of d = 64 in a probe.
+constexpr int64_t QW_MIN_RUN = 32;
 
 // w [n, G] = p [n] · v_scale [n, G] (each key's p repeated over its G groups).
 KVS_AVX2_INLINE void weights_i8(const float* p, const float* v_scale, int64_t n, int64_t G, float* w) {
@@ -568,7 +574,7 @@ KVS_AVX2 void pv1_i8q(const int8_t* v, const float* v_scale, int64_t n, int64_t 
       const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
       __m256 mx = _mm256_setzero_ps(), sum = mx;
       for (int64_t i = 0; i < len; i += 8) {
-        const __m256 x = _mm256_load_ps(w + i);
+        const __m256 x = _mm256_loadu_ps(w + i);  // w is heap memory: 16-byte aligned only
         mx = _mm256_max_ps(mx, _mm256_and_ps(x, abs_mask));
         sum = _mm256_add_ps(sum, x);
       }
@@ -589,9 +595,9 @@ KVS_AVX2 void pv1_i8q(const int8_t* v, const float* v_scale, int64_t n, int64_t 
       }
       q16 = std::isfinite(sum);
     }
-    for (int64_t g = 0; g < G && q16; ++g) {
-      q16 = ws[g] >= QW_MIN;
-      inv[g] = QW_MAX / ws[g];
+    for (int64_t g = 0; g < G && q16; ++g) {  // a group of zero weights adds exact zeros
+      q16 = ws[g] == 0.0f || ws[g] >= QW_MIN;
+      inv[g] = ws[g] > 0.0f ? QW_MAX / ws[g] : 0.0f;
       ws[g] /= QW_MAX;
     }
     if (!q16) {
@@ -609,8 +615,8 @@ KVS_AVX2 void pv1_i8q(const int8_t* v, const float* v_scale, int64_t n, int64_t 
                             : G == 2 ? _mm256_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15, 0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15)
                                      : _mm256_setr_epi8(0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15, 0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15);
       for (int64_t i = 0; i < len; i += 16) {
-        const __m256i lo = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_load_ps(w + i), iv));
-        const __m256i hi = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_load_ps(w + i + 8), iv));
+        const __m256i lo = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(w + i), iv));
+        const __m256i hi = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(w + i + 8), iv));
         const __m256i h16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xd8);  // key order
         _mm256_storeu_si256((__m256i*)(wp + i / 2), _mm256_shuffle_epi8(h16, order));
       }
@@ -859,8 +865,9 @@ KVS_AVX2 void accumulate_direct(const KvStore& kv, int64_t bh_kv, int64_t s_cap,
   if (R == 1 && i8 && q16_weights && d % Q8_GROUP == 0) {
     count(kv_i8_pv_q16);
     return for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run, int64_t next) {
-      pv1_i8q(reinterpret_cast<const int8_t*>(v) + row * d, kv.v_scale + row * (d / Q8_GROUP), run, d, p + i, acc,
-              prefetch_distance(kv, row, next, d));
+      const Prefetch pf = prefetch_distance(kv, row, next, d);
+      if (run < QW_MIN_RUN) return pv1<L>(v + row * d, kv.v_scale + row * (d / Q8_GROUP), run, d, p + i, acc, pf);
+      pv1_i8q(reinterpret_cast<const int8_t*>(v) + row * d, kv.v_scale + row * (d / Q8_GROUP), run, d, p + i, acc, pf);
     });
   }
   if (R == 1)

@@ -38,12 +38,17 @@ for (const dtype of DTYPES)
             const k = rng.normalTensor([B, Hkv, S, d]), v = rng.normalTensor([B, Hkv, S, d]), q = rng.normalTensor([B, H, T, d]);
             const cache = new KvCache({ batch: B, numKvHeads: Hkv, dK: d, dV: d, dtype, ...(pageSize ? { pageSize } : {}) });
             cache.append(k, v);
-            // int8, one query row per kv head, d % 32 == 0: the kernel quantizes q as it stores k (q8).
-            const dq = dtype === 'int8' ? storageErrorBound(q.data, B * H * T, d, 'int8') : undefined;
-            const q16Weights = dtype === 'int8' && H === Hkv && T === 1 && d % 32 === 0;
-            const ref = refFeaturesBound(q.data, k.data, v.data, { B, H, Hkv, T, S, dK: d, dV: d }, { scale: 1 / Math.sqrt(d), causal: true, qOffset: S - T, dtype, rescales: chunkedRescales(S, 1), dq, q16Weights });
+            // int8, one query row per kv head, d % 32 == 0, on the direct row kernels (rows, or auto
+            // at T 1): q is quantized as k is stored (q8), and P·V's weights are rounded to int16.
+            const oneRowI8 = dtype === 'int8' && H === Hkv && T === 1 && d % 32 === 0 && info().kvDirect;
+            const refs = new Map<boolean, ReturnType<typeof refFeaturesBound>>();
+            const refFor = (quantized: boolean) => refs.get(quantized) ?? refs.set(quantized, refFeaturesBound(q.data, k.data, v.data, { B, H, Hkv, T, S, dK: d, dV: d }, {
+              scale: 1 / Math.sqrt(d), causal: true, qOffset: S - T, dtype, rescales: chunkedRescales(S, 1),
+              dq: quantized ? storageErrorBound(q.data, B * H * T, d, 'int8') : undefined, q16Weights: quantized,
+            })).get(quantized)!;
             for (const path of PATHS)
               for (const threads of [1, 2]) {
+                const ref = refFor(oneRowI8 && (path === 'rows' || path === 'auto'));
                 setKernelPath(path);
                 setNumThreads(threads);
                 const got = new OnlineSoftmaxState(q, { dV: d, causal: true, qOffset: S - T }).updateCache(cache).finalize();
@@ -53,7 +58,10 @@ for (const dtype of DTYPES)
               }
           }
       t.true(kernelCounts()['attn.rows.tiny'] > 0, `${dtype}: widths 8 and 12 with 6 rows per kv head took tiny_update`);
-      if (dtype === 'int8' && info().kvDirect) t.true(kernelCounts()['kv.i8.pv.q16'] > 0, 'int8: one row per kv head took the integer P·V');
+      if (dtype === 'int8' && info().kvDirect) {
+        t.true(kernelCounts()['kv.i8.pv.q16'] > 0, 'int8: one row per kv head took the integer P·V');
+        t.is(kernelCounts()['kv.i8.pv.q16.fp32'], 0, 'int8: no block of these weights fell back to fp32');
+      }
     } finally {
       setKernelPath(restore.path);
       setNumThreads(restore.threads);
@@ -80,8 +88,8 @@ test.serial('int8 one-row decode: the last key of an odd block counts (it pairs 
   const restore = getKernelPath();
   try {
     setKernelPath('rows');
-    for (const [S, d, pageSize] of [[65, 64, 0], [63, 96, 0], [37, 64, 16], [3, 32, 0]]) {
-      const [B, H] = [1, 2], rng = new Rng(S + d);
+    for (const [S, d, pageSize] of [[65, 64, 0], [63, 96, 0], [101, 64, 64], [33, 32, 0]]) {
+      const [B, H] = [1, 2], rng = new Rng(S + d);  // runs of at least 32 keys (QW_MIN_RUN): pages of 64
       const k = rng.normalTensor([B, H, S, d]), v = rng.normalTensor([B, H, S, d]), q = rng.normalTensor([B, H, 1, d]);
       for (let h = 0; h < H; h++)
         for (let c = 0; c < d; c++) k.data[(h * S + S - 1) * d + c] = (2 * q.data[h * d + c]! * 8) / Math.sqrt(d);
