@@ -1,6 +1,7 @@
 // Decode over fp16, bf16 and int8 KV caches against fp32 (issue 10), at the W3 shapes of
 // bench/run.ts (H = H_kv = 8, d = 64, a 4096-token prompt, then decode steps of one token):
-// attnUpdate + attnFinalize per step, the binding alone on preallocated buffers.
+// attnUpdate + attnFinalize per step, the binding alone on preallocated buffers. --group N
+// decodes 8·N query heads over the 8 kv heads (grouped-query attention, as Llama's and Mistral's).
 //
 // Each row gives ms/step, the ratio to the fp32 step, and the ratio to the "floor": the fp32
 // kernel over as many keys as make the same bytes (S · bytes(dtype) / bytes(fp32)), i.e. a read
@@ -8,7 +9,7 @@
 // on a shared machine the CPU time is the steadier of the two (at 1 thread).
 //
 //   tsx bench/kvdtype.ts [--threads 1,2] [--batch 1,16] [--steps 64] [--reps 7] [--dtypes f32,f16,bf16,i8]
-//                        [--d 64] [--prompt 4096]   (other head widths and cache lengths)
+//                        [--d 64] [--prompt 4096] [--group 1]   (other head widths, cache lengths, query heads per kv head)
 //   KVSTREAM_ADDON=<path> loads another build of the addon.
 import { parseArgs } from 'node:util';
 import { f32ToBf16, f32ToF16 } from '../src/io/npy.ts';
@@ -25,13 +26,14 @@ const { values: args } = parseArgs({
     dtypes: { type: 'string', default: 'f32,f16,bf16,i8' },
     d: { type: 'string', default: '64' },
     prompt: { type: 'string', default: '4096' },
+    group: { type: 'string', default: '1' },
   },
 });
 const THREADS = args.threads!.split(',').map(Number);
 const BATCHES = args.batch!.split(',').map(Number);
 const STEPS = Number(args.steps), REPS = Number(args.reps);
 const DTYPES = args.dtypes!.split(',') as KvDtype[];
-const [H, D, P] = [8, Number(args.d), Number(args.prompt)];
+const [H, D, P, GROUP] = [8, Number(args.d), Number(args.prompt), Number(args.group)];  // H: kv heads
 const G = Math.ceil(D / 32);
 
 /** Bytes one key of one head takes in k and v (int8: values and fp32 scales). */
@@ -69,8 +71,8 @@ for (const B of BATCHES) {
   const k = rng.normalTensor([B, H, cap, D]).data, v = rng.normalTensor([B, H, cap, D]).data;
   const stores = new Map(DTYPES.map((dt) => [dt, encode(dt, k, v)]));
   if (!stores.has('f32')) stores.set('f32', encode('f32', k, v));
-  const qs = Array.from({ length: STEPS }, () => rng.normalTensor([B, H, 1, D]).data);
-  const rows = B * H, m = new Float32Array(rows), l = new Float32Array(rows), acc = new Float32Array(rows * D), lse = new Float32Array(rows);
+  const qs = Array.from({ length: STEPS }, () => rng.normalTensor([B, H * GROUP, 1, D]).data);
+  const rows = B * H * GROUP, m = new Float32Array(rows), l = new Float32Array(rows), acc = new Float32Array(rows * D), lse = new Float32Array(rows);
   /** One decode loop of STEPS steps over `dt` storage, keys [0, S) at step t with S = P + t + 1; bytes: S scaled by `frac` (the floor rows). */
   const loop = (dt: KvDtype, frac = 1) => {
     const s = stores.get(dt)!;
@@ -80,7 +82,7 @@ for (const B of BATCHES) {
       m.fill(-Infinity);
       l.fill(0);
       acc.fill(0);
-      addon.attnUpdate({ B, H, Hkv: H, T: 1, S, sCap: cap, dK: D, dV: D },
+      addon.attnUpdate({ B, H: H * GROUP, Hkv: H, T: 1, S, sCap: cap, dK: D, dV: D },
         { scale: 1 / Math.sqrt(D), causal: true, qOffset: S - 1, sOffset: 0, dropoutP: 0, seed: 0, kvDtype: dt },
         qs[t]!, s.k, s.v, m, l, acc, s.ks, s.vs);
       addon.attnFinalize(rows, D, m, l, acc, acc, lse);
@@ -101,7 +103,7 @@ for (const B of BATCHES) {
         cpu.get(key(c))!.push(x.cpu);
       }
     const MB = (dt: KvDtype) => (B * H * (P + STEPS / 2) * keyBytes(dt)) / 1e6;
-    console.log(`W3-b${B} (B ${B}, H ${H}, d ${D}, S ${P + 1}..${P + STEPS}), ${threads} thread${threads > 1 ? 's' : ''}, median of ${REPS} x ${STEPS} steps` +
+    console.log(`W3-b${B} (B ${B}, H ${H * GROUP}${GROUP > 1 ? ` over ${H} kv heads` : ''}, d ${D}, S ${P + 1}..${P + STEPS}), ${threads} thread${threads > 1 ? 's' : ''}, median of ${REPS} x ${STEPS} steps` +
       ' (cpu: process CPU time per step, all threads)');
     const f32 = { wall: median(wall.get('f32') ?? [NaN]), cpu: median(cpu.get('f32') ?? [NaN]) };
     for (const dt of DTYPES) {

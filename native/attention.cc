@@ -119,7 +119,7 @@ void attn_update(const AttnDims& dims, const AttnOpts& opts, const float* q, con
   // floats, 30 KiB, per block of K or V).
   const bool tiny = rows_path && d_k < TINY_D && d_v < TINY_D && group * T >= TINY_ROWS && !has_score_mods(opts) &&
                     opts.dropout_p == 0.0f;
-  const bool direct = !tiny && rows_path && kv_direct(kv, d_k, d_v, group * T);
+  const bool direct = !tiny && rows_path && kv_direct();
   // Blocks of SK keys for tiny heads and for the direct kernels (storage read in place, following
   // a block table run by run). Other converted (half, int8) blocks of 256 keys stay in L2 on the
   // row path (256 was faster than 64 in a decode loop here: fewer BLAS calls per key); their

@@ -989,7 +989,7 @@ NAN_METHOD(Info) {
   Nan::Set(o, Nan::New("threads").ToLocalChecked(), Nan::New(kvs::get_num_threads()));
   Nan::Set(o, Nan::New("blasThreads").ToLocalChecked(), Nan::New(kvs::blas_get_threads()));
   Nan::Set(o, Nan::New("tile").ToLocalChecked(), Nan::New(kvs::tile_available()));
-  Nan::Set(o, Nan::New("kvDirect").ToLocalChecked(), Nan::New(kvs::kv_simd()));
+  Nan::Set(o, Nan::New("kvDirect").ToLocalChecked(), Nan::New(kvs::kv_direct()));
   Nan::Set(o, Nan::New("kvStreamBytes").ToLocalChecked(), Nan::New((double)kvs::kv_stream_bytes()));
   Nan::Set(o, Nan::New("vmath").ToLocalChecked(), Nan::New(kvs::vmath_isa()).ToLocalChecked());
   Nan::Set(o, Nan::New("path").ToLocalChecked(), Nan::New(kvs::kernel_path_name(kvs::kernel_path())).ToLocalChecked());

@@ -13,6 +13,7 @@
 #include "kvencode.h"
 #include "kernel_path.h"
 #include "vec.h"
+#include "vmath.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -288,6 +289,16 @@ KVS_AVX2 void dot1(const typename L::T* k, int64_t n, int64_t d_arg, const float
     float dot = hsum(a);
     for (int64_t j = d8; j < d; ++j) dot += q[j] * L::one(k_s + j);
     out[s] = dot * scale;
+  }
+}
+
+// dot1 compiled for the common widths (d = 64 and 128 unrolled: ~5% on the fp32 decode step).
+template <typename L>
+KVS_AVX2 void dot1_d(const typename L::T* k, int64_t n, int64_t d, const float* q, float scale, float* out, Prefetch pf) {
+  switch (d) {
+    case 64: return dot1<L, 64>(k, n, d, q, scale, out, pf);
+    case 128: return dot1<L, 128>(k, n, d, q, scale, out, pf);
+    default: return dot1<L>(k, n, d, q, scale, out, pf);
   }
 }
 
@@ -799,6 +810,51 @@ constexpr int64_t CHUNK = 32;
 
 thread_local std::vector<float> chunk_buf;
 
+// The several-row kernels prefetch a whole chunk at a time, two chunks ahead in contiguous
+// storage (one chunk is read by every row before the next starts), the next page's in pages.
+inline Prefetch chunk_prefetch(const KvStore& kv, int64_t row, int64_t next_row, int64_t row_bytes) {
+  if (PREFETCH == 0) return {};
+  return {next_row < 0 ? std::max(PREFETCH, 2 * CHUNK * row_bytes) : (next_row - row) * row_bytes, kv.stream};
+}
+
+// nc storage rows [nc, d] as fp32 for the several-row kernels: fp32 in place, else widened into
+// chunk_buf (sized by the caller).
+template <typename L>
+KVS_AVX2 const float* chunk_rows(const typename L::T* x, const float* scale, int64_t nc, int64_t d) {
+  if constexpr (std::is_same<L, LdF32>::value) {
+    (void)scale, (void)nc, (void)d;
+    return x;
+  } else {
+    widen<L>(x, scale, nc, d, chunk_buf.data());
+    return chunk_buf.data();
+  }
+}
+
+// R rows q [R, d] against `run` contiguous storage rows x [run, d] (int8 scales xs), chunk by
+// chunk: out [r · n + s] = scale · q_r · x_s (out: the run's first column, rows n apart).
+template <typename L>
+KVS_AVX2 void dot_rows_chunks(const typename L::T* x, const float* xs, int64_t run, int64_t d, const float* q, int64_t R,
+                              float scale, float* out, int64_t n, Prefetch pf) {
+  for (int64_t c = 0; c < run; c += CHUNK) {
+    const int64_t nc = std::min(CHUNK, run - c);
+    prefetch_span(x + c * d, nc * d * sizeof(typename L::T), pf);
+    const float* buf = chunk_rows<L>(x + c * d, xs ? xs + c * q8_groups(d) : nullptr, nc, d);
+    for (int64_t r = 0; r < R; ++r) dot1_d<LdF32>(buf, nc, d, q + r * d, scale, out + r * n + c, Prefetch{});
+  }
+}
+
+// acc [R, d] += p [R, ·] · x [run, d] likewise (p: the run's first column, rows n apart).
+template <typename L>
+KVS_AVX2 void pv_rows_chunks(const typename L::T* x, const float* xs, int64_t run, int64_t d, const float* p, int64_t R,
+                             int64_t n, float* acc, Prefetch pf) {
+  for (int64_t c = 0; c < run; c += CHUNK) {
+    const int64_t nc = std::min(CHUNK, run - c);
+    prefetch_span(x + c * d, nc * d * sizeof(typename L::T), pf);
+    const float* buf = chunk_rows<L>(x + c * d, xs ? xs + c * q8_groups(d) : nullptr, nc, d);
+    for (int64_t r = 0; r < R; ++r) pv1<LdF32>(buf, nullptr, nc, d, p + r * n + c, acc + r * d, Prefetch{});
+  }
+}
+
 template <typename L>
 KVS_AVX2 void dot_rows_direct(const KvStore& kv, int64_t bh_kv, int64_t s_cap, int64_t d, int64_t s0, int64_t n,
                               const float* q, int64_t R, float scale, float* out, bool q8_query) {
@@ -833,22 +889,14 @@ KVS_AVX2 void dot_rows_direct(const KvStore& kv, int64_t bh_kv, int64_t s_cap, i
       });
   if (R == 1 && !i8)
     return for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run, int64_t next) {
-      const Prefetch pf = prefetch_distance(kv, row, next, d * sizeof(typename L::T));
-      switch (d) {
-        case 64: return dot1<L, 64>(k + row * d, run, d, q, scale, out + i, pf);
-        case 128: return dot1<L, 128>(k + row * d, run, d, q, scale, out + i, pf);
-        default: return dot1<L>(k + row * d, run, d, q, scale, out + i, pf);
-      }
+      dot1_d<L>(k + row * d, run, d, q, scale, out + i, prefetch_distance(kv, row, next, d * sizeof(typename L::T)));
     });
-  // Several rows (or int8 with a partial group): widen a chunk into L1 once, dot every row on it.
+  // Several rows (or int8 with a partial group): widen a chunk into L1 once (fp32: read it in
+  // place), dot every row on it.
   resize_scratch(chunk_buf, CHUNK * d, "kv chunk");
-  float* buf = chunk_buf.data();
-  for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run, int64_t) {
-    for (int64_t c = 0; c < run; c += CHUNK) {
-      const int64_t nc = std::min(CHUNK, run - c);
-      widen<L>(k + (row + c) * d, i8 ? kv.k_scale + (row + c) * q8_groups(d) : nullptr, nc, d, buf);
-      for (int64_t r = 0; r < R; ++r) dot1<LdF32>(buf, nc, d, q + r * d, scale, out + r * n + i + c, Prefetch{});
-    }
+  for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run, int64_t next) {
+    const float* ks = i8 ? kv.k_scale + row * q8_groups(d) : nullptr;
+    dot_rows_chunks<L>(k + row * d, ks, run, d, q, R, scale, out + i, n, chunk_prefetch(kv, row, next, d * sizeof(typename L::T)));
   });
 }
 
@@ -876,13 +924,9 @@ KVS_AVX2 void accumulate_direct(const KvStore& kv, int64_t bh_kv, int64_t s_cap,
              prefetch_distance(kv, row, next, d * sizeof(typename L::T)));
     });
   resize_scratch(chunk_buf, CHUNK * d, "kv chunk");
-  float* buf = chunk_buf.data();
-  for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run, int64_t) {
-    for (int64_t c = 0; c < run; c += CHUNK) {
-      const int64_t nc = std::min(CHUNK, run - c);
-      widen<L>(v + (row + c) * d, i8 ? kv.v_scale + (row + c) * q8_groups(d) : nullptr, nc, d, buf);
-      for (int64_t r = 0; r < R; ++r) pv1<LdF32>(buf, nullptr, nc, d, p + r * n + i + c, acc + r * d, Prefetch{});
-    }
+  for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run, int64_t next) {
+    const float* vs = i8 ? kv.v_scale + row * q8_groups(d) : nullptr;
+    pv_rows_chunks<L>(v + row * d, vs, run, d, p + i, R, n, acc, chunk_prefetch(kv, row, next, d * sizeof(typename L::T)));
   });
 }
 #endif
@@ -953,26 +997,19 @@ int64_t kv_stream_bytes() {
   return llc;
 }
 
-bool kv_simd() {
-#ifdef KVS_X86
-  return HAS_AVX2;
-#else
-  return false;
-#endif
-}
 
-bool kv_direct(const KvStore& kv, int64_t d_k, int64_t d_v, int64_t rows) {
+bool kv_direct() {
+  // Every storage and any number of rows per kv head, where the CPU has them: they follow a
+  // block table run by run (a softmax block may span pages), read one fp32 row's cache at
+  // 1.04-1.1x a plain read (OpenBLAS's sgemv ~1.5x), widen half and int8 in registers, and run
+  // several rows on chunks of 32 keys in L1 (fp32 read in place). vmath's few-row kernels took
+  // 4.5-6.6x as long for 4-16 fp32 rows per kv head at W3's cache (their 16-float reductions are
+  // scalar chains on AVX2), sgemm 1.5x for 32 rows; at 64 and 128 rows the two were level.
+  // KVSTREAM_VMATH=baseline stands for a CPU before AVX2: the row path then takes vmath's kernels
+  // (read at call time: vmath's level is set by another file's static initialisation).
 #ifdef KVS_X86
-  // Half and int8 storage, and paged fp32: the direct kernels follow the block table run by
-  // run, so a softmax block may span many pages. Contiguous fp32 with one query row: OpenBLAS's
-  // sgemv read the cache at ~1.5x a plain read here, dot1/pv1 at 1.04-1.1x. Tiny fp32
-  // heads too (below tiny_update's 4 rows per kv head): vmath's 16-float row kernels run d < 16
-  // as scalar chains, the direct ones take eight keys per vector. Several fp32 rows keep vmath's
-  // in-place few-row kernels (the direct ones would copy each chunk).
-  const bool f32_contiguous = kv.dtype == KvDtype::F32 && !kv.pages.block_table;
-  return (!f32_contiguous || rows == 1 || std::min(d_k, d_v) < 16) && HAS_AVX2;
+  return HAS_AVX2 && vmath_level() != Isa::Baseline;
 #else
-  (void)kv, (void)d_k, (void)d_v, (void)rows;
   return false;
 #endif
 }

@@ -60,15 +60,13 @@ const float* kv_rows(const KvStore& kv, bool is_v, int64_t bh_kv, int64_t s_cap,
                      std::vector<float>& scratch);
 
 // Row-path kernels that read storage in place, widening in registers (AVX2, FMA and F16C; runtime
-// dispatch). kv_direct says whether they serve `rows` stacked query rows per kv head on this CPU:
-// half and int8 storage and paged fp32 always; contiguous fp32 for one row (decode with
-// H = H_kv) or heads under 16 wide (attn_update sends those to tiny_update from 4 rows). When
-// false (or KVSTREAM_KV_SIMD=off, which also sends kv_rows to its portable converters) the
-// caller runs the fp32 kernels on kv_rows blocks. One query row widens in registers; several
-// rows share each chunk of 32 keys widened into L1.
-bool kv_direct(const KvStore& kv, int64_t d_k, int64_t d_v, int64_t rows);
-// Whether the direct kernels run on this CPU at all (info().kvDirect).
-bool kv_simd();
+// dispatch). kv_direct says whether they run on this CPU (every storage, any number of query rows
+// per kv head; attn_update still sends heads under 16 wide with 4+ rows to tiny_update). When
+// false (no AVX2, KVSTREAM_VMATH=baseline, or KVSTREAM_KV_SIMD=off, which also sends kv_rows to
+// its portable converters) the caller runs vmath's and BLAS's fp32 kernels on kv_rows blocks. One
+// query row widens in registers; several rows share each chunk of 32 keys in L1 (fp32 read in
+// place, other storage widened there).
+bool kv_direct();  // info().kvDirect
 // out [R, n] = scale · q [R, d] · kᵀ over keys [s0, s0 + n) of kv head bh_kv (k rows of width d).
 // q8_query: int8 storage, R == 1 and d % 32 == 0 only: q is quantized like the keys (q8, groups
 // of 32) and the dot runs in integers; the caller sets it when the call's only query row per kv

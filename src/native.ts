@@ -96,9 +96,9 @@ export interface NativeInfo {
    */
   tile: boolean;
   /**
-   * Whether the row path's direct kernels run (AVX2, FMA and F16C, and not KVSTREAM_KV_SIMD=off):
-   * they read half, int8 and paged storage in place, and contiguous fp32 for one query row per kv
-   * head; elsewhere the row path converts blocks and uses BLAS.
+   * Whether the row path's direct kernels run (AVX2, FMA and F16C; not KVSTREAM_VMATH=baseline or
+   * KVSTREAM_KV_SIMD=off): they read every storage in place, for any number of query rows per kv
+   * head; elsewhere the row path converts blocks and uses vmath's kernels and BLAS.
    */
   kvDirect: boolean;
   /**
