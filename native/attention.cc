@@ -90,8 +90,8 @@ void softmax_block(const AttnOpts& o, int64_t b, float* scores, int64_t R, int64
   }
 }
 
-// Queries at or below this take the row path by default; stacked rows at or below it use the
-// fused few-row products instead of BLAS.
+// Queries at or below this take the row path by default; without the direct kernels
+// (kv_direct), stacked rows at or below it use vmath's few-row products instead of BLAS.
 constexpr int64_t FEW_ROWS = 16;
 // Rows stacked per row-path task: bounds its scores scratch to ROWS_MAX x SK floats (256 KiB).
 constexpr int64_t ROWS_MAX = 128;

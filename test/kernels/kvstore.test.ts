@@ -58,6 +58,8 @@ for (const dtype of DTYPES)
               }
           }
       t.true(kernelCounts()['attn.rows.tiny'] > 0, `${dtype}: widths 8 and 12 with 6 rows per kv head took tiny_update`);
+      if (info().kvDirect)  // several rows per kv head too (grouped heads): vmath's and BLAS's row kernels are the fallback
+        t.deepEqual([kernelCounts()['attn.rows.dot'], kernelCounts()['attn.rows.sgemm'], kernelCounts()['attn.rows.sgemv']], [0, 0, 0], `${dtype}: the row path took only the direct kernels`);
       if (dtype === 'int8' && info().kvDirect) {
         t.true(kernelCounts()['kv.i8.pv.q16'] > 0, 'int8: one row per kv head took the integer P·V');
         t.is(kernelCounts()['kv.i8.pv.q16.fp32'], 0, 'int8: no block of these weights fell back to fp32');
