@@ -13,7 +13,6 @@
 #include "kvencode.h"
 #include "kernel_path.h"
 #include "vec.h"
-#include "vmath.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -164,15 +163,21 @@ void for_runs(const KvStore& kv, int64_t bh_kv, int64_t s_cap, int64_t s0, int64
 #ifndef KVS_PREFETCH_BYTES
 #define KVS_PREFETCH_BYTES 4096
 #endif
+inline bool env_is(const char* name, const char* value) {
+  const char* env = std::getenv(name);
+  return env && std::strcmp(env, value) == 0;
+}
+
 #define KVS_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define KVS_AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) static inline
 
 // KVSTREAM_KV_SIMD=off takes the portable converters and the fp32 kernels (to test them here).
+// KVSTREAM_VMATH=baseline stands for a CPU before AVX2 (vmath.cc reads it too): the row path then
+// takes vmath's and BLAS's kernels and the portable converters, the softmax vmath's (softmax_avx2).
 const bool HAS_AVX2 = [] {
   __builtin_cpu_init();
-  const char* env = std::getenv("KVSTREAM_KV_SIMD");
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
-         !(env && std::strcmp(env, "off") == 0);
+         !env_is("KVSTREAM_KV_SIMD", "off") && !env_is("KVSTREAM_VMATH", "baseline");
 }();
 
 // Loaders: 8 consecutive stored elements widened to fp32 (int8 unscaled), and one element.
@@ -930,7 +935,7 @@ bool softmax_avx2() {
   static const bool yes = [] {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
-           !__builtin_cpu_supports("avx512f");
+           !__builtin_cpu_supports("avx512f") && !env_is("KVSTREAM_VMATH", "baseline");
   }();
   return yes;
 #else
@@ -994,12 +999,10 @@ bool kv_direct() {
   // block table run by run (a softmax block may span pages), read one fp32 row's cache at
   // 1.04-1.1x a plain read (OpenBLAS's sgemv ~1.5x), widen half and int8 in registers, and run
   // several rows on chunks of 32 keys in L1 (fp32 read in place). vmath's few-row kernels took
-  // 4.5-6.6x as long for 4-16 fp32 rows per kv head at W3's cache (their 16-float reductions are
+  // 2.8-6.5x as long for 2-16 fp32 rows per kv head at W3's cache (their 16-float reductions are
   // scalar chains on AVX2), sgemm 1.5x for 32 rows; at 64 and 128 rows the two were level.
-  // KVSTREAM_VMATH=baseline stands for a CPU before AVX2: the row path then takes vmath's kernels
-  // (read at call time: vmath's level is set by another file's static initialisation).
 #ifdef KVS_X86
-  return HAS_AVX2 && vmath_level() != Isa::Baseline;
+  return HAS_AVX2;
 #else
   return false;
 #endif

@@ -96,9 +96,11 @@ export interface NativeInfo {
    */
   tile: boolean;
   /**
-   * Whether the row path's direct kernels run (AVX2, FMA and F16C; not KVSTREAM_VMATH=baseline or
-   * KVSTREAM_KV_SIMD=off): they read every storage in place, for any number of query rows per kv
-   * head; elsewhere the row path converts blocks and uses vmath's kernels and BLAS.
+   * Whether the row path's direct kernels run (x86-64 with AVX2, FMA and F16C; not
+   * KVSTREAM_VMATH=baseline or KVSTREAM_KV_SIMD=off): they read every storage in place, for any
+   * number of query rows per kv head (heads under 16 wide with 4+ rows take tiny_update). Elsewhere
+   * the row path reads fp32 in place and converts other storage block by block, then uses vmath's
+   * kernels and BLAS; int8 decode then keeps q and its P·V weights in fp32.
    */
   kvDirect: boolean;
   /**

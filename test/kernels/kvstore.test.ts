@@ -1,5 +1,5 @@
-// Half-width, int8 and paged fp32 caches read in place (native/kvstore.cc's direct kernels, and the widening
-// fallback under KVSTREAM_KV_SIMD=off): a sweep of head widths that hits every vector and group
+// Every cache storage read in place by native/kvstore.cc's direct kernels (and the fallback of
+// vmath's and BLAS's kernels on converted blocks under KVSTREAM_KV_SIMD=off or KVSTREAM_VMATH=baseline): a sweep of head widths that hits every vector and group
 // tail (8 ... 256; int8 groups of 32), one query row and several (grouped heads, T 3), contiguous
 // and paged storage, S across the 512-key block, on every kernel path at 1 and 2 threads. Each
 // result is held to the float64 reference over the same stored values (refFeaturesBound,
@@ -18,7 +18,7 @@ import { chunkedRescales } from '../helpers/reference.ts';
 import { refFeaturesBound, storageErrorBound } from '../helpers/reference-features.ts';
 
 const PATHS: KernelPath[] = info().tile ? ['tile', 'blas', 'rows', 'auto'] : ['blas', 'rows', 'auto'];
-// fp32 too: paged fp32 takes the direct kernels (blocks spanning pages).
+// fp32 too: its contiguous and paged storage take the direct kernels (blocks spanning pages).
 const DTYPES: CacheDtype[] = ['fp32', 'fp16', 'bf16', 'int8'];
 // 8 and 12 with grouped heads (6 rows per kv head): tiny_update on converted and paged blocks.
 // 96: three groups of 32 (int8's weights pair up without the vector shuffles).
@@ -158,7 +158,7 @@ test.serial('int8: the query is quantized only when it is the call\'s one row pe
 
 test.serial('a call that reads more storage than L3 holds streams it (non-temporal prefetch): same results, and only then; a window counts its own keys', (t) => {
   const { kvDirect, kvStreamBytes } = info();
-  if (!kvDirect) return t.pass('no direct kernels on this CPU (or KVSTREAM_KV_SIMD=off): nothing streams');
+  if (!kvDirect) return t.pass('no direct kernels on this CPU (or KVSTREAM_KV_SIMD=off, KVSTREAM_VMATH=baseline): nothing streams');
   if (kvStreamBytes > 64 * 2 ** 20) return t.pass(`L3 of ${kvStreamBytes} bytes: a cache beyond it is too large for this test`);
   const [B, H, d] = [1, 2, 64];
   const rowBytes = H * 2 * d * 4;  // fp32 k and v of one position, every head
