@@ -14,9 +14,11 @@
 //  - W6: decode batch 1 at the end of a 32k stream through a ring cache of window 4096 (the W3
 //    module), `ratio_to_W3_b1`; W3-b1 `feature: 'paged'` (pageSize 16) likewise;
 //  - W2 `feature: 'rope'`: W2 with config.rope, `ratio_to_W2`.
+// W3-gqa: grouped-query decode (32 query heads over 8 kv heads, rows carry `heads`, `kv_heads`)
+// against onnxruntime's GroupQueryAttention.
 //
 //   npm run bench -- [--quick] [--reps N] [--threads 1,2] [--steps N] [--caches fp32,bf16,...]
-//                    [--only W1-core,W1-module,W2,W2-rope,W3-b1,W3-b16,W3-b1-paged,W4,W6,W5] [--no-torch] [--no-w5]
+//                    [--only W1-core,W1-module,W2,W2-rope,W3-b1,W3-b16,W3-b1-paged,W3-gqa,W4,W6,W5] [--no-torch] [--no-w5]
 //                    [--out results.json]
 //   --quick: --reps 3 --steps 64 --threads 1, no W5, rows to $TMPDIR/kvstream-bench-quick.json
 //   (each overridable but W5). Without --out, other runs (--only too) replace bench/results.json.
@@ -505,6 +507,31 @@ for (const threads of THREADS) {
         }
       },
     });
+  }
+  if (want('W3-gqa')) {
+    // Grouped-query decode, as Llama-, Mistral- and Qwen-style models run it: 32 query heads of 64
+    // over 8 kv heads (d_model 512), batch 1, after a 4096-token prompt (the cache is W3's size:
+    // 8 kv heads), STEPS steps of one token. Peer: onnxruntime's GroupQueryAttention module.
+    const [HQ, HKV] = [32, 8];
+    const gqa = MultiHeadAttention.random({ dModel: DM, numHeads: HQ, numKvHeads: HKV, dK: D }, 5);
+    const prompt = gqa.projectKv(rng.normalTensor([1, P, DM]));
+    const cache = gqa.newCache(1, P + STEPS);
+    cache.append(prompt.k, prompt.v);
+    const xs = Array.from({ length: STEPS }, () => rng.normalTensor([1, 1, DM]));
+    const out = { output: zeros([1, 1, DM]), lse: zeros([1, HQ, 1]) };
+    const decode = () => time(() => {
+      cache.crop(P);
+      for (const xi of xs) gqa.forward(xi, xi, { cache, causal: true, out });
+    }) / STEPS;
+    const g = await gqaModuleSession(gqa, threads);
+    const [k0, v0] = [f32(prompt.k.data, [1, HKV, P, D]), f32(prompt.v.data, [1, HKV, P, D])];
+    await measure('W3-gqa', 'causal', threads, {
+      kvstream: decode,
+      'onnxruntime/gqa': async () => (await timeAsync(async () => {
+        let [pk, pv]: OrtTensor[] = [k0, v0];
+        for (const [i, xi] of xs.entries()) ({ k: pk, v: pv } = await gqaStep(g, xi.data, [1, 1, DM], pk, pv, P + i));
+      })) / STEPS,
+    }, null, Math.min(REPS, 5), true, { base: { cache: 'fp32', heads: HQ, kv_heads: HKV } });
   }
   await reader.close();
   w3Cases.clear();
