@@ -527,7 +527,8 @@ for (const threads of THREADS) {
     const [k0, v0] = [f32(prompt.k.data, [1, HKV, P, D]), f32(prompt.v.data, [1, HKV, P, D])];
     await measure('W3-gqa', 'causal', threads, {
       kvstream: decode,
-      'onnxruntime/gqa': async () => (await timeAsync(async () => {
+      // The GroupQueryAttention module is this row's only onnxruntime peer (the table's ORT column).
+      onnxruntime: async () => (await timeAsync(async () => {
         let [pk, pv]: OrtTensor[] = [k0, v0];
         for (const [i, xi] of xs.entries()) ({ k: pk, v: pv } = await gqaStep(g, xi.data, [1, 1, DM], pk, pv, P + i));
       })) / STEPS,
