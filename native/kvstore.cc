@@ -441,6 +441,24 @@ KVS_AVX2 void pv_slab(const typename L::T* v, const float* w, int64_t G, int64_t
 #undef KVS_PV_STORE
 }
 
+// w [n, G] = p [n] · v_scale [n, G] (each key's p repeated over its G groups).
+KVS_AVX2_INLINE void weights_i8(const float* p, const float* v_scale, int64_t n, int64_t G, float* w) {
+  int64_t s = 0;
+  if (G == 1)
+    for (; s + 8 <= n; s += 8) _mm256_storeu_ps(w + s, _mm256_mul_ps(_mm256_loadu_ps(p + s), _mm256_loadu_ps(v_scale + s)));
+  else if (G == 2)  // keys s..s+3 per vector: [p0 p0 p1 p1 ..]
+    for (; s + 4 <= n; s += 4) {
+      const __m256 ps = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(p + s)), _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+      _mm256_storeu_ps(w + 2 * s, _mm256_mul_ps(ps, _mm256_loadu_ps(v_scale + 2 * s)));
+    }
+  else if (G % 8 == 0)
+    for (; s < n; ++s)
+      for (int64_t g = 0; g < G; g += 8)
+        _mm256_storeu_ps(w + s * G + g, _mm256_mul_ps(_mm256_broadcast_ss(p + s), _mm256_loadu_ps(v_scale + s * G + g)));
+  for (; s < n; ++s)
+    for (int64_t g = 0; g < G; ++g) w[s * G + g] = p[s] * v_scale[s * G + g];
+}
+
 // acc [d] += Σ_s p[s] · v [s, :] over n keys; slabs of 64 columns, then a scalar tail.
 template <typename L>
 KVS_AVX2 void pv1(const typename L::T* v, const float* v_scale, int64_t n, int64_t d, const float* p, float* acc,
@@ -450,17 +468,7 @@ KVS_AVX2 void pv1(const typename L::T* v, const float* v_scale, int64_t n, int64
   if constexpr (std::is_same<L, LdI8>::value) {
     thread_local std::vector<float> w_buf;
     resize_scratch(w_buf, n * G, "kv weights");
-    int64_t s = 0;
-    if (G == 1)
-      for (; s + 8 <= n; s += 8)
-        _mm256_storeu_ps(w_buf.data() + s, _mm256_mul_ps(_mm256_loadu_ps(p + s), _mm256_loadu_ps(v_scale + s)));
-    else if (G == 2)  // [p0 p0 p1 p1 ..]: keys s..s+3 per vector
-      for (; s + 4 <= n; s += 4) {
-        const __m256 ps = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(p + s)), _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
-        _mm256_storeu_ps(w_buf.data() + 2 * s, _mm256_mul_ps(ps, _mm256_loadu_ps(v_scale + 2 * s)));
-      }
-    for (; s < n; ++s)
-      for (int64_t g = 0; g < G; ++g) w_buf[s * G + g] = p[s] * v_scale[s * G + g];
+    weights_i8(p, v_scale, n, G, w_buf.data());
     w = w_buf.data();
   }
   for (int64_t d0 = 0; d0 < d8; d0 += 64) {
@@ -546,24 +554,6 @@ constexpr float QW_MIN = 0x1p-100f;
 // Shorter runs (small pages) take pv1: the per-block cost (weights, their largest, packing, the
 // flush) outweighed the faster loop over 16 keys of d = 64 in a probe.
 constexpr int64_t QW_MIN_RUN = 32;
-
-// w [n, G] = p [n] · v_scale [n, G] (each key's p repeated over its G groups).
-KVS_AVX2_INLINE void weights_i8(const float* p, const float* v_scale, int64_t n, int64_t G, float* w) {
-  int64_t s = 0;
-  if (G == 1)
-    for (; s + 8 <= n; s += 8) _mm256_storeu_ps(w + s, _mm256_mul_ps(_mm256_loadu_ps(p + s), _mm256_loadu_ps(v_scale + s)));
-  else if (G == 2)  // keys s..s+3 per vector: [p0 p0 p1 p1 ..]
-    for (; s + 4 <= n; s += 4) {
-      const __m256 ps = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(p + s)), _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
-      _mm256_storeu_ps(w + 2 * s, _mm256_mul_ps(ps, _mm256_loadu_ps(v_scale + 2 * s)));
-    }
-  else if (G % 8 == 0)
-    for (; s < n; ++s)
-      for (int64_t g = 0; g < G; g += 8)
-        _mm256_storeu_ps(w + s * G + g, _mm256_mul_ps(_mm256_broadcast_ss(p + s), _mm256_loadu_ps(v_scale + s * G + g)));
-  for (; s < n; ++s)
-    for (int64_t g = 0; g < G; ++g) w[s * G + g] = p[s] * v_scale[s * G + g];
-}
 
 KVS_AVX2 void pv1_i8q(const int8_t* v, const float* v_scale, int64_t n, int64_t d, const float* p, float* acc,
                       Prefetch pf) {
@@ -816,7 +806,7 @@ constexpr int64_t CHUNK = 32;
 thread_local std::vector<float> chunk_buf;
 
 // nc storage rows [nc, d] as fp32 for the several-row kernels: fp32 in place, else widened into
-// chunk_buf (sized by the caller).
+// chunk_buf (sized by the caller for those).
 template <typename L>
 KVS_AVX2 const float* chunk_rows(const typename L::T* x, const float* scale, int64_t nc, int64_t d) {
   if constexpr (std::is_same<L, LdF32>::value) {
@@ -889,7 +879,7 @@ KVS_AVX2 void dot_rows_direct(const KvStore& kv, int64_t bh_kv, int64_t s_cap, i
     });
   // Several rows (or int8 with a partial group): widen a chunk into L1 once (fp32: read it in
   // place), dot every row on it.
-  resize_scratch(chunk_buf, CHUNK * d, "kv chunk");
+  if constexpr (!std::is_same<L, LdF32>::value) resize_scratch(chunk_buf, CHUNK * d, "kv chunk");
   // (Software prefetch of each chunk ahead measured no faster here: the hardware prefetchers
   // follow this one stream.)
   for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run, int64_t) {
@@ -920,7 +910,7 @@ KVS_AVX2 void accumulate_direct(const KvStore& kv, int64_t bh_kv, int64_t s_cap,
       pv1<L>(v + row * d, i8 ? kv.v_scale + row * q8_groups(d) : nullptr, run, d, p + i, acc,
              prefetch_distance(kv, row, next, d * sizeof(typename L::T)));
     });
-  resize_scratch(chunk_buf, CHUNK * d, "kv chunk");
+  if constexpr (!std::is_same<L, LdF32>::value) resize_scratch(chunk_buf, CHUNK * d, "kv chunk");
   for_runs(kv, bh_kv, s_cap, s0, n, [&](int64_t row, int64_t i, int64_t run, int64_t) {
     pv_rows_chunks<L>(v + row * d, i8 ? kv.v_scale + row * q8_groups(d) : nullptr, run, d, p + i, R, n, acc);
   });
@@ -992,7 +982,6 @@ int64_t kv_stream_bytes() {
   }();
   return llc;
 }
-
 
 bool kv_direct() {
   // Every storage and any number of rows per kv head, where the CPU has them: they follow a
